@@ -1,0 +1,77 @@
+/* sluice disk: an image (or chain) under an ordered stack of filters.
+ *
+ * A disk is opened from an image file or from a disk descriptor (a small
+ * text file naming the image and its filters, see sluice-disk(5)).  The
+ * stack is entered through handles: sl_disk_top() is the top of the stack,
+ * sl_disk_at(disk, NAME) enters just below filter NAME, so NAME and every
+ * filter above it are bypassed (filter-level access).  Handles live as long
+ * as the disk.
+ *
+ * Invariants (range, read-only, flags) are checked once here, in the core,
+ * before a request reaches any filter.
+ */
+#ifndef SLUICE_DISK_H
+#define SLUICE_DISK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sluice/image.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct sl_disk;
+struct sl_handle;
+
+struct sl_disk_open_opts {
+  bool read_only;
+  bool direct;                  /* O_DIRECT on the image files */
+  enum sl_format format;        /* for a plain image; AUTO probes */
+  /* Extra filters stacked above those of the descriptor, top first,
+   * each "NAME[:k=v,...]" as on the command line. */
+  const char *const *extra_filters;
+  size_t n_extra_filters;
+};
+
+int sl_disk_open(const char *path, const struct sl_disk_open_opts *opts,
+                 struct sl_disk **out);
+/* Drains, flushes, closes every filter (bottom last) and the image. */
+int sl_disk_close(struct sl_disk *disk);
+
+/* Stop taking new requests, wait for in-flight ones, flush.  Requests
+ * issued while draining wait until sl_disk_resume(). */
+int sl_disk_drain(struct sl_disk *disk);
+void sl_disk_resume(struct sl_disk *disk);
+
+struct sl_handle *sl_disk_top(struct sl_disk *disk);
+/* NULL (with a message) if no filter NAME is in the stack. */
+struct sl_handle *sl_disk_at(struct sl_disk *disk, const char *filter_name);
+/* The image at the bottom of the stack. */
+struct sl_image *sl_disk_image(struct sl_disk *disk);
+
+uint64_t sl_disk_size(struct sl_handle *h);
+bool sl_disk_read_only(struct sl_handle *h);
+bool sl_disk_can_trim(struct sl_handle *h);
+bool sl_disk_can_zero(struct sl_handle *h);
+bool sl_disk_can_fua(struct sl_handle *h);
+/* True if every connection sees the same data after a flush on any one. */
+bool sl_disk_can_multi_conn(struct sl_handle *h);
+
+int sl_disk_pread(struct sl_handle *h, void *buf, size_t len, uint64_t off,
+                  uint32_t flags);
+int sl_disk_pwrite(struct sl_handle *h, const void *buf, size_t len,
+                   uint64_t off, uint32_t flags);
+int sl_disk_flush(struct sl_handle *h);
+int sl_disk_discard(struct sl_handle *h, uint64_t off, uint64_t len);
+int sl_disk_write_zeroes(struct sl_handle *h, uint64_t off, uint64_t len,
+                         uint32_t flags);
+int sl_disk_block_status(struct sl_handle *h, uint64_t off, uint64_t len,
+                         struct sl_extent *ext);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,152 @@
+/* sluice image layer: qcow2 and raw disk images with backing chains.
+ *
+ * An sl_image is one open layer.  Opening an image also opens its backing
+ * chain; sl_image_layer() walks it (depth 0 is the image itself).  All I/O
+ * functions are thread-safe: reads run in parallel, allocating writes are
+ * serialised inside the driver.  Every function returns 0 (or a count) on
+ * success and a negative errno on failure, with a message in sl_last_error().
+ */
+#ifndef SLUICE_IMAGE_H
+#define SLUICE_IMAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct sl_image;
+
+enum sl_format {
+  SL_FORMAT_AUTO = 0, /* probe the file's contents */
+  SL_FORMAT_RAW,
+  SL_FORMAT_QCOW2,
+};
+
+const char *sl_format_name(enum sl_format fmt);       /* "raw", "qcow2" */
+int sl_format_parse(const char *name, enum sl_format *out);
+
+/* I/O flags. */
+#define SL_FUA     (1u << 0) /* write: durable before completion */
+#define SL_NO_HOLE (1u << 1) /* write_zeroes: keep the range allocated */
+
+struct sl_image_open_opts {
+  enum sl_format format;        /* SL_FORMAT_AUTO probes */
+  bool read_only;
+  bool direct;                  /* O_DIRECT on every layer */
+  bool no_backing;              /* open only this layer; unallocated reads as 0 */
+  size_t metadata_cache_bytes;  /* L2 + refcount cache budget; 0 = default */
+  int max_chain_depth;          /* 0 = default (1024) */
+};
+
+struct sl_image_create_opts {
+  enum sl_format format;        /* default qcow2 */
+  uint64_t size;                /* 0 with a backing file: take its size */
+  const char *backing_file;     /* stored as given; resolved relative to FILE */
+  enum sl_format backing_format;/* AUTO: probe it and record what was found */
+  uint32_t cluster_size;        /* 0 = 65536; power of two, 512 .. 2 MiB */
+  bool extended_l2;             /* subclusters */
+  const char *compression_type; /* NULL/"zlib" or "zstd" (header field only) */
+};
+
+int sl_image_create(const char *path, const struct sl_image_create_opts *opts);
+int sl_image_open(const char *path, const struct sl_image_open_opts *opts,
+                  struct sl_image **out);
+/* Flushes a writable image, clears the dirty bit, frees the chain. */
+int sl_image_close(struct sl_image *img);
+
+uint64_t sl_image_size(const struct sl_image *img);
+const char *sl_image_filename(const struct sl_image *img);
+enum sl_format sl_image_format(const struct sl_image *img);
+bool sl_image_read_only(const struct sl_image *img);
+
+/* Data path.  Any offset and length within the virtual size. */
+int sl_image_pread(struct sl_image *img, void *buf, size_t len, uint64_t off);
+int sl_image_pwrite(struct sl_image *img, const void *buf, size_t len,
+                    uint64_t off, uint32_t flags);
+int sl_image_flush(struct sl_image *img);
+int sl_image_discard(struct sl_image *img, uint64_t off, uint64_t len);
+int sl_image_write_zeroes(struct sl_image *img, uint64_t off, uint64_t len,
+                          uint32_t flags);
+
+/* Block status: what backs the bytes at OFF.  Fills one extent that starts
+ * at OFF and is at most LEN long (never 0 unless LEN is 0).  DEPTH is the
+ * chain layer that holds the data (0 = this image), or -1 when no layer
+ * does (the range reads as zeros).  Raw images report holes as ZERO at
+ * depth 0. */
+enum sl_extent_type {
+  SL_EXTENT_DATA = 0,      /* allocated, reads data */
+  SL_EXTENT_ZERO,          /* allocated as zeros (zero cluster or raw hole) */
+  SL_EXTENT_UNALLOCATED,   /* no layer holds it: reads as zeros */
+};
+struct sl_extent {
+  uint64_t offset;
+  uint64_t length;
+  enum sl_extent_type type;
+  int depth;
+  uint64_t file_offset;    /* host offset in that layer's file, 0 if none */
+};
+int sl_image_block_status(struct sl_image *img, uint64_t off, uint64_t len,
+                          struct sl_extent *ext);
+
+/* Chain.  sl_image_layer(img, 0) == img; NULL past the end. */
+int sl_image_chain_length(const struct sl_image *img);
+struct sl_image *sl_image_layer(struct sl_image *img, int depth);
+
+/* Layer identity: the cache daemon keys blocks by layer.  The id comes from
+ * the file itself so a modified base never matches stale cache entries. */
+struct sl_layer_id {
+  uint64_t dev, ino;
+  uint64_t size;           /* only for read-only layers, else 0 */
+  int64_t mtime_ns;        /* only for read-only layers, else 0 */
+};
+int sl_image_layer_id(const struct sl_image *img, struct sl_layer_id *id);
+/* A new read-only descriptor for this layer's file; the caller closes it. */
+int sl_image_layer_fd(const struct sl_image *img);
+
+struct sl_image_info {
+  enum sl_format format;
+  uint64_t virtual_size;
+  uint64_t file_size;        /* st_size */
+  uint64_t actual_size;      /* st_blocks * 512 */
+  uint32_t cluster_size;     /* qcow2 only */
+  int qcow2_version;         /* 2 or 3; 0 for raw */
+  int refcount_bits;
+  bool extended_l2;
+  bool lazy_refcounts;
+  bool corrupt;
+  bool dirty;
+  const char *compression_type;   /* "zlib" or "zstd"; NULL for raw */
+  const char *backing_file;       /* as recorded in the header, or NULL */
+  const char *backing_format;     /* from the header extension, or NULL */
+  const char *backing_path;       /* resolved path actually opened, or NULL */
+};
+/* Strings point into IMG and live until it is closed. */
+int sl_image_get_info(const struct sl_image *img, struct sl_image_info *info);
+
+/* Consistency check (qcow2; raw is always clean). */
+#define SL_CHECK_REPAIR_LEAKS (1u << 0)
+#define SL_CHECK_REPAIR_ALL   (1u << 1)
+struct sl_check_result {
+  int64_t corruptions;
+  int64_t leaks;
+  int64_t check_errors;
+  int64_t corruptions_fixed;
+  int64_t leaks_fixed;
+  int64_t allocated_clusters;
+  int64_t total_clusters;
+  int64_t fragmented_clusters;
+  int64_t compressed_clusters;
+  uint64_t image_end_offset;
+};
+/* Opens PATH itself (without its backing chain), writable when repairing. */
+int sl_image_check(const char *path, unsigned repair,
+                   struct sl_check_result *res);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

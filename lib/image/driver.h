@@ -1,0 +1,67 @@
+/* The image-driver interface inside libsluice.
+ *
+ * A driver (raw.c, qcow2*.c) handles ONE layer.  The generic code in
+ * image.c opens the backing chain, detects loops and missing files, and
+ * turns a driver's "not allocated here" into a lookup in the next layer, so
+ * drivers never recurse themselves:
+ *   - reads of unallocated ranges go through sl_image_read_backing();
+ *   - block_status reports this layer only: DATA/ZERO at depth 0, or
+ *     UNALLOCATED, which image.c resolves down the chain.
+ */
+#ifndef SLUICE_IMAGE_DRIVER_H
+#define SLUICE_IMAGE_DRIVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include <sluice/image.h>
+
+struct sl_image_driver {
+  const char *name;
+  enum sl_format format;
+  /* Does this header belong to the driver?  BUF holds up to 512 bytes. */
+  bool (*probe)(const uint8_t *buf, size_t len);
+  int (*create)(const char *path, const struct sl_image_create_opts *opts,
+                uint64_t size);
+  /* Parse the layer.  Fills img->size, img->backing_file, img->backing_fmt
+   * (the chain is opened by image.c afterwards) and img->priv. */
+  int (*open)(struct sl_image *img, const struct sl_image_open_opts *opts);
+  int (*close)(struct sl_image *img);
+  int (*pread)(struct sl_image *img, void *buf, size_t len, uint64_t off);
+  int (*pwrite)(struct sl_image *img, const void *buf, size_t len,
+                uint64_t off, uint32_t flags);
+  int (*flush)(struct sl_image *img);
+  int (*discard)(struct sl_image *img, uint64_t off, uint64_t len);
+  int (*write_zeroes)(struct sl_image *img, uint64_t off, uint64_t len,
+                      uint32_t flags);
+  int (*block_status)(struct sl_image *img, uint64_t off, uint64_t len,
+                      struct sl_extent *ext);
+  void (*get_info)(const struct sl_image *img, struct sl_image_info *info);
+  int (*check)(const char *path, unsigned repair, struct sl_check_result *res);
+};
+
+struct sl_image {
+  const struct sl_image_driver *drv;
+  void *priv;
+  char *filename;          /* as opened */
+  int fd;                  /* the layer's file, O_RDWR unless read_only */
+  bool read_only;
+  bool direct;
+  struct stat st;          /* at open time, for the layer id */
+  uint64_t size;           /* virtual size */
+  char *backing_file;      /* as recorded by the driver, or NULL */
+  enum sl_format backing_fmt;
+  char *backing_path;      /* resolved path of the backing file */
+  struct sl_image *backing;
+  int depth;               /* 0 for the image opened by the user */
+};
+
+extern const struct sl_image_driver sl_raw_driver;
+extern const struct sl_image_driver sl_qcow2_driver __attribute__((weak));
+
+/* Read from the layer below IMG: zeros past its end or without one. */
+int sl_image_read_backing(struct sl_image *img, void *buf, size_t len,
+                          uint64_t off);
+
+#endif

@@ -1,0 +1,453 @@
+/* Generic image layer: driver selection, the backing chain, range checks.
+ *
+ * Drivers handle one layer each (driver.h).  This file opens the chain
+ * below an image -- resolving each backing name relative to the directory
+ * of the image that names it, refusing loops and over-deep chains -- and
+ * resolves "unallocated here" down the chain for reads and block status.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sluice/error.h>
+#include "common/util.h"
+#include "image/driver.h"
+
+#define DEFAULT_MAX_CHAIN 1024
+
+static const struct sl_image_driver *driver_for(enum sl_format fmt)
+{
+  switch (fmt) {
+  case SL_FORMAT_RAW: return &sl_raw_driver;
+  case SL_FORMAT_QCOW2: return &sl_qcow2_driver ? &sl_qcow2_driver : NULL;
+  default: return NULL;
+  }
+}
+
+const char *sl_format_name(enum sl_format fmt)
+{
+  switch (fmt) {
+  case SL_FORMAT_RAW: return "raw";
+  case SL_FORMAT_QCOW2: return "qcow2";
+  default: return "auto";
+  }
+}
+
+int sl_format_parse(const char *name, enum sl_format *out)
+{
+  if (strcmp(name, "raw") == 0)
+    *out = SL_FORMAT_RAW;
+  else if (strcmp(name, "qcow2") == 0)
+    *out = SL_FORMAT_QCOW2;
+  else
+    return sl_error(EINVAL, "unknown image format '%s' (use raw or qcow2)", name);
+  return 0;
+}
+
+static int probe_fd(int fd, const char *path, const struct sl_image_driver **drv)
+{
+  uint8_t buf[512];
+  ssize_t n = pread(fd, buf, sizeof buf, 0);
+  if (n < 0)
+    return sl_error(errno, "%s: cannot read header: %s", path, strerror(errno));
+  if (&sl_qcow2_driver && sl_qcow2_driver.probe(buf, (size_t)n)) {
+    *drv = &sl_qcow2_driver;
+    return 0;
+  }
+  if (n >= 4 && memcmp(buf, "QFI\xfb", 4) == 0)
+    return sl_error(ENOTSUP, "%s: qcow2 support is not built in", path);
+  *drv = &sl_raw_driver;
+  return 0;
+}
+
+/* BACKING resolved against the directory of OVERLAY, as qemu does. */
+static char *resolve_backing(const char *overlay, const char *backing)
+{
+  char *res = NULL;
+  if (backing[0] == '/') {
+    res = strdup(backing);
+  } else {
+    CLEANUP_FREE char *copy = strdup(overlay);
+    if (!copy)
+      return NULL;
+    const char *dir = dirname(copy);
+    if (asprintf(&res, "%s/%s", dir, backing) < 0)
+      res = NULL;
+  }
+  return res;
+}
+
+static void free_layer(struct sl_image *img)
+{
+  if (!img)
+    return;
+  if (img->fd >= 0)
+    close(img->fd);
+  free(img->filename);
+  free(img->backing_file);
+  free(img->backing_path);
+  free(img);
+}
+
+static int open_layer(const char *path, const struct sl_image_open_opts *opts,
+                      enum sl_format fmt, bool read_only, int depth,
+                      struct sl_image **out)
+{
+  struct sl_image *img = calloc(1, sizeof *img);
+  if (!img)
+    return sl_error(ENOMEM, "%s: out of memory", path);
+  img->fd = -1;
+  img->depth = depth;
+  img->read_only = read_only;
+  img->direct = opts->direct;
+  img->filename = strdup(path);
+  if (!img->filename) {
+    free_layer(img);
+    return sl_error(ENOMEM, "%s: out of memory", path);
+  }
+  int flags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+  if (opts->direct)
+    flags |= O_DIRECT;
+  img->fd = open(path, flags);
+  if (img->fd < 0) {
+    int e = errno;
+    free_layer(img);
+    return sl_error(e, "%s: cannot open: %s", path, strerror(e));
+  }
+  if (fstat(img->fd, &img->st) < 0) {
+    int e = errno;
+    free_layer(img);
+    return sl_error(e, "%s: %s", path, strerror(e));
+  }
+  if (S_ISDIR(img->st.st_mode)) {
+    free_layer(img);
+    return sl_error(EISDIR, "%s: is a directory, not an image", path);
+  }
+  int r;
+  if (fmt == SL_FORMAT_AUTO) {
+    r = probe_fd(img->fd, path, &img->drv);
+  } else {
+    img->drv = driver_for(fmt);
+    r = img->drv ? 0 : sl_error(ENOTSUP, "%s: format %s is not built in", path,
+                                sl_format_name(fmt));
+  }
+  if (r == 0)
+    r = img->drv->open(img, opts);
+  if (r < 0) {
+    if (img->priv)
+      img->drv->close(img);
+    free_layer(img);
+    return r;
+  }
+  *out = img;
+  return 0;
+}
+
+int sl_image_open(const char *path, const struct sl_image_open_opts *opts,
+                  struct sl_image **out)
+{
+  static const struct sl_image_open_opts defaults;
+  if (!opts)
+    opts = &defaults;
+  int max_depth = opts->max_chain_depth > 0 ? opts->max_chain_depth
+                                            : DEFAULT_MAX_CHAIN;
+  struct sl_image *top = NULL;
+  int r = open_layer(path, opts, opts->format, opts->read_only, 0, &top);
+  if (r < 0)
+    return r;
+
+  struct sl_image *cur = top;
+  while (!opts->no_backing && cur->backing_file) {
+    if (cur->depth + 1 >= max_depth) {
+      r = sl_error(ELOOP, "%s: backing chain is deeper than %d layers",
+                   top->filename, max_depth);
+      goto fail;
+    }
+    cur->backing_path = resolve_backing(cur->filename, cur->backing_file);
+    if (!cur->backing_path) {
+      r = sl_error(ENOMEM, "%s: out of memory", cur->filename);
+      goto fail;
+    }
+    struct stat st;
+    if (stat(cur->backing_path, &st) < 0) {
+      int e = errno;
+      r = sl_error(e, "%s: backing file '%s' (%s): %s", cur->filename,
+                   cur->backing_file, cur->backing_path, strerror(e));
+      goto fail;
+    }
+    for (struct sl_image *l = top; l; l = l->backing) {
+      if (l->st.st_dev == st.st_dev && l->st.st_ino == st.st_ino) {
+        r = sl_error(ELOOP, "%s: backing file '%s' loops back to %s",
+                     cur->filename, cur->backing_file, l->filename);
+        goto fail;
+      }
+    }
+    r = open_layer(cur->backing_path, opts, cur->backing_fmt, true,
+                   cur->depth + 1, &cur->backing);
+    if (r < 0) {
+      sl_error_prefix(-r, "%s: backing file '%s'", cur->filename,
+                      cur->backing_file);
+      goto fail;
+    }
+    cur = cur->backing;
+  }
+  *out = top;
+  return 0;
+
+fail:
+  while (top) {
+    struct sl_image *next = top->backing;
+    top->drv->close(top);
+    free_layer(top);
+    top = next;
+  }
+  return r;
+}
+
+int sl_image_close(struct sl_image *img)
+{
+  int ret = 0;
+  while (img) {
+    struct sl_image *next = img->backing;
+    int r = img->drv->close(img);
+    if (r < 0 && ret == 0)
+      ret = r;
+    free_layer(img);
+    img = next;
+  }
+  return ret;
+}
+
+int sl_image_create(const char *path, const struct sl_image_create_opts *opts)
+{
+  struct sl_image_create_opts o = *opts;
+  if (o.format == SL_FORMAT_AUTO)
+    o.format = SL_FORMAT_QCOW2;
+  const struct sl_image_driver *drv = driver_for(o.format);
+  if (!drv)
+    return sl_error(ENOTSUP, "%s: format %s is not built in", path,
+                    sl_format_name(o.format));
+  uint64_t size = o.size;
+  if (o.backing_file) {
+    CLEANUP_FREE char *bpath = resolve_backing(path, o.backing_file);
+    if (!bpath)
+      return sl_error(ENOMEM, "%s: out of memory", path);
+    struct sl_image_open_opts bo = {.format = o.backing_format, .read_only = true};
+    struct sl_image *b;
+    int r = sl_image_open(bpath, &bo, &b);
+    if (r < 0)
+      return sl_error_prefix(-r, "%s: backing file '%s'", path, o.backing_file);
+    if (size == 0)
+      size = b->size;
+    if (o.backing_format == SL_FORMAT_AUTO)
+      o.backing_format = b->drv->format;
+    sl_image_close(b);
+  } else if (size == 0 && o.format == SL_FORMAT_QCOW2) {
+    return sl_error(EINVAL, "%s: a size is needed when there is no backing file",
+                    path);
+  }
+  return drv->create(path, &o, size);
+}
+
+uint64_t sl_image_size(const struct sl_image *img) { return img->size; }
+const char *sl_image_filename(const struct sl_image *img) { return img->filename; }
+enum sl_format sl_image_format(const struct sl_image *img) { return img->drv->format; }
+bool sl_image_read_only(const struct sl_image *img) { return img->read_only; }
+
+static int check_range(const struct sl_image *img, const char *op, uint64_t off,
+                       uint64_t len)
+{
+  uint64_t end;
+  if (!sl_add_ok(off, len, &end) || end > img->size)
+    return sl_error(EINVAL, "%s: %s of %" PRIu64 " bytes at %" PRIu64
+                    " is beyond the end of the image (%" PRIu64 " bytes)",
+                    img->filename, op, len, off, img->size);
+  return 0;
+}
+
+static int check_writable(const struct sl_image *img)
+{
+  if (img->read_only)
+    return sl_error(EROFS, "%s: image is open read-only", img->filename);
+  return 0;
+}
+
+int sl_image_pread(struct sl_image *img, void *buf, size_t len, uint64_t off)
+{
+  int r = check_range(img, "read", off, len);
+  if (r < 0 || len == 0)
+    return r;
+  return img->drv->pread(img, buf, len, off);
+}
+
+int sl_image_pwrite(struct sl_image *img, const void *buf, size_t len,
+                    uint64_t off, uint32_t flags)
+{
+  int r = check_writable(img);
+  if (r == 0)
+    r = check_range(img, "write", off, len);
+  if (r < 0 || len == 0)
+    return r;
+  return img->drv->pwrite(img, buf, len, off, flags);
+}
+
+int sl_image_flush(struct sl_image *img)
+{
+  if (img->read_only)
+    return 0;
+  return img->drv->flush(img);
+}
+
+int sl_image_discard(struct sl_image *img, uint64_t off, uint64_t len)
+{
+  int r = check_writable(img);
+  if (r == 0)
+    r = check_range(img, "discard", off, len);
+  if (r < 0 || len == 0)
+    return r;
+  return img->drv->discard(img, off, len);
+}
+
+int sl_image_write_zeroes(struct sl_image *img, uint64_t off, uint64_t len,
+                          uint32_t flags)
+{
+  int r = check_writable(img);
+  if (r == 0)
+    r = check_range(img, "write-zeroes", off, len);
+  if (r < 0 || len == 0)
+    return r;
+  return img->drv->write_zeroes(img, off, len, flags);
+}
+
+int sl_image_read_backing(struct sl_image *img, void *buf, size_t len,
+                          uint64_t off)
+{
+  struct sl_image *b = img->backing;
+  uint64_t avail = 0;
+  if (b && off < b->size)
+    avail = SL_MIN((uint64_t)len, b->size - off);
+  if (avail > 0) {
+    int r = b->drv->pread(b, buf, (size_t)avail, off);
+    if (r < 0)
+      return r;
+  }
+  if (avail < len)
+    memset((char *)buf + avail, 0, len - (size_t)avail);
+  return 0;
+}
+
+int sl_image_block_status(struct sl_image *img, uint64_t off, uint64_t len,
+                          struct sl_extent *ext)
+{
+  int r = check_range(img, "block status", off, len);
+  if (r < 0)
+    return r;
+  memset(ext, 0, sizeof *ext);
+  ext->offset = off;
+  if (len == 0)
+    return 0;
+  for (struct sl_image *l = img; l; l = l->backing) {
+    if (off >= l->size) {
+      /* Past the end of this layer: reads as zeros, nobody holds it. */
+      ext->type = SL_EXTENT_UNALLOCATED;
+      ext->depth = -1;
+      ext->length = len;
+      return 0;
+    }
+    len = SL_MIN(len, l->size - off);
+    struct sl_extent e;
+    r = l->drv->block_status(l, off, len, &e);
+    if (r < 0)
+      return r;
+    if (e.length == 0 || e.length > len)
+      return sl_error(EIO, "%s: driver returned a bad extent", l->filename);
+    len = e.length;
+    if (e.type != SL_EXTENT_UNALLOCATED) {
+      *ext = e;
+      ext->offset = off;
+      ext->depth = l->depth - img->depth;
+      return 0;
+    }
+  }
+  ext->type = SL_EXTENT_UNALLOCATED;
+  ext->depth = -1;
+  ext->length = len;
+  return 0;
+}
+
+int sl_image_chain_length(const struct sl_image *img)
+{
+  int n = 0;
+  for (; img; img = img->backing)
+    n++;
+  return n;
+}
+
+struct sl_image *sl_image_layer(struct sl_image *img, int depth)
+{
+  while (img && depth-- > 0)
+    img = img->backing;
+  return depth < 0 ? img : NULL;
+}
+
+int sl_image_layer_id(const struct sl_image *img, struct sl_layer_id *id)
+{
+  memset(id, 0, sizeof *id);
+  id->dev = (uint64_t)img->st.st_dev;
+  id->ino = (uint64_t)img->st.st_ino;
+  if (img->read_only) {
+    struct stat st;
+    if (fstat(img->fd, &st) < 0)
+      return sl_error(errno, "%s: %s", img->filename, strerror(errno));
+    id->size = (uint64_t)st.st_size;
+    id->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+  }
+  return 0;
+}
+
+int sl_image_layer_fd(const struct sl_image *img)
+{
+  char proc[64];
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", img->fd);
+  int fd = open(proc, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return sl_error(errno, "%s: cannot reopen read-only: %s", img->filename,
+                    strerror(errno));
+  return fd;
+}
+
+int sl_image_get_info(const struct sl_image *img, struct sl_image_info *info)
+{
+  memset(info, 0, sizeof *info);
+  struct stat st;
+  if (fstat(img->fd, &st) < 0)
+    return sl_error(errno, "%s: %s", img->filename, strerror(errno));
+  info->format = img->drv->format;
+  info->virtual_size = img->size;
+  info->file_size = (uint64_t)st.st_size;
+  info->actual_size = (uint64_t)st.st_blocks * 512;
+  info->backing_file = img->backing_file;
+  info->backing_format = img->backing_file && img->backing_fmt != SL_FORMAT_AUTO
+                             ? sl_format_name(img->backing_fmt) : NULL;
+  info->backing_path = img->backing_path;
+  img->drv->get_info(img, info);
+  return 0;
+}
+
+int sl_image_check(const char *path, unsigned repair, struct sl_check_result *res)
+{
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return sl_error(errno, "%s: cannot open: %s", path, strerror(errno));
+  const struct sl_image_driver *drv;
+  int r = probe_fd(fd, path, &drv);
+  close(fd);
+  if (r < 0)
+    return r;
+  return drv->check(path, repair, res);
+}

@@ -1,0 +1,53 @@
+# Sourced by every shell test.  Gives a private temporary directory, a
+# cleanup stack that runs on any exit (so mounts, loop devices and servers
+# are released even when a test fails), and small assertion helpers.
+# Exit 77 means "skipped" to meson.
+set -euo pipefail
+
+: "${SLUICE:?run through meson test, or set SLUICE=build/sluice}"
+SRCDIR=${SRCDIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+TEST_NAME=$(basename "$0" .sh)
+TMP=$(mktemp -d "/tmp/$TEST_NAME.XXXXXX")
+
+_cleanups=()
+# cleanup_push CMD...: run CMD at exit, last pushed first.
+cleanup_push() { _cleanups+=("$*"); }
+_run_cleanups() {
+  local rc=$?
+  local i
+  for ((i = ${#_cleanups[@]} - 1; i >= 0; i--)); do
+    eval "${_cleanups[$i]}" >/dev/null 2>&1 || true
+  done
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap _run_cleanups EXIT
+trap 'exit 130' INT TERM
+
+die() { echo "FAIL: $TEST_NAME: $*" >&2; exit 1; }
+skip() { echo "SKIP: $TEST_NAME: $*" >&2; exit 77; }
+require() { local c; for c in "$@"; do command -v "$c" >/dev/null 2>&1 || skip "needs $c"; done; }
+require_root() { [[ $(id -u) -eq 0 ]] || skip "needs root"; }
+
+# expect_fail PATTERN CMD...: CMD must exit non-zero (not by a signal) and
+# print PATTERN (an extended regex) on stderr.
+expect_fail() {
+  local pattern=$1; shift
+  local rc=0
+  "$@" >"$TMP/out" 2>"$TMP/err" || rc=$?
+  [[ $rc -ne 0 ]] || die "expected failure from: $*"
+  [[ $rc -lt 128 ]] || die "killed by signal $((rc - 128)): $* ($(cat "$TMP/err"))"
+  grep -Eq -- "$pattern" "$TMP/err" || die "expected /$pattern/ from: $* -- got: $(cat "$TMP/err")"
+}
+
+# assert_eq ACTUAL EXPECTED [WHAT]
+assert_eq() { [[ "$1" == "$2" ]] || die "${3:-value}: got '$1', expected '$2'"; }
+
+# wait_for_path PATH [SECONDS]: wait until PATH exists (socket, file).
+wait_for_path() {
+  local p=$1 t=${2:-10} i
+  for ((i = 0; i < t * 20; i++)); do [[ -e $p ]] && return 0; sleep 0.05; done
+  die "timed out waiting for $p"
+}
+
+sluice() { "$SLUICE" "$@"; }

@@ -1,0 +1,28 @@
+/* The sluice command: one function per subcommand (tools/cmd-*.c).
+ * Each takes argv starting at the subcommand's name and returns the exit
+ * status.  Messages go to stderr as "sluice CMD: ...". */
+#ifndef SLUICE_TOOLS_CLI_H
+#define SLUICE_TOOLS_CLI_H
+
+#include <stdio.h>
+
+int cmd_create(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_io(int argc, char **argv);
+int cmd_sim(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_disk(int argc, char **argv);
+int cmd_filter(int argc, char **argv);
+int cmd_mirror(int argc, char **argv);
+
+/* "sluice CMD: MESSAGE\n" on stderr; returns 1 for `return cli_fail(...)`. */
+int cli_fail(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* The same with sl_last_error() appended after ": ". */
+int cli_fail_lib(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#endif
