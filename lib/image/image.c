@@ -24,7 +24,7 @@ static const struct sl_image_driver *driver_for(enum sl_format fmt)
 {
   switch (fmt) {
   case SL_FORMAT_RAW: return &sl_raw_driver;
-  case SL_FORMAT_QCOW2: return &sl_qcow2_driver ? &sl_qcow2_driver : NULL;
+  case SL_FORMAT_QCOW2: return &sl_qcow2_driver;
   default: return NULL;
   }
 }
@@ -55,7 +55,7 @@ static int probe_fd(int fd, const char *path, const struct sl_image_driver **drv
   ssize_t n = pread(fd, buf, sizeof buf, 0);
   if (n < 0)
     return sl_error(errno, "%s: cannot read header: %s", path, strerror(errno));
-  if (&sl_qcow2_driver && sl_qcow2_driver.probe(buf, (size_t)n)) {
+  if (sl_qcow2_driver.probe(buf, (size_t)n)) {
     *drv = &sl_qcow2_driver;
     return 0;
   }
