@@ -19,13 +19,17 @@
 #include <sluice/image.h>
 
 static char dir[256];
+#define MAX_PATHS 4096
+static char *paths[MAX_PATHS];
+static size_t npaths;
 
 static const char *path_in(const char *name)
 {
-  /* Leaked on purpose: a test process is short-lived. */
+  /* Kept until teardown so callers can hold several at once. */
   char *p;
-  if (asprintf(&p, "%s/%s", dir, name) < 0)
+  if (asprintf(&p, "%s/%s", dir, name) < 0 || npaths == MAX_PATHS)
     abort();
+  paths[npaths++] = p;
   return p;
 }
 
@@ -483,6 +487,9 @@ static int teardown(void **state)
 {
   (void)state;
   sh("rm -rf '%s'", dir);
+  for (size_t i = 0; i < npaths; i++)
+    free(paths[i]);
+  npaths = 0;
   return 0;
 }
 
