@@ -438,9 +438,25 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
 
   if (s->extended_l2 && !(e & QCOW2_OFLAG_COMPRESSED) &&
       (e & QCOW2_OFFSET_MASK) && (e & QCOW2_OFLAG_COPIED)) {
-    /* Owned cluster, some touched subclusters unallocated: fill those. */
+    /* Owned cluster, some touched subclusters unallocated.  Handle one run
+     * of the same kind so that the fill below only ever reads and rewrites
+     * unallocated subclusters, which no in-place writer can touch. */
     uint64_t n = SL_MIN(len, cs - in0);
-    unsigned lo = (unsigned)(in0 / scs), hi = (unsigned)((in0 + n - 1) / scs);
+    uint32_t alloc = (uint32_t)b;
+    unsigned lo = (unsigned)(in0 / scs), last = (unsigned)((in0 + n - 1) / scs);
+    if ((alloc >> lo) & 1) {
+      unsigned k = lo;
+      while (k < 32 && ((alloc >> k) & 1))
+        k++;
+      n = SL_MIN(n, k * scs - in0);
+      r = qcow2_io_write(s, data, n, (e & QCOW2_OFFSET_MASK) + in0);
+      *done = n;
+      goto out;
+    }
+    unsigned hi = lo;
+    while (hi < last && !((alloc >> (hi + 1)) & 1))
+      hi++;
+    n = SL_MIN(n, (hi + 1) * scs - in0);
     uint64_t span = gc0 * cs + lo * scs;
     r = write_span(s, (e & QCOW2_OFFSET_MASK) + lo * scs, span,
                    (hi - lo + 1) * scs, data, off, len);

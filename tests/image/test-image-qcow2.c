@@ -475,6 +475,98 @@ static void test_bad_input(void **state)
   expect_open_error(p, "too short");
 }
 
+
+static uint64_t get_be(int fd, off_t off, int bytes)
+{
+  uint8_t b[8];
+  assert_int_equal(pread(fd, b, (size_t)bytes, off), bytes);
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; i++)
+    v = v << 8 | b[i];
+  return v;
+}
+
+/* Offset of the 16-bit refcount of cluster C (64 KiB clusters). */
+static off_t refcount_at(int fd, uint64_t c)
+{
+  uint64_t rt = get_be(fd, 48, 8);
+  uint64_t blk = get_be(fd, (off_t)(rt + (c / 32768) * 8), 8);
+  return (off_t)(blk + (c % 32768) * 2);
+}
+
+static long json_num(const char *file, const char *key)
+{
+  size_t n;
+  uint8_t *b = read_file(file, &n);
+  b[n] = 0;
+  char k[64];
+  snprintf(k, sizeof k, "\"%s\": ", key);
+  char *p = strstr((char *)b, k);
+  long v = p ? strtol(p + strlen(k), NULL, 10) : 0;
+  free(b);
+  return v;
+}
+
+static void compare_check_with_qemu(const char *img)
+{
+  struct sl_check_result res;
+  assert_int_equal(sl_image_check(img, 0, &res), 0);
+  const char *js = path_in("check.json");
+  sh("qemu-img check --output=json '%s' > '%s' 2>/dev/null", img, js);
+  assert_int_equal(res.corruptions, json_num(js, "corruptions"));
+  assert_int_equal(res.leaks, json_num(js, "leaks"));
+  assert_int_equal(res.allocated_clusters, json_num(js, "allocated-clusters"));
+  assert_int_equal(res.total_clusters, json_num(js, "total-clusters"));
+  assert_int_equal(res.image_end_offset, json_num(js, "image-end-offset"));
+}
+
+static void test_check_agrees_with_qemu(void **state)
+{
+  (void)state;
+  if (!have_qemu())
+    skip();
+  const char *p = path_in("chk.qcow2");
+  struct sl_image_create_opts co = {.size = 32 << 20};
+  for (int round = 0; round < 4; round++) {
+    assert_int_equal(sl_image_create(p, &co), 0);
+    struct sl_image *im;
+    assert_int_equal(sl_image_open(p, NULL, &im), 0);
+    uint8_t *buf = malloc(3 << 20);
+    memset(buf, 0x42, 3 << 20);
+    assert_int_equal(sl_image_pwrite(im, buf, 3 << 20, 0, 0), 0);
+    assert_int_equal(sl_image_pwrite(im, buf, 5000, 20 << 20, 0), 0);
+    assert_int_equal(sl_image_close(im), 0);
+    free(buf);
+    compare_check_with_qemu(p);
+    struct sl_check_result res;
+    assert_int_equal(sl_image_check(p, 0, &res), 0);
+    assert_int_equal(res.corruptions + res.leaks, 0);
+    int fd = open(p, O_RDWR);
+    uint64_t l1 = get_be(fd, 40, 8);
+    uint64_t l2 = get_be(fd, (off_t)l1, 8) & 0x00fffffffffffe00ull;
+    uint64_t data3 = get_be(fd, (off_t)(l2 + 3 * 8), 8) & 0x00fffffffffffe00ull;
+    if (round == 0) {          /* a leak: refcount 2 for a cluster used once */
+      put_be32(fd, refcount_at(fd, data3 >> 16), 0x00020000 |
+               (uint32_t)get_be(fd, refcount_at(fd, data3 >> 16) + 2, 2));
+    } else if (round == 1) {   /* refcount too low */
+      off_t o = refcount_at(fd, data3 >> 16);
+      put_be32(fd, o, (uint32_t)get_be(fd, o + 2, 2));
+    } else if (round == 2) {   /* two owners of one cluster */
+      put_be64(fd, (off_t)(l2 + 10 * 8), get_be(fd, (off_t)(l2 + 3 * 8), 8));
+    } else {                   /* an L2 entry pointing into the L1 table */
+      put_be64(fd, (off_t)(l2 + 5 * 8), l1 | (1ull << 63));
+    }
+    close(fd);
+    compare_check_with_qemu(p);
+    assert_int_equal(sl_image_check(p, 0, &res), 0);
+    assert_true(res.corruptions + res.leaks > 0);
+    assert_int_equal(sl_image_check(p, SL_CHECK_REPAIR_ALL, &res), 0);
+    assert_int_equal(res.corruptions + res.leaks, 0);
+    assert_true(res.corruptions_fixed + res.leaks_fixed > 0);
+    check_qemu_clean(p);
+  }
+}
+
 static int setup(void **state)
 {
   (void)state;
@@ -504,6 +596,7 @@ int main(void)
     cmocka_unit_test(test_cow_shared_and_compressed),
     cmocka_unit_test(test_refcount_growth),
     cmocka_unit_test(test_bad_input),
+    cmocka_unit_test(test_check_agrees_with_qemu),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
