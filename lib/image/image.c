@@ -69,8 +69,8 @@ static int probe_fd(int fd, const char *path, const struct sl_image_driver **drv
 static char *resolve_backing(const char *overlay, const char *backing)
 {
   char *res = NULL;
-  if (backing[0] == '/') {
-    res = strdup(backing);
+  if (backing[0] == '/' || !strchr(overlay, '/')) {
+    res = strdup(backing); /* absolute, or the overlay is in the cwd */
   } else {
     CLEANUP_FREE char *copy = strdup(overlay);
     if (!copy)
