@@ -194,6 +194,8 @@ static void verify(struct sl_image *im, const uint8_t *model, uint64_t size)
 
 /* Random writes, zeroes and discards against an in-memory model, on an
  * image over BACKING (or none); reopen, compare, qemu-img check. */
+static bool use_direct;
+
 static void roundtrip(uint32_t cs, bool ext, const char *backing,
                       const uint8_t *base, uint64_t size, int ops)
 {
@@ -208,7 +210,10 @@ static void roundtrip(uint32_t cs, bool ext, const char *backing,
   if (base)
     memcpy(model, base, size);
   struct sl_image *im;
-  assert_int_equal(sl_image_open(p, NULL, &im), 0);
+  struct sl_image_open_opts oo = {.direct = use_direct};
+  r = sl_image_open(p, &oo, &im);
+  if (r < 0)
+    fail_msg("open: %s", sl_last_error());
   assert_int_equal(sl_image_size(im), size);
   uint8_t *buf = malloc((1 << 20) + 3 * cs + 100);
   for (int i = 0; i < ops; i++) {
@@ -266,6 +271,48 @@ static void test_roundtrip_cluster_sizes(void **state)
   roundtrip(65536, true, NULL, NULL, 16 << 20, 200);
   roundtrip(2 << 20, false, NULL, NULL, 16 << 20, 60);
   roundtrip(2 << 20, true, NULL, NULL, 16 << 20, 60);
+}
+
+/* O_DIRECT with unaligned buffers, offsets and lengths (needs a file
+ * system that supports it: not tmpfs). */
+static void test_direct_io(void **state)
+{
+  (void)state;
+  int fd = open(path_in("probe"), O_RDWR | O_CREAT | O_DIRECT, 0644);
+  if (fd < 0)
+    skip();
+  close(fd);
+  use_direct = true;
+  roundtrip(65536, false, NULL, NULL, 4 << 20, 150);
+  roundtrip(512, false, NULL, NULL, 1 << 20, 100);
+  roundtrip(65536, true, NULL, NULL, 4 << 20, 100);
+  use_direct = false;
+  /* raw: unaligned writes and reads through the bounce path. */
+  const char *p = path_in("d.raw");
+  struct sl_image_create_opts co = {.format = SL_FORMAT_RAW, .size = 1000001};
+  assert_int_equal(sl_image_create(p, &co), 0);
+  struct sl_image *im;
+  struct sl_image_open_opts oo = {.direct = true};
+  assert_int_equal(sl_image_open(p, &oo, &im), 0);
+  uint8_t *model = calloc(1, 1000001), *buf = malloc(70001);
+  for (int i = 0; i < 200; i++) {
+    uint64_t off = rnd() % 1000001, len = 1 + rnd() % 70000;
+    if (off + len > 1000001)
+      len = 1000001 - off;
+    memset(buf + 1, i + 1, len);
+    assert_int_equal(sl_image_pwrite(im, buf + 1, len, off, 0), 0);
+    memcpy(model + off, buf + 1, len);
+  }
+  uint8_t *got = malloc(1000001 + 1);
+  assert_int_equal(sl_image_pread(im, got + 1, 1000001, 0), 0);
+  assert_memory_equal(got + 1, model, 1000001);
+  assert_int_equal(sl_image_close(im), 0);
+  struct stat st;
+  assert_int_equal(stat(p, &st), 0);
+  assert_int_equal(st.st_size, 1000001);
+  free(got);
+  free(model);
+  free(buf);
 }
 
 static uint8_t *make_base(const char *name, uint64_t size, enum sl_format fmt)
@@ -596,6 +643,7 @@ int main(void)
     cmocka_unit_test(test_cow_shared_and_compressed),
     cmocka_unit_test(test_refcount_growth),
     cmocka_unit_test(test_bad_input),
+    cmocka_unit_test(test_direct_io),
     cmocka_unit_test(test_check_agrees_with_qemu),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
