@@ -81,7 +81,7 @@ line() {
       ((s > best_s)) && best_s=$s
     done
     awk -v n="$name, -t $cache" -v q="$best_q" -v s="$best_s" \
-      'BEGIN { printf "| %-54s | %10d | %10d | %5.2f |\n", n, q, s, q ? s / q : 0 }'
+      'BEGIN { printf "| %-60s | %10d | %10d | %5.2f |\n", n, q, s, q ? s / q : 0 }'
   done
 }
 
@@ -89,8 +89,8 @@ echo
 echo "image-bench: $size qcow2, 64K clusters, depth 64, best of $runs," \
      "$(nproc) cores, $("$qemu_img" --version | head -1)"
 echo
-echo "| line                                                   | qemu-img/s |   sluice/s | ratio |"
-echo "|--------------------------------------------------------|-----------:|-----------:|------:|"
+echo "| line                                                         | qemu-img/s |   sluice/s | ratio |"
+echo "|--------------------------------------------------------------|-----------:|-----------:|------:|"
 line "4K read, sequential"                      no -c "$count" -s 4K
 line "4K read, strided (-S 1M)"                 no -c "$count" -s 4K -S 1M
 line "4K write, allocated clusters"             no -c "$count" -s 4K -w

@@ -47,17 +47,21 @@ struct bench {
   atomic_int failed;
 };
 
-static uint64_t request_offset(struct bench *b, uint64_t i, uint64_t *rng)
+/* splitmix64: a well-mixed hash of the request number, so --random visits
+ * the same offsets in every run whatever the number of threads. */
+static uint64_t mix64(uint64_t x)
+{
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+static uint64_t request_offset(const struct bench *b, uint64_t i)
 {
   uint64_t span = b->size - b->offset;
-  if (b->random) {
-    /* xorshift64*: cheap, per-thread, reproducible from the seed. */
-    *rng ^= *rng >> 12;
-    *rng ^= *rng << 25;
-    *rng ^= *rng >> 27;
-    uint64_t slots = span / b->bufsize;
-    return b->offset + ((*rng * 2685821657736338717ull) % slots) * b->bufsize;
-  }
+  if (b->random)
+    return b->offset + (mix64(i) % (span / b->bufsize)) * b->bufsize;
   /* Positions wrap when a request would cross the end of the image. */
   uint64_t per_lap = (span - b->bufsize) / b->step + 1;
   return b->offset + (i % per_lap) * b->step;
@@ -72,12 +76,11 @@ static void *worker(void *opaque)
     return NULL;
   }
   memset(buf, b->pattern, b->bufsize);
-  uint64_t rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)&rng;
   for (;;) {
     uint64_t i = atomic_fetch_add(&b->next, 1);
     if (i >= b->count || atomic_load(&b->failed))
       break;
-    uint64_t off = request_offset(b, i, &rng);
+    uint64_t off = request_offset(b, i);
     int r = b->write ? sl_disk_pwrite(b->h, buf, b->bufsize, off, 0)
                      : sl_disk_pread(b->h, buf, b->bufsize, off, 0);
     if (r == 0 && b->flush_interval && (i + 1) % b->flush_interval == 0)
