@@ -16,9 +16,7 @@
 #include "export/export.h"
 #include "tools/cli.h"
 
-/* The FUSE export is optional (libfuse3 may be missing). */
-#pragma weak sl_fuse_export_start
-#pragma weak sl_fuse_export_stop
+#include "config.h"
 
 #define MAX_NBD 8
 #define MAX_FILTERS 32
@@ -139,8 +137,8 @@ int cmd_serve(int argc, char **argv)
   }
   if (n_nbd == 0 && !fuse_file)
     return cli_fail("serve", "nothing to serve: give --nbd and/or --fuse");
-  if (fuse_file && !sl_fuse_export_start)
-    return cli_fail("serve", "--fuse: the FUSE export is not built into this sluice");
+  if (fuse_file && !HAVE_FUSE3)
+    return cli_fail("serve", "--fuse: this sluice was built without libfuse3");
   const char *path = argv[optind];
   dopts.extra_filters = filters;
   dopts.n_extra_filters = n_filters;
@@ -182,8 +180,10 @@ int cmd_serve(int argc, char **argv)
   struct sl_fuse_export *fx = NULL;
   if (srv && sl_nbd_server_start(srv) < 0)
     ret = cli_fail("serve", "%s", sl_last_error());
+#if HAVE_FUSE3
   if (ret == 0 && fuse_file && sl_fuse_export_start(h, fuse_file, nopts.read_only, &fx) < 0)
     ret = cli_fail("serve", "--fuse %s: %s", fuse_file, sl_last_error());
+#endif
   if (ret == 0) {
     char size[32];
     fprintf(stderr, "sluice serve: serving %s (%s)", path,
@@ -197,8 +197,9 @@ int cmd_serve(int argc, char **argv)
     sigwait(&sigs, &sig);
     fprintf(stderr, "sluice serve: %s: draining and flushing\n", strsignal(sig));
   }
-  if (fx)
-    sl_fuse_export_stop(fx);
+#if HAVE_FUSE3
+  sl_fuse_export_stop(fx);
+#endif
   sl_nbd_server_stop(srv);
   if (sl_disk_close(disk) < 0 && ret == 0)
     ret = cli_fail("serve", "%s: %s", path, sl_last_error());
