@@ -1,9 +1,180 @@
-/* sluice info: not yet written (see the issue that owns it). */
+/* sluice info: describe an image (and with --backing-chain every layer
+ * below it), in qemu-img info's human and JSON layouts. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sluice/sluice.h>
+#include "common/util.h"
+#include "tools/cli-util.h"
 #include "tools/cli.h"
+
+static const char usage_text[] =
+  "Usage: sluice info [-f FMT] [--output=human|json] [--backing-chain] FILE\n"
+  "\n"
+  "Show the format, sizes and format-specific details of FILE.  With\n"
+  "--backing-chain, show every layer of its backing chain, top first.\n";
+
+/* The backing path the way it would be opened: relative to FILE's dir. */
+static char *full_backing(const struct sl_image_info *info, const char *file)
+{
+  if (info->backing_path)
+    return strdup(info->backing_path);
+  if (!info->backing_file)
+    return NULL;
+  if (info->backing_file[0] == '/')
+    return strdup(info->backing_file);
+  CLEANUP_FREE char *copy = strdup(file);
+  char *res = NULL;
+  if (copy && asprintf(&res, "%s/%s", dirname(copy), info->backing_file) < 0)
+    res = NULL;
+  return res;
+}
+
+static void print_human(const struct sl_image *img, const struct sl_image_info *info)
+{
+  char a[32], b[32];
+  const char *file = sl_image_filename(img);
+  printf("image: %s\n", file);
+  printf("file format: %s\n", sl_format_name(info->format));
+  printf("virtual size: %s (%" PRIu64 " bytes)\n",
+         sl_human_size(info->virtual_size, a, sizeof a), info->virtual_size);
+  printf("disk size: %s\n", sl_human_size(info->actual_size, b, sizeof b));
+  if (info->format != SL_FORMAT_QCOW2)
+    return;
+  printf("cluster_size: %u\n", info->cluster_size);
+  if (info->backing_file) {
+    CLEANUP_FREE char *full = full_backing(info, file);
+    if (full && strcmp(full, info->backing_file) != 0)
+      printf("backing file: %s (actual path: %s)\n", info->backing_file, full);
+    else
+      printf("backing file: %s\n", info->backing_file);
+    if (info->backing_format)
+      printf("backing file format: %s\n", info->backing_format);
+  }
+  printf("Format specific information:\n");
+  printf("    compat: %s\n", info->qcow2_version >= 3 ? "1.1" : "0.10");
+  printf("    compression type: %s\n",
+         info->compression_type ? info->compression_type : "zlib");
+  if (info->qcow2_version >= 3)
+    printf("    lazy refcounts: %s\n", info->lazy_refcounts ? "true" : "false");
+  printf("    refcount bits: %d\n", info->refcount_bits);
+  if (info->qcow2_version >= 3) {
+    printf("    corrupt: %s\n", info->corrupt ? "true" : "false");
+    printf("    extended l2: %s\n", info->extended_l2 ? "true" : "false");
+  }
+  if (info->dirty)
+    printf("    dirty: true\n");
+}
+
+static void print_json(const struct sl_image *img, const struct sl_image_info *info,
+                       const char *indent)
+{
+  const char *file = sl_image_filename(img);
+  printf("%s{\n", indent);
+  printf("%s    \"virtual-size\": %" PRIu64 ",\n", indent, info->virtual_size);
+  printf("%s    \"filename\": ", indent);
+  json_string(stdout, file);
+  printf(",\n");
+  if (info->format == SL_FORMAT_QCOW2)
+    printf("%s    \"cluster-size\": %u,\n", indent, info->cluster_size);
+  printf("%s    \"format\": \"%s\",\n", indent, sl_format_name(info->format));
+  printf("%s    \"actual-size\": %" PRIu64 ",\n", indent, info->actual_size);
+  if (info->format == SL_FORMAT_QCOW2) {
+    printf("%s    \"format-specific\": {\n", indent);
+    printf("%s        \"type\": \"qcow2\",\n", indent);
+    printf("%s        \"data\": {\n", indent);
+    printf("%s            \"compat\": \"%s\",\n", indent,
+           info->qcow2_version >= 3 ? "1.1" : "0.10");
+    printf("%s            \"compression-type\": \"%s\",\n", indent,
+           info->compression_type ? info->compression_type : "zlib");
+    printf("%s            \"lazy-refcounts\": %s,\n", indent,
+           info->lazy_refcounts ? "true" : "false");
+    printf("%s            \"refcount-bits\": %d,\n", indent, info->refcount_bits);
+    printf("%s            \"corrupt\": %s,\n", indent, info->corrupt ? "true" : "false");
+    printf("%s            \"extended-l2\": %s\n", indent,
+           info->extended_l2 ? "true" : "false");
+    printf("%s        }\n", indent);
+    printf("%s    },\n", indent);
+  }
+  if (info->backing_file) {
+    CLEANUP_FREE char *full = full_backing(info, file);
+    printf("%s    \"full-backing-filename\": ", indent);
+    json_string(stdout, full);
+    printf(",\n%s    \"backing-filename\": ", indent);
+    json_string(stdout, info->backing_file);
+    printf(",\n");
+    if (info->backing_format) {
+      printf("%s    \"backing-filename-format\": ", indent);
+      json_string(stdout, info->backing_format);
+      printf(",\n");
+    }
+  }
+  printf("%s    \"dirty-flag\": %s\n", indent, info->dirty ? "true" : "false");
+  printf("%s}", indent);
+}
 
 int cmd_info(int argc, char **argv)
 {
-  (void)argc;
-  (void)argv;
-  return cli_fail("info", "not implemented yet");
+  static const struct option longopts[] = {
+    {"help", no_argument, NULL, 'h'},
+    {"output", required_argument, NULL, 'O'},
+    {"backing-chain", no_argument, NULL, 'B'},
+    {"format", required_argument, NULL, 'f'},
+    {NULL, 0, NULL, 0},
+  };
+  struct sl_image_open_opts o = {.read_only = true, .no_backing = true};
+  bool json = false, chain = false;
+  int c;
+
+  while ((c = getopt_long(argc, argv, "f:h", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'f':
+      if (sl_format_parse(optarg, &o.format) < 0)
+        return cli_fail("info", "%s", sl_last_error());
+      break;
+    case 'O':
+      if (strcmp(optarg, "json") == 0)
+        json = true;
+      else if (strcmp(optarg, "human") != 0)
+        return cli_fail("info", "--output: '%s' is not human or json", optarg);
+      break;
+    case 'B': chain = true; o.no_backing = false; break;
+    case 'h': fputs(usage_text, stdout); return 0;
+    default: fputs(usage_text, stderr); return 1;
+    }
+  }
+  if (optind != argc - 1) {
+    fputs(usage_text, stderr);
+    return cli_fail("info", optind >= argc ? "no FILE given" : "too many arguments");
+  }
+  struct sl_image *img;
+  if (sl_image_open(argv[optind], &o, &img) < 0)
+    return cli_fail("info", "%s", sl_last_error());
+
+  int n = chain ? sl_image_chain_length(img) : 1;
+  if (json && chain)
+    printf("[\n");
+  for (int d = 0; d < n; d++) {
+    struct sl_image *layer = sl_image_layer(img, d);
+    struct sl_image_info info;
+    if (sl_image_get_info(layer, &info) < 0) {
+      sl_image_close(img);
+      return cli_fail("info", "%s", sl_last_error());
+    }
+    if (json) {
+      print_json(layer, &info, chain ? "    " : "");
+      printf(chain && d + 1 < n ? ",\n" : "\n");
+    } else {
+      if (d > 0)
+        printf("\n");
+      print_human(layer, &info);
+    }
+  }
+  if (json && chain)
+    printf("]\n");
+  sl_image_close(img);
+  return 0;
 }

@@ -34,7 +34,7 @@ static inline void sl_cleanup_unlock(pthread_mutex_t **m) {
 #define SL_CONCAT_(a, b) a##b
 #define SL_CONCAT(a, b) SL_CONCAT_(a, b)
 #define SCOPED_LOCK(mutex)                                                  \
-  __attribute__((cleanup(sl_cleanup_unlock))) pthread_mutex_t *             \
+  __attribute__((cleanup(sl_cleanup_unlock), unused)) pthread_mutex_t *     \
       SL_CONCAT(scoped_lock_, __LINE__) =                                   \
           (pthread_mutex_lock(mutex), (mutex))
 

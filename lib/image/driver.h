@@ -58,7 +58,7 @@ struct sl_image {
 };
 
 extern const struct sl_image_driver sl_raw_driver;
-extern const struct sl_image_driver sl_qcow2_driver __attribute__((weak));
+extern const struct sl_image_driver sl_qcow2_driver;
 
 /* Read from the layer below IMG: zeros past its end or without one. */
 int sl_image_read_backing(struct sl_image *img, void *buf, size_t len,

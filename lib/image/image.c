@@ -24,7 +24,7 @@ static const struct sl_image_driver *driver_for(enum sl_format fmt)
 {
   switch (fmt) {
   case SL_FORMAT_RAW: return &sl_raw_driver;
-  case SL_FORMAT_QCOW2: return &sl_qcow2_driver ? &sl_qcow2_driver : NULL;
+  case SL_FORMAT_QCOW2: return &sl_qcow2_driver;
   default: return NULL;
   }
 }
@@ -51,11 +51,12 @@ int sl_format_parse(const char *name, enum sl_format *out)
 
 static int probe_fd(int fd, const char *path, const struct sl_image_driver **drv)
 {
-  uint8_t buf[512];
+  /* Aligned for O_DIRECT, whose reads need a block-aligned buffer. */
+  uint8_t buf[4096] __attribute__((aligned(4096)));
   ssize_t n = pread(fd, buf, sizeof buf, 0);
   if (n < 0)
     return sl_error(errno, "%s: cannot read header: %s", path, strerror(errno));
-  if (&sl_qcow2_driver && sl_qcow2_driver.probe(buf, (size_t)n)) {
+  if (sl_qcow2_driver.probe(buf, (size_t)n)) {
     *drv = &sl_qcow2_driver;
     return 0;
   }
@@ -69,8 +70,8 @@ static int probe_fd(int fd, const char *path, const struct sl_image_driver **drv
 static char *resolve_backing(const char *overlay, const char *backing)
 {
   char *res = NULL;
-  if (backing[0] == '/') {
-    res = strdup(backing);
+  if (backing[0] == '/' || !strchr(overlay, '/')) {
+    res = strdup(backing); /* absolute, or the overlay is in the cwd */
   } else {
     CLEANUP_FREE char *copy = strdup(overlay);
     if (!copy)
