@@ -474,6 +474,21 @@ bool sl_twophase_remove(struct sl_twophase *t, uint64_t key)
   return ok;
 }
 
+uint32_t sl_twophase_test_hand_step(struct sl_twophase *t, uint64_t *evicted,
+                                    bool *did_evict)
+{
+  pthread_mutex_lock(&t->lock);
+  *did_evict = false;
+  uint32_t s = hand_step(t, evicted, did_evict);
+  pthread_mutex_unlock(&t->lock);
+  return *did_evict ? s : SL_TWOPHASE_NONE;
+}
+
+uint64_t sl_twophase_slot_key(struct sl_twophase *t, uint32_t slot)
+{
+  return slot < t->n ? atomic_load_explicit(&t->keys[slot], memory_order_acquire) : 0;
+}
+
 char sl_twophase_where(struct sl_twophase *t, uint32_t slot)
 {
   if (slot >= t->n)
