@@ -6,9 +6,9 @@
  * where the caller keeps the block's data, so it never moves while the key
  * stays resident -- promotion from cold to hot flips a state bit.
  *
- * Thread safety: lookups and hits are lock-free (one atomic RMW on a hit,
- * none when the reference bit is already set); inserts, pins and removes
- * take the structure's eviction lock. */
+ * Thread safety: lookups and hits are lock-free (at most one atomic
+ * compare-and-swap on a hit, none when the reference level is saturated);
+ * inserts, pins and removes take the structure's eviction lock. */
 #ifndef SLUICE_CACHE_TWOPHASE_H
 #define SLUICE_CACHE_TWOPHASE_H
 
@@ -27,7 +27,7 @@ struct sl_twophase_params {
   uint64_t capacity;        /* resident blocks, cold + hot */
   double cold_fraction;     /* cold's (initial) share of capacity; 0 = 0.10 */
   double ghost_fraction;    /* ghost entries per resident block; 0 = 1.0 */
-  bool fixed;               /* true: keep cold_fraction; false (default): adapt it */
+  bool adaptive;            /* resize cold online from ghost hits (default off) */
   enum sl_cold_hit cold_hit;
 };
 
@@ -73,7 +73,14 @@ bool sl_twophase_remove(struct sl_twophase *t, uint64_t key);
 
 /* Location of a resident slot, for tests: 'c' cold, 'h' hot, 0 free. */
 char sl_twophase_where(struct sl_twophase *t, uint32_t slot);
+/* The key a slot holds now (meaningful while the caller pins it). */
+uint64_t sl_twophase_slot_key(struct sl_twophase *t, uint32_t slot);
 bool sl_twophase_in_ghost(struct sl_twophase *t, uint64_t key);
+
+/* For tests: one step of the clock hand over the slot array (a freed slot
+ * stays free).  Returns the slot it freed, or SL_TWOPHASE_NONE. */
+uint32_t sl_twophase_test_hand_step(struct sl_twophase *t, uint64_t *evicted,
+                                    bool *did_evict);
 
 void sl_twophase_get_stats(struct sl_twophase *t, struct sl_twophase_stats *s);
 /* Check every invariant (call when no other thread is using T); 0 if all

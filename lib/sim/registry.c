@@ -16,8 +16,7 @@ extern const struct sl_sim_policy sl_sim_policy_s3fifo1;
 extern const struct sl_sim_policy sl_sim_policy_sieve;
 extern const struct sl_sim_policy sl_sim_policy_lirs __attribute__((weak));
 extern const struct sl_sim_policy sl_sim_policy_belady;
-extern const struct sl_sim_policy sl_sim_policy_twophase
-    __attribute__((weak));
+extern const struct sl_sim_policy sl_sim_policy_twophase;
 
 const struct sl_sim_policy *const *sl_sim_policies(void)
 {
