@@ -71,6 +71,7 @@ struct conn {
   bool closing;
   pthread_t workers[16];
   unsigned nworkers;
+  atomic_uint busy;                 /* requests queued or executing */
   atomic_bool broken;               /* a write failed: stop */
 };
 
@@ -644,11 +645,21 @@ static void *worker_main(void *opaque)
     execute(c, rq);
     free(rq->data);
     free(rq);
+    atomic_fetch_sub(&c->busy, 1);
   }
 }
 
 static void enqueue(struct conn *c, struct request *rq)
 {
+  /* Nothing else in flight (queue depth 1): run it here and spare the two
+   * thread hand-offs; with more in flight the workers run in parallel. */
+  if (atomic_load(&c->busy) == 0) {
+    execute(c, rq);
+    free(rq->data);
+    free(rq);
+    return;
+  }
+  atomic_fetch_add(&c->busy, 1);
   pthread_mutex_lock(&c->qlock);
   while (c->queued >= MAX_QUEUED)
     pthread_cond_wait(&c->qcond, &c->qlock);
