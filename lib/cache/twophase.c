@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "cache/twophase.h"
+#include "common/util.h"
 
 #define ST_FREE 0u
 #define ST_COLD 1u
@@ -74,15 +75,7 @@ struct sl_twophase {
   _Atomic uint64_t ref_stores;
 };
 
-static inline uint64_t mix(uint64_t x)
-{
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  x ^= x >> 31;
-  return x;
-}
+#define mix sl_mix64
 
 static uint32_t pow2_at_least(uint64_t v)
 {
