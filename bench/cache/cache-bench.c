@@ -348,10 +348,11 @@ static double measure(enum policy p, uint64_t cap, int threads, uint64_t **keys,
     locked_init(lk, cap);
   }
   struct run r[8];
-  if (prefill) { /* warm: every key of thread 0's stream once */
-    struct run w = {p, tp, lk, keys[0], nkeys, nkeys, 0};
-    run_thread(&w);
-  }
+  if (prefill) /* warm: every key of every thread's stream, so (a) is all hits */
+    for (int i = 0; i < threads; i++) {
+      struct run w = {p, tp, lk, keys[i], nkeys, nkeys, 0};
+      run_thread(&w);
+    }
   pthread_t t[8];
   double t0 = now();
   for (int i = 0; i < threads; i++) {
