@@ -127,7 +127,7 @@ static void print_json(FILE *f, const char *trace, uint64_t requests,
           (unsigned long long)requests, (unsigned long long)footprint);
   for (unsigned i = 0; i < njobs; i++)
     fprintf(f, "%s\n  {\"policy\": \"%s\", \"size_fraction\": %g, "
-            "\"cache_blocks\": %llu, \"miss_ratio\": %.6f}",
+            "\"cache_blocks\": %llu, \"miss_ratio\": %.8f}",
             i ? "," : "", jobs[i].policy->name, jobs[i].size_fraction,
             (unsigned long long)jobs[i].cache_blocks, jobs[i].miss_ratio);
   fprintf(f, "\n]}\n");
@@ -137,7 +137,7 @@ static void print_csv(FILE *f, const struct sl_sim_job *jobs, unsigned njobs)
 {
   fprintf(f, "policy,size_fraction,cache_blocks,miss_ratio\n");
   for (unsigned i = 0; i < njobs; i++)
-    fprintf(f, "%s,%g,%llu,%.6f\n", jobs[i].policy->name,
+    fprintf(f, "%s,%g,%llu,%.8f\n", jobs[i].policy->name,
             jobs[i].size_fraction, (unsigned long long)jobs[i].cache_blocks,
             jobs[i].miss_ratio);
 }

@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "cache/twophase.h"
+#include "common/util.h"
 
 #define ST_FREE 0u
 #define ST_COLD 1u
@@ -52,37 +53,33 @@
 #define NONE SL_TWOPHASE_NONE
 
 struct sl_twophase {
+  /* Read by every lookup, written only at creation: kept apart from the
+   * fields the miss path writes, so hits on other cores never lose this
+   * cache line to an insert. */
   uint32_t n;                       /* slots = capacity */
+  enum sl_cold_hit cold_hit;
   _Atomic uint64_t *keys;
   _Atomic uint8_t *state;
   _Atomic uint8_t *pins;
   _Atomic uint32_t *index;          /* slot + 1, 0 = empty */
   uint32_t index_mask;
-
-  pthread_mutex_t lock;             /* everything below */
   uint32_t *cold_ring;
-  uint32_t cold_head, cold_count;
-  uint32_t hot_count, bump, hand;
-  uint32_t cold_target, cold_min, cold_max, step;
-  bool fixed;
-  enum sl_cold_hit cold_hit;
   uint32_t *ghost;
   uint8_t *ghost_cursor;
   uint32_t ghost_mask;              /* buckets - 1 */
   uint64_t ghost_nominal;
+  bool fixed;
+
+  _Alignas(64) pthread_mutex_t lock; /* everything below */
+  uint32_t cold_head, cold_count;
+  uint32_t hot_count, bump, hand;
+  uint32_t cold_target, cold_min, cold_max, step;
   struct sl_twophase_stats st;
-  _Atomic uint64_t ref_stores;
+
+  _Alignas(64) _Atomic uint64_t ref_stores;
 };
 
-static inline uint64_t mix(uint64_t x)
-{
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  x ^= x >> 31;
-  return x;
-}
+#define mix sl_mix64
 
 static uint32_t pow2_at_least(uint64_t v)
 {
@@ -96,9 +93,11 @@ struct sl_twophase *sl_twophase_create(const struct sl_twophase_params *p)
 {
   if (!p || p->capacity == 0 || p->capacity >= (1u << 30))
     return NULL;
-  struct sl_twophase *t = calloc(1, sizeof *t);
+  size_t tsize = (sizeof(struct sl_twophase) + 63) & ~(size_t)63;
+  struct sl_twophase *t = aligned_alloc(64, tsize);
   if (!t)
     return NULL;
+  memset(t, 0, tsize);
   t->n = (uint32_t)p->capacity;
   double cf = p->cold_fraction > 0 ? p->cold_fraction : 0.10;
   double gf = p->ghost_fraction > 0 ? p->ghost_fraction : 1.0;
@@ -472,6 +471,21 @@ bool sl_twophase_remove(struct sl_twophase *t, uint64_t key)
   }
   pthread_mutex_unlock(&t->lock);
   return ok;
+}
+
+uint32_t sl_twophase_test_hand_step(struct sl_twophase *t, uint64_t *evicted,
+                                    bool *did_evict)
+{
+  pthread_mutex_lock(&t->lock);
+  *did_evict = false;
+  uint32_t s = hand_step(t, evicted, did_evict);
+  pthread_mutex_unlock(&t->lock);
+  return *did_evict ? s : SL_TWOPHASE_NONE;
+}
+
+uint64_t sl_twophase_slot_key(struct sl_twophase *t, uint32_t slot)
+{
+  return slot < t->n ? atomic_load_explicit(&t->keys[slot], memory_order_acquire) : 0;
 }
 
 char sl_twophase_where(struct sl_twophase *t, uint32_t slot)

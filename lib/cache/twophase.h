@@ -73,7 +73,14 @@ bool sl_twophase_remove(struct sl_twophase *t, uint64_t key);
 
 /* Location of a resident slot, for tests: 'c' cold, 'h' hot, 0 free. */
 char sl_twophase_where(struct sl_twophase *t, uint32_t slot);
+/* The key a slot holds now (meaningful while the caller pins it). */
+uint64_t sl_twophase_slot_key(struct sl_twophase *t, uint32_t slot);
 bool sl_twophase_in_ghost(struct sl_twophase *t, uint64_t key);
+
+/* For tests: one step of the clock hand over the slot array (a freed slot
+ * stays free).  Returns the slot it freed, or SL_TWOPHASE_NONE. */
+uint32_t sl_twophase_test_hand_step(struct sl_twophase *t, uint64_t *evicted,
+                                    bool *did_evict);
 
 void sl_twophase_get_stats(struct sl_twophase *t, struct sl_twophase_stats *s);
 /* Check every invariant (call when no other thread is using T); 0 if all

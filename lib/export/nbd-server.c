@@ -71,6 +71,7 @@ struct conn {
   bool closing;
   pthread_t workers[16];
   unsigned nworkers;
+  atomic_uint busy;                 /* requests queued or executing */
   atomic_bool broken;               /* a write failed: stop */
 };
 
@@ -209,20 +210,36 @@ static uint16_t transmission_flags(const struct conn *c)
   return f;
 }
 
+/* Both INFO/GO and the META_CONTEXT options start with a 32-bit length and
+ * an export name.  FIXED is the size of what must follow the name.  Returns
+ * 1 with NAME filled, 0 after sending an error reply, -1 on a dead socket. */
+static int read_export_name(struct conn *c, uint32_t opt, const char *p, uint32_t len,
+                            uint32_t fixed, char name[static 4097], uint32_t *namelen)
+{
+  int r;
+  if (len < 4 + fixed)
+    r = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "option too short");
+  else if ((*namelen = get_be32(p)) > len - 4 - fixed)
+    r = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "name length too large");
+  else if (*namelen > 4096)
+    r = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "name too long");
+  else {
+    memcpy(name, p + 4, *namelen);
+    name[*namelen] = '\0';
+    return 1;
+  }
+  return r < 0 ? -1 : 0;
+}
+
 /* INFO and GO: name, then a list of requested info types. */
 static int opt_info_go(struct conn *c, uint32_t opt, const char *p, uint32_t len,
                        bool *go)
 {
-  if (len < 6)
-    return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "option too short");
-  uint32_t namelen = get_be32(p);
-  if (namelen > len - 6)
-    return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "name length too large");
   char name[4097];
-  if (namelen >= sizeof name)
-    return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "name too long");
-  memcpy(name, p + 4, namelen);
-  name[namelen] = '\0';
+  uint32_t namelen;
+  int ok = read_export_name(c, opt, p, len, 2, name, &namelen);
+  if (ok <= 0)
+    return ok;
   uint16_t nreq = get_be16(p + 4 + namelen);
   if (6 + namelen + 2u * nreq != len)
     return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "bad info request list");
@@ -312,16 +329,11 @@ static int opt_meta_context(struct conn *c, uint32_t opt, const char *p, uint32_
   if (!list && !c->structured)
     return send_opt_error(c, opt, NBD_REP_ERR_INVALID,
                           "SET_META_CONTEXT needs structured replies first");
-  if (len < 8)
-    return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "option too short");
-  uint32_t namelen = get_be32(p);
-  if (namelen > len - 8)
-    return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "name length too large");
   char name[4097];
-  if (namelen >= sizeof name)
-    return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "name too long");
-  memcpy(name, p + 4, namelen);
-  name[namelen] = '\0';
+  uint32_t namelen;
+  int ok = read_export_name(c, opt, p, len, 4, name, &namelen);
+  if (ok <= 0)
+    return ok;
   uint32_t nq = get_be32(p + 4 + namelen);
   uint32_t pos = 8 + namelen;
   bool alloc = false, depth = false;
@@ -644,11 +656,21 @@ static void *worker_main(void *opaque)
     execute(c, rq);
     free(rq->data);
     free(rq);
+    atomic_fetch_sub(&c->busy, 1);
   }
 }
 
 static void enqueue(struct conn *c, struct request *rq)
 {
+  /* Nothing else in flight (queue depth 1): run it here and spare the two
+   * thread hand-offs; with more in flight the workers run in parallel. */
+  if (atomic_load(&c->busy) == 0) {
+    execute(c, rq);
+    free(rq->data);
+    free(rq);
+    return;
+  }
+  atomic_fetch_add(&c->busy, 1);
   pthread_mutex_lock(&c->qlock);
   while (c->queued >= MAX_QUEUED)
     pthread_cond_wait(&c->qcond, &c->qlock);

@@ -12,6 +12,8 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+
+#include "common/util.h"
 #include <stdlib.h>
 
 #define SL_SIMHASH_EMPTY UINT32_MAX
@@ -25,13 +27,7 @@ struct sl_simhash {
 
 static inline uint64_t sl_simhash_mix(uint64_t x)
 {
-  /* splitmix64's finaliser: block numbers are sequential, so spread them. */
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
+  return sl_mix64(x); /* block numbers are sequential: spread them */
 }
 
 /* Room for MAX_ENTRIES at a load factor of at most 1/2.  0 or -ENOMEM. */
