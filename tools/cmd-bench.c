@@ -5,8 +5,12 @@
  *
  * qemu-img keeps DEPTH requests in flight with AIO in one thread; the
  * sluice image API is synchronous and thread-safe, so DEPTH is served by a
- * small pool of threads (at most one per requested slot, capped, since
- * this is a 2-core-class tool, not a load generator). */
+ * pool of threads, one request in flight each.  How many threads pays
+ * depends on where a request spends its time (measured on 2 cores, see
+ * docs/benchmarks.md): with -t none a thread sleeps in the device, so the
+ * device queue only fills with many threads (4K reads: 15k/s with 4,
+ * 50k/s with 16-32); through the page cache a request is CPU-bound
+ * copying, and beyond a few threads they only contend. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -18,7 +22,9 @@
 #include "common/util.h"
 #include "tools/cli.h"
 
-#define MAX_THREADS 4
+#define MAX_THREADS_DIRECT 32
+#define MAX_THREADS_CACHED 4
+#define MAX_THREADS MAX_THREADS_DIRECT
 
 static const char usage_text[] =
   "Usage: sluice bench [-c COUNT] [-d DEPTH] [-f FMT] [-n] [-i AIO] [-o OFFSET]\n"
@@ -188,7 +194,8 @@ int cmd_bench(int argc, char **argv)
     fflush(stdout);
   }
 
-  int nthreads = (int)SL_MIN(depth, (uint64_t)MAX_THREADS);
+  uint64_t cap = o.direct ? MAX_THREADS_DIRECT : MAX_THREADS_CACHED;
+  int nthreads = (int)SL_MIN(depth, cap);
   pthread_t tids[MAX_THREADS];
   uint64_t t0 = sl_now_ns();
   int started = 0;
