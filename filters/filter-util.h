@@ -48,8 +48,9 @@ static inline int fu_parse_size(const char *name, const char *key,
   *out = (uint64_t)n * mul;
   return 0;
 bad:
-  return host->error(EINVAL, "%s: %s=%s is not a size (a number with an "
-                     "optional K/M/G/T suffix)", name, key, v);
+  (void)name;
+  return host->error(EINVAL, "%s=%s is not a size (a number with an "
+                     "optional K/M/G/T suffix)", key, v);
 }
 
 /* A non-negative number, possibly fractional. */
@@ -60,9 +61,10 @@ static inline int fu_parse_double(const char *name, const char *key,
   char *end;
   errno = 0;
   double d = strtod(v, &end);
+  (void)name;
   if (end == v || *end || errno || !(d >= min && d <= max))
-    return host->error(EINVAL, "%s: %s=%s must be a number from %g to %g",
-                       name, key, v, min, max);
+    return host->error(EINVAL, "%s=%s must be a number from %g to %g",
+                       key, v, min, max);
   *out = d;
   return 0;
 }

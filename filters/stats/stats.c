@@ -196,7 +196,10 @@ static void st_close(void *inst, struct sl_next *next)
   struct stats *s = inst;
   if (next) {
     write_file(s);
-    if (!s->quiet)
+    uint64_t total = 0;
+    for (int i = 0; i < N_OPS; i++)
+      total += atomic_load(&s->op[i].ops);
+    if (!s->quiet && total > 0)   /* a disk opened and closed unused says nothing */
       report(s, stderr);
   }
   free(s->file);
