@@ -142,7 +142,10 @@ struct sl_check_result {
   int64_t compressed_clusters;
   uint64_t image_end_offset;
 };
-/* Opens PATH itself (without its backing chain), writable when repairing. */
+/* Opens PATH itself (without its backing chain), writable when repairing.
+ * Problems are printed on stderr as qemu-img prints them.  After a repair
+ * the image is checked again: corruptions and leaks then count what
+ * remains, corruptions_fixed and leaks_fixed what was repaired. */
 int sl_image_check(const char *path, unsigned repair,
                    struct sl_check_result *res);
 

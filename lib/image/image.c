@@ -51,7 +51,8 @@ int sl_format_parse(const char *name, enum sl_format *out)
 
 static int probe_fd(int fd, const char *path, const struct sl_image_driver **drv)
 {
-  uint8_t buf[512];
+  /* Aligned for O_DIRECT, whose reads need a block-aligned buffer. */
+  uint8_t buf[4096] __attribute__((aligned(4096)));
   ssize_t n = pread(fd, buf, sizeof buf, 0);
   if (n < 0)
     return sl_error(errno, "%s: cannot read header: %s", path, strerror(errno));

@@ -201,9 +201,13 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t cluster, int64_t delta
   if ((delta < 0 && v < (uint64_t)-delta) ||
       (delta > 0 && rc_max(s) - v < (uint64_t)delta)) {
     qcow2_cache_put(&s->rb_cache, blk);
+    /* The metadata contradicts itself: stop writing before it gets worse. */
+    if (delta < 0)
+      qcow2_mark_corrupt(s, "refcount underflow");
     return sl_error(EIO, "%s: refcount of cluster %" PRIu64 " (%" PRIu64
-                    ") cannot change by %" PRId64, s->img->filename, cluster,
-                    v, delta);
+                    ") cannot change by %" PRId64 "%s", s->img->filename,
+                    cluster, v, delta,
+                    delta < 0 ? "; image marked corrupt" : "");
   }
   v += (uint64_t)delta;
   qcow2_rc_set_entry(s, blk, i, v);
