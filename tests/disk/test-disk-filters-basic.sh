@@ -30,7 +30,8 @@ out=$(sluice io d.disk cat 4096 16 | tr -d '\0')
 [[ $out != "secret plaintext" ]] || die "wrong key still decrypts"
 
 # A module changed after install is refused, naming it.
-printf 'x' | dd of=mods/crypt.so bs=1 seek=100 conv=notrunc 2>/dev/null
+python3 -c "
+f = open('mods/crypt.so', 'r+b'); f.seek(100); b = f.read(1); f.seek(100); f.write(bytes([b[0] ^ 0xff]))"
 expect_fail "crypt.*(untrusted|SHA-256)" sluice io d.disk cat 0 16
 # A module never installed is refused.
 sluice disk create e.disk img.raw
