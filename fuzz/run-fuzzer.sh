@@ -3,7 +3,7 @@
 # seed corpus (the repository is never written), keeping any crash input.
 #   run-fuzzer.sh TARGET SEED_DIR SECONDS
 set -euo pipefail
-target=$1 seeds=$2 secs=$3
+target=$(realpath "$1") seeds=$(realpath "$2") secs=$3
 work=$(mktemp -d "/tmp/$(basename "$target").XXXXXX")
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/corpus"

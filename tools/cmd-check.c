@@ -1,6 +1,7 @@
 /* sluice check: verify (and optionally repair) an image's metadata, with
  * qemu-img check's messages, JSON keys and exit codes:
- *   0 clean, 1 the check could not complete, 2 corruptions, 3 leaks only. */
+ *   0 clean, 1 the check could not complete, 2 corruptions, 3 leaks only,
+ *   63 the format has nothing to check (raw). */
 #include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
@@ -14,7 +15,7 @@ static const char usage_text[] =
   "\n"
   "Check FILE's metadata.  -r leaks frees leaked clusters; -r all also fixes\n"
   "wrong reference counts.  Exit status: 0 clean, 1 check failed,\n"
-  "2 corruptions found, 3 only leaks found.\n";
+  "2 corruptions found, 3 only leaks found, 63 format without checks (raw).\n";
 
 static void print_human(const struct sl_check_result *r)
 {
@@ -136,7 +137,14 @@ int cmd_check(int argc, char **argv)
   if (sl_image_open(file, &oo, &img) < 0)
     return cli_fail("check", "%s", sl_last_error());
   const char *fmt_name = sl_format_name(sl_image_format(img));
+  bool checkable = sl_image_format(img) == SL_FORMAT_QCOW2;
   sl_image_close(img);
+  if (!checkable) {
+    /* qemu-img's answer and exit status for formats without metadata. */
+    fprintf(stderr, "sluice check: %s: this image format (%s) does not support checks\n",
+            file, fmt_name);
+    return 63;
+  }
 
   struct sl_check_result res;
   if (sl_image_check(file, repair, &res) < 0)

@@ -24,8 +24,8 @@ static char *full_backing(const struct sl_image_info *info, const char *file)
     return strdup(info->backing_path);
   if (!info->backing_file)
     return NULL;
-  if (info->backing_file[0] == '/')
-    return strdup(info->backing_file);
+  if (info->backing_file[0] == '/' || !strchr(file, '/'))
+    return strdup(info->backing_file); /* as qemu-img shows it */
   CLEANUP_FREE char *copy = strdup(file);
   char *res = NULL;
   if (copy && asprintf(&res, "%s/%s", dirname(copy), info->backing_file) < 0)

@@ -1,9 +1,209 @@
-/* sluice serve: not yet written (see the issue that owns it). */
+/* sluice serve: export a disk (image, chain or descriptor, through its
+ * filter stack) over NBD and/or FUSE until SIGTERM or SIGINT, which drain
+ * in-flight requests, flush the disk and exit 0. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sluice/sluice.h>
+#include "common/util.h"
+#include "export/export.h"
 #include "tools/cli.h"
+
+#include "config.h"
+
+#define MAX_NBD 8
+#define MAX_FILTERS 32
+
+static const char usage_text[] =
+  "Usage: sluice serve [--nbd unix:PATH | --nbd tcp:HOST:PORT]... [--fuse FILE]\n"
+  "                    [--read-only] [--filter NAME[:k=v,...]]... [--at FILTER]\n"
+  "                    [--export-name NAME] [--workers N] [-f FMT]\n"
+  "                    [--pidfile FILE] [--daemon] DISK\n"
+  "\n"
+  "Export DISK (an image, a backing chain, or a disk descriptor) over NBD\n"
+  "and/or as a FUSE file.  Runs in the foreground until SIGTERM or SIGINT,\n"
+  "which finish in-flight requests, flush, and exit 0.\n";
+
+static int write_pidfile(const char *path, pid_t pid)
+{
+  FILE *f = fopen(path, "w");
+  if (!f)
+    return cli_fail("serve", "%s: %m", path);
+  fprintf(f, "%d\n", (int)pid);
+  if (fclose(f) != 0)
+    return cli_fail("serve", "%s: %m", path);
+  return 0;
+}
+
+/* Fork into the background once the sockets are bound, so binding errors
+ * still reach the terminal.  The parent writes the pidfile and exits. */
+static int daemonize(const char *pidfile)
+{
+  pid_t pid = fork();
+  if (pid < 0)
+    return cli_fail("serve", "fork: %m");
+  if (pid > 0) {
+    if (pidfile && write_pidfile(pidfile, pid))
+      _exit(1);
+    _exit(0);
+  }
+  setsid();
+  int null = open("/dev/null", O_RDWR);
+  if (null >= 0) {
+    dup2(null, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+    if (null > 2)
+      close(null);
+  }
+  return 0;
+}
 
 int cmd_serve(int argc, char **argv)
 {
-  (void)argc;
-  (void)argv;
-  return cli_fail("serve", "not implemented yet");
+  enum { OPT_NBD = 256, OPT_FUSE, OPT_RO, OPT_FILTER, OPT_AT, OPT_PIDFILE,
+         OPT_DAEMON, OPT_NAME, OPT_WORKERS, OPT_DESC };
+  static const struct option longopts[] = {
+    {"help", no_argument, NULL, 'h'},
+    {"nbd", required_argument, NULL, OPT_NBD},
+    {"fuse", required_argument, NULL, OPT_FUSE},
+    {"read-only", no_argument, NULL, OPT_RO},
+    {"filter", required_argument, NULL, OPT_FILTER},
+    {"at", required_argument, NULL, OPT_AT},
+    {"pidfile", required_argument, NULL, OPT_PIDFILE},
+    {"daemon", no_argument, NULL, OPT_DAEMON},
+    {"export-name", required_argument, NULL, OPT_NAME},
+    {"description", required_argument, NULL, OPT_DESC},
+    {"workers", required_argument, NULL, OPT_WORKERS},
+    {"format", required_argument, NULL, 'f'},
+    {NULL, 0, NULL, 0},
+  };
+  const char *nbd[MAX_NBD], *filters[MAX_FILTERS];
+  size_t n_nbd = 0, n_filters = 0;
+  const char *fuse_file = NULL, *at = NULL, *pidfile = NULL;
+  bool daemon_mode = false;
+  struct sl_nbd_options nopts = {.export_name = ""};
+  struct sl_disk_open_opts dopts = {0};
+  uint64_t v;
+  int c;
+
+  while ((c = getopt_long(argc, argv, "f:rh", longopts, NULL)) != -1) {
+    switch (c) {
+    case OPT_NBD:
+      if (n_nbd == MAX_NBD)
+        return cli_fail("serve", "at most %d --nbd listeners", MAX_NBD);
+      nbd[n_nbd++] = optarg;
+      break;
+    case OPT_FUSE:
+      if (fuse_file)
+        return cli_fail("serve", "only one --fuse export per process");
+      fuse_file = optarg;
+      break;
+    case 'r':
+    case OPT_RO: dopts.read_only = nopts.read_only = true; break;
+    case OPT_FILTER:
+      if (n_filters == MAX_FILTERS)
+        return cli_fail("serve", "at most %d --filter options", MAX_FILTERS);
+      filters[n_filters++] = optarg;
+      break;
+    case OPT_AT: at = optarg; break;
+    case OPT_PIDFILE: pidfile = optarg; break;
+    case OPT_DAEMON: daemon_mode = true; break;
+    case OPT_NAME: nopts.export_name = optarg; break;
+    case OPT_DESC: nopts.description = optarg; break;
+    case OPT_WORKERS:
+      if (sl_parse_uint("--workers", optarg, 1, 16, &v) < 0)
+        return cli_fail("serve", "%s", sl_last_error());
+      nopts.workers = (unsigned)v;
+      break;
+    case 'f':
+      if (sl_format_parse(optarg, &dopts.format) < 0)
+        return cli_fail("serve", "%s", sl_last_error());
+      break;
+    case 'h': fputs(usage_text, stdout); return 0;
+    default: fputs(usage_text, stderr); return 1;
+    }
+  }
+  if (optind != argc - 1) {
+    fputs(usage_text, stderr);
+    return cli_fail("serve", optind >= argc ? "no DISK given" : "too many arguments");
+  }
+  if (n_nbd == 0 && !fuse_file)
+    return cli_fail("serve", "nothing to serve: give --nbd and/or --fuse");
+  if (fuse_file && !HAVE_FUSE3)
+    return cli_fail("serve", "--fuse: this sluice was built without libfuse3");
+  const char *path = argv[optind];
+  dopts.extra_filters = filters;
+  dopts.n_extra_filters = n_filters;
+
+  /* Signals are taken synchronously by this thread; block them before any
+   * thread exists so that every thread inherits the mask. */
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  struct sl_disk *disk;
+  if (sl_disk_open(path, &dopts, &disk) < 0)
+    return cli_fail("serve", "%s", sl_last_error());
+  struct sl_handle *h = at ? sl_disk_at(disk, at) : sl_disk_top(disk);
+  if (!h) {
+    sl_disk_close(disk);
+    return cli_fail("serve", "%s: --at %s: %s", path, at, sl_last_error());
+  }
+  struct sl_nbd_server *srv = NULL;
+  if (n_nbd && sl_nbd_server_create(h, &nopts, nbd, n_nbd, &srv) < 0) {
+    sl_disk_close(disk);
+    return cli_fail("serve", "%s", sl_last_error());
+  }
+  if (daemon_mode && daemonize(pidfile)) {
+    sl_nbd_server_stop(srv);
+    sl_disk_close(disk);
+    return 1;
+  }
+  if (pidfile && !daemon_mode && write_pidfile(pidfile, getpid())) {
+    sl_nbd_server_stop(srv);
+    sl_disk_close(disk);
+    return 1;
+  }
+  int ret = 0;
+  struct sl_fuse_export *fx = NULL;
+  if (srv && sl_nbd_server_start(srv) < 0)
+    ret = cli_fail("serve", "%s", sl_last_error());
+#if HAVE_FUSE3
+  if (ret == 0 && fuse_file && sl_fuse_export_start(h, fuse_file, nopts.read_only, &fx) < 0)
+    ret = cli_fail("serve", "--fuse %s: %s", fuse_file, sl_last_error());
+#endif
+  if (ret == 0) {
+    char size[32];
+    fprintf(stderr, "sluice serve: serving %s (%s)", path,
+            sl_human_size(sl_disk_size(h), size, sizeof size));
+    for (size_t i = 0; i < n_nbd; i++)
+      fprintf(stderr, " on %s", nbd[i]);
+    if (fuse_file)
+      fprintf(stderr, " as %s", fuse_file);
+    fprintf(stderr, "\n");
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "sluice serve: %s: draining and flushing\n", strsignal(sig));
+  }
+#if HAVE_FUSE3
+  sl_fuse_export_stop(fx);
+#endif
+  sl_nbd_server_stop(srv);
+  if (sl_disk_close(disk) < 0 && ret == 0)
+    ret = cli_fail("serve", "%s: %s", path, sl_last_error());
+  if (pidfile)
+    unlink(pidfile);
+  return ret;
 }

@@ -71,6 +71,23 @@ int sl_disk_write_zeroes(struct sl_handle *h, uint64_t off, uint64_t len,
 int sl_disk_block_status(struct sl_handle *h, uint64_t off, uint64_t len,
                          struct sl_extent *ext);
 
+/* ---- added by the filter stack (issue 4) ---- */
+#include <stdio.h>
+/* Filters in the stack (top first) and their instance names. */
+int sl_disk_filter_count(struct sl_disk *disk);
+const char *sl_disk_filter_name(struct sl_disk *disk, int i);
+/* Print the disk: descriptor, image and its filter stack (for `sluice info`). */
+void sl_disk_describe(struct sl_disk *disk, FILE *f);
+/* Tell every filter an overlay was created under the disk. */
+int sl_disk_snapshot_event(struct sl_disk *disk);
+/* "observe", "throttle", ... for an enum sl_filter_class value. */
+const char *sl_filter_class_name(int filter_class);
+/* Open a parsed descriptor (lib/disk/descriptor.h). */
+struct sl_descriptor;
+int sl_disk_open_descriptor(const struct sl_descriptor *desc,
+                            const struct sl_disk_open_opts *opts,
+                            struct sl_disk **out);
+
 #ifdef __cplusplus
 }
 #endif

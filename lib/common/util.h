@@ -62,6 +62,18 @@ static inline bool sl_mul_ok(uint64_t a, uint64_t b, uint64_t *r) {
 int sl_pread_full(int fd, void *buf, size_t len, uint64_t off);
 int sl_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
+/* splitmix64's finaliser: spreads sequential block numbers over a hash
+ * table's buckets.  Shared by every table keyed by block. */
+static inline uint64_t sl_mix64(uint64_t x)
+{
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return x;
+}
+
 /* Monotonic time in nanoseconds. */
 uint64_t sl_now_ns(void);
 

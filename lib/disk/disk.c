@@ -1,7 +1,23 @@
-/* The disk: for now an image with no filters; the filter stack replaces
- * the body of this file (issue: the filter stack).  It already keeps the
- * public contract of disk.h: one handle at the top, range and read-only
- * checks in the core, drain with an in-flight count. */
+/* The disk: an image under an ordered stack of filters (design mechanism 6).
+ *
+ * A disk is an array of levels.  Level i < n is filter i (0 = top), level n
+ * is the image.  Each filter level embeds the `struct sl_next` its filter
+ * calls; its operations dispatch to level i+1, skipping every filter that
+ * leaves the operation NULL.  A handle is just an entry level: sl_disk_top()
+ * enters at 0, sl_disk_at(NAME) just below NAME, so NAME and everything above
+ * it never see that I/O.
+ *
+ * Invariants are checked here once, where a request enters: range against
+ * the entry level's size, writes against its read-only state, known flags.
+ * Requests filters send down are re-checked for range only (cheap), so a
+ * buggy filter fails its request rather than writing past an image.
+ *
+ * Sizes and capabilities are computed once at open, bottom up, as each
+ * filter is opened; they are constant for the life of the disk.
+ *
+ * Concurrency: the disk runs at the strictest thread model any of its
+ * filters declares (one lock per disk, or one per process).  Drain counts
+ * in-flight requests at the entry points only. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -10,47 +26,451 @@
 
 #include <sluice/disk.h>
 #include <sluice/error.h>
+#include <sluice/filter.h>
 #include "common/util.h"
+#include "disk/descriptor.h"
+#include "disk/module.h"
 
 struct sl_handle {
   struct sl_disk *disk;
+  int level;
+};
+
+struct level {
+  struct sl_next next;          /* given to this level's filter; calls level+1 */
+  struct sl_disk *disk;
+  int idx;
+  struct sl_module *mod;        /* NULL for the image level */
+  const struct sl_filter *f;
+  void *inst;
+  bool opened;
+  char *name;
+  struct sl_filter_env env;
+  struct sl_handle handle;      /* enters at this level */
+  uint64_t size;
+  bool can_write, can_trim, can_zero, can_fua, can_multi_conn;
 };
 
 struct sl_disk {
   struct sl_image *img;
-  struct sl_handle top;
+  char *desc_path;              /* NULL for a plain image */
+  char *image_path;
+  char *base_dir;
+  int n;                        /* number of filters */
+  struct level *lv;             /* n + 1 levels */
   bool read_only;
+  enum sl_filter_thread_model model;
+  pthread_mutex_t serial;       /* SERIALIZE_REQUESTS */
   pthread_mutex_t lock;
   pthread_cond_t cond;
   unsigned in_flight;
   bool draining;
 };
 
-int sl_disk_open(const char *path, const struct sl_disk_open_opts *opts,
-                 struct sl_disk **out)
+static pthread_mutex_t serialize_all_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+static int do_pread(struct sl_disk *d, int i, void *buf, size_t len,
+                    uint64_t off, uint32_t flags)
+{
+  for (; i < d->n; i++)
+    if (d->lv[i].f->pread)
+      return d->lv[i].f->pread(d->lv[i].inst, &d->lv[i].next, buf, len, off,
+                               flags);
+  return sl_image_pread(d->img, buf, len, off);
+}
+
+static int do_pwrite(struct sl_disk *d, int i, const void *buf, size_t len,
+                     uint64_t off, uint32_t flags)
+{
+  for (; i < d->n; i++)
+    if (d->lv[i].f->pwrite)
+      return d->lv[i].f->pwrite(d->lv[i].inst, &d->lv[i].next, buf, len, off,
+                                flags);
+  return sl_image_pwrite(d->img, buf, len, off, flags);
+}
+
+static int do_flush(struct sl_disk *d, int i, uint32_t flags)
+{
+  for (; i < d->n; i++)
+    if (d->lv[i].f->flush)
+      return d->lv[i].f->flush(d->lv[i].inst, &d->lv[i].next, flags);
+  return sl_image_flush(d->img);
+}
+
+static int do_discard(struct sl_disk *d, int i, uint64_t off, uint64_t len,
+                      uint32_t flags)
+{
+  for (; i < d->n; i++)
+    if (d->lv[i].f->discard)
+      return d->lv[i].f->discard(d->lv[i].inst, &d->lv[i].next, off, len,
+                                 flags);
+  return sl_image_discard(d->img, off, len);
+}
+
+static int do_zero(struct sl_disk *d, int i, uint64_t off, uint64_t len,
+                   uint32_t flags)
+{
+  for (; i < d->n; i++)
+    if (d->lv[i].f->write_zeroes)
+      return d->lv[i].f->write_zeroes(d->lv[i].inst, &d->lv[i].next, off,
+                                      len, flags);
+  return sl_image_write_zeroes(d->img, off, len, flags);
+}
+
+static int do_block_status(struct sl_disk *d, int i, uint64_t off,
+                           uint64_t len, struct sl_extent *ext)
+{
+  for (; i < d->n; i++)
+    if (d->lv[i].f->block_status)
+      return d->lv[i].f->block_status(d->lv[i].inst, &d->lv[i].next, off,
+                                       len, ext);
+  return sl_image_block_status(d->img, off, len, ext);
+}
+
+/* ---- the `next` a filter calls ------------------------------------------ */
+
+#define LV(n) ((struct level *)(n))
+#define BELOW(n) (&LV(n)->disk->lv[LV(n)->idx + 1])
+
+static int next_range(struct sl_next *n, uint64_t off, uint64_t len,
+                      bool write)
+{
+  struct level *b = BELOW(n);
+  uint64_t end;
+  if (!sl_add_ok(off, len, &end) || end > b->size)
+    return sl_error(EINVAL, "filter %s sent %" PRIu64 " bytes at %" PRIu64
+                    " past the end of the layer below (%" PRIu64 " bytes)",
+                    LV(n)->name, len, off, b->size);
+  if (write && !b->can_write)
+    return sl_error(EROFS, "filter %s wrote to a read-only layer", LV(n)->name);
+  return 0;
+}
+
+static int64_t next_get_size(struct sl_next *n) { return (int64_t)BELOW(n)->size; }
+static int next_can_write(struct sl_next *n) { return BELOW(n)->can_write; }
+static int next_can_trim(struct sl_next *n) { return BELOW(n)->can_trim; }
+static int next_can_zero(struct sl_next *n) { return BELOW(n)->can_zero; }
+static int next_can_fua(struct sl_next *n) { return BELOW(n)->can_fua; }
+static int next_can_multi_conn(struct sl_next *n) { return BELOW(n)->can_multi_conn; }
+
+static int next_pread(struct sl_next *n, void *buf, size_t len, uint64_t off,
+                      uint32_t flags)
+{
+  int r = next_range(n, off, len, false);
+  return r < 0 ? r : do_pread(LV(n)->disk, LV(n)->idx + 1, buf, len, off, flags);
+}
+
+static int next_pwrite(struct sl_next *n, const void *buf, size_t len,
+                       uint64_t off, uint32_t flags)
+{
+  int r = next_range(n, off, len, true);
+  return r < 0 ? r : do_pwrite(LV(n)->disk, LV(n)->idx + 1, buf, len, off, flags);
+}
+
+static int next_flush(struct sl_next *n, uint32_t flags)
+{
+  return do_flush(LV(n)->disk, LV(n)->idx + 1, flags);
+}
+
+static int next_discard(struct sl_next *n, uint64_t off, uint64_t len,
+                        uint32_t flags)
+{
+  int r = next_range(n, off, len, true);
+  return r < 0 ? r : do_discard(LV(n)->disk, LV(n)->idx + 1, off, len, flags);
+}
+
+static int next_zero(struct sl_next *n, uint64_t off, uint64_t len,
+                     uint32_t flags)
+{
+  int r = next_range(n, off, len, true);
+  return r < 0 ? r : do_zero(LV(n)->disk, LV(n)->idx + 1, off, len, flags);
+}
+
+static int next_block_status(struct sl_next *n, uint64_t off, uint64_t len,
+                             struct sl_extent *ext)
+{
+  int r = next_range(n, off, len, false);
+  return r < 0 ? r : do_block_status(LV(n)->disk, LV(n)->idx + 1, off, len, ext);
+}
+
+static const struct sl_next_ops next_ops = {
+  .struct_size = sizeof next_ops,
+  .get_size = next_get_size, .can_write = next_can_write,
+  .can_trim = next_can_trim, .can_zero = next_can_zero,
+  .can_fua = next_can_fua, .can_multi_conn = next_can_multi_conn,
+  .pread = next_pread, .pwrite = next_pwrite, .flush = next_flush,
+  .discard = next_discard, .write_zeroes = next_zero,
+  .block_status = next_block_status,
+};
+
+/* ---- order rules -------------------------------------------------------- */
+
+static const struct {
+  const char *name;
+  bool many;
+} classes[] = {
+  [SL_FILTER_CLASS_ANY] = {"any", true},
+  [SL_FILTER_CLASS_OBSERVE] = {"observe", true},
+  [SL_FILTER_CLASS_THROTTLE] = {"throttle", false},
+  [SL_FILTER_CLASS_CACHE] = {"cache", false},
+  [SL_FILTER_CLASS_ENCRYPTION] = {"encryption", false},
+  [SL_FILTER_CLASS_REPLICATION] = {"replication", false},
+};
+
+const char *sl_filter_class_name(int c)
+{
+  return c >= 0 && c < (int)SL_ARRAY_SIZE(classes) ? classes[c].name : "unknown";
+}
+
+/* Classed filters must appear in enum order, top to bottom, and at most one
+ * per class unless the class allows more. */
+static int check_order(struct sl_disk *d)
+{
+  int last = -1;
+  const char *last_name = NULL;
+  for (int i = 0; i < d->n; i++) {
+    int c = d->lv[i].f->filter_class;
+    if (c <= SL_FILTER_CLASS_ANY || c >= (int)SL_ARRAY_SIZE(classes))
+      continue;
+    if (c == last && !classes[c].many)
+      return sl_error(EINVAL, "filters %s and %s are both %s filters: a stack "
+                      "takes at most one", last_name, d->lv[i].name,
+                      classes[c].name);
+    if (c < last)
+      return sl_error(EINVAL, "filter %s (%s) is below %s (%s): %s filters "
+                      "belong above %s filters (see sluice-disk(1))",
+                      last_name, classes[last].name, d->lv[i].name,
+                      classes[c].name, classes[c].name, classes[last].name);
+    last = c;
+    last_name = d->lv[i].name;
+  }
+  return 0;
+}
+
+/* ---- open and close ----------------------------------------------------- */
+
+static int capability(int r, bool below, const char *name, const char *what,
+                      bool *out)
+{
+  if (r < 0)
+    return sl_error_prefix(-r, "filter %s: %s", name, what);
+  *out = r > 0 && below;
+  return 0;
+}
+
+/* Open filter level i (everything below it is open) and compute its size
+ * and capabilities. */
+static int open_level(struct sl_disk *d, int i)
+{
+  struct level *L = &d->lv[i], *B = &d->lv[i + 1];
+  const struct sl_filter *f = L->f;
+  int r;
+  if (f->open && (r = f->open(L->inst, &L->next, &L->env)) < 0)
+    return sl_error_prefix(-r, "filter %s: open", L->name);
+  L->opened = true;
+  L->size = B->size;
+  if (f->get_size) {
+    int64_t s = f->get_size(L->inst, &L->next);
+    if (s < 0)
+      return sl_error_prefix((int)-s, "filter %s: size", L->name);
+    L->size = (uint64_t)s;
+  }
+#define CAP(fn, field, dep)                                                  \
+  if ((r = capability(f->fn ? f->fn(L->inst, &L->next) : B->field, dep,     \
+                      L->name, #fn, &L->field)) < 0)                        \
+    return r;
+  CAP(can_write, can_write, !d->read_only)
+  CAP(can_trim, can_trim, L->can_write)
+  CAP(can_zero, can_zero, L->can_write)
+  CAP(can_fua, can_fua, L->can_write)
+  CAP(can_multi_conn, can_multi_conn, true)
+#undef CAP
+  return 0;
+}
+
+/* Load and configure one filter instance into level I. */
+static int setup_level(struct sl_disk *d, int i, const struct sl_desc_filter *df)
+{
+  struct level *L = &d->lv[i];
+  int r = sl_module_get(df->module, &L->mod);
+  if (r < 0)
+    return r;
+  L->f = sl_module_filter(L->mod);
+  if (!(L->name = strdup(df->name)))
+    return sl_error(ENOMEM, "out of memory");
+  L->env = (struct sl_filter_env){
+    .struct_size = sizeof L->env, .host = &sl_filter_host,
+    .instance_name = L->name, .base_dir = d->base_dir,
+    .descriptor = d->desc_path, .image = d->image_path,
+    .read_only = d->read_only,
+  };
+  if (!(L->inst = calloc(1, L->f->instance_size ? L->f->instance_size : 1)))
+    return sl_error(ENOMEM, "out of memory");
+  for (size_t k = 0; k < df->n_params; k++) {
+    if (!L->f->config)
+      return sl_error(EINVAL, "filter %s: takes no parameters (got %s=%s)",
+                      L->name, df->keys[k], df->values[k]);
+    if ((r = L->f->config(L->inst, df->keys[k], df->values[k])) < 0)
+      return sl_error_prefix(-r, "filter %s", L->name);
+  }
+  if (L->f->config_complete && (r = L->f->config_complete(L->inst, &L->env)) < 0)
+    return sl_error_prefix(-r, "filter %s", L->name);
+  if (L->f->thread_model > d->model)
+    d->model = L->f->thread_model;
+  return 0;
+}
+
+static void free_disk(struct sl_disk *d)
+{
+  if (!d)
+    return;
+  if (d->lv) {
+    for (int i = 0; i < d->n; i++) {
+      struct level *L = &d->lv[i];
+      if (L->inst && L->f->close)
+        L->f->close(L->inst, L->opened ? &L->next : NULL);
+      free(L->inst);
+      free(L->name);
+      sl_module_put(L->mod);
+    }
+    free(d->lv);
+  }
+  pthread_mutex_destroy(&d->serial);
+  pthread_cond_destroy(&d->cond);
+  pthread_mutex_destroy(&d->lock);
+  free(d->desc_path);
+  free(d->image_path);
+  free(d->base_dir);
+  free(d);
+}
+
+int sl_disk_open_descriptor(const struct sl_descriptor *desc,
+                            const struct sl_disk_open_opts *opts,
+                            struct sl_disk **out)
 {
   static const struct sl_disk_open_opts defaults;
   if (!opts)
     opts = &defaults;
-  if (opts->n_extra_filters > 0)
-    return sl_error(ENOTSUP, "%s: filters are not available yet", path);
   struct sl_disk *d = calloc(1, sizeof *d);
   if (!d)
     return sl_error(ENOMEM, "out of memory");
-  struct sl_image_open_opts io = {
-    .format = opts->format, .read_only = opts->read_only, .direct = opts->direct,
-  };
-  int r = sl_image_open(path, &io, &d->img);
-  if (r < 0) {
-    free(d);
-    return r;
-  }
-  d->read_only = opts->read_only;
-  d->top.disk = d;
+  pthread_mutex_init(&d->serial, NULL);
   pthread_mutex_init(&d->lock, NULL);
   pthread_cond_init(&d->cond, NULL);
+  d->read_only = opts->read_only;
+  d->image_path = sl_descriptor_image_path(desc);
+  d->base_dir = strdup(desc->dir ? desc->dir : ".");
+  if (desc->path && !(d->desc_path = strdup(desc->path)))
+    goto nomem;
+  if (!d->image_path || !d->base_dir)
+    goto nomem;
+
+  /* The stack: extra filters (top first), then the descriptor's. */
+  d->n = (int)(opts->n_extra_filters + desc->n_filters);
+  if (!(d->lv = calloc((size_t)d->n + 1, sizeof *d->lv)))
+    goto nomem;
+  for (int i = 0; i <= d->n; i++) {
+    d->lv[i].next.ops = &next_ops;
+    d->lv[i].disk = d;
+    d->lv[i].idx = i;
+    d->lv[i].handle = (struct sl_handle){d, i};
+  }
+  int r = 0;
+  for (size_t i = 0; r == 0 && i < opts->n_extra_filters; i++) {
+    struct sl_desc_filter df;
+    if ((r = sl_desc_filter_parse(opts->extra_filters[i], &df)) < 0)
+      break;
+    for (size_t j = 0; j < desc->n_filters; j++)
+      if (strcmp(desc->filters[j].name, df.name) == 0)
+        r = sl_error(EEXIST, "a filter named '%s' is already in the stack of "
+                     "%s (give another with name=)", df.name, desc->path);
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(d->lv[j].name, df.name) == 0)
+        r = sl_error(EEXIST, "filter '%s' given twice (give another with "
+                     "name=)", df.name);
+    if (r == 0)
+      r = setup_level(d, (int)i, &df);
+    sl_desc_filter_clear(&df);
+  }
+  for (size_t i = 0; r == 0 && i < desc->n_filters; i++)
+    r = setup_level(d, (int)(opts->n_extra_filters + i), &desc->filters[i]);
+  if (r == 0)
+    r = check_order(d);
+  if (r < 0)
+    goto fail;
+
+  enum sl_format fmt = opts->format;
+  if (desc->format && (r = sl_format_parse(desc->format, &fmt)) < 0)
+    goto fail;
+  struct sl_image_open_opts io = {
+    .format = fmt, .read_only = opts->read_only, .direct = opts->direct,
+  };
+  if ((r = sl_image_open(d->image_path, &io, &d->img)) < 0)
+    goto fail;
+  struct level *img = &d->lv[d->n];
+  img->size = sl_image_size(d->img);
+  img->can_write = !d->read_only && !sl_image_read_only(d->img);
+  img->can_trim = img->can_zero = img->can_fua = img->can_write;
+  img->can_multi_conn = true;
+  img->name = NULL;
+  for (int i = d->n - 1; i >= 0; i--)
+    if ((r = open_level(d, i)) < 0)
+      goto fail;
   *out = d;
   return 0;
+
+nomem:
+  r = sl_error(ENOMEM, "out of memory");
+fail:
+  {
+    /* Close what was opened, keeping the first error's message. */
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", sl_last_error());
+    struct sl_image *im = d->img;
+    free_disk(d);
+    if (im)
+      sl_image_close(im);
+    return sl_error(-r, "%s", msg);
+  }
+}
+
+int sl_disk_open(const char *path, const struct sl_disk_open_opts *opts,
+                 struct sl_disk **out)
+{
+  struct sl_descriptor *desc = NULL;
+  int r;
+  if (sl_is_descriptor(path)) {
+    if ((r = sl_descriptor_load(path, &desc)) < 0)
+      return r;
+  } else {
+    /* A plain image: a descriptor with no filters, in memory only. */
+    desc = calloc(1, sizeof *desc);
+    if (!desc || !(desc->image = strdup(path))) {
+      sl_descriptor_free(desc);
+      return sl_error(ENOMEM, "out of memory");
+    }
+  }
+  r = sl_disk_open_descriptor(desc, opts, out);
+  sl_descriptor_free(desc);
+  return r;
+}
+
+static int for_each_event(struct sl_disk *d, bool bottom_up, int which)
+{
+  int first = 0;
+  for (int k = 0; k < d->n; k++) {
+    struct level *L = &d->lv[bottom_up ? d->n - 1 - k : k];
+    int (*ev)(void *, struct sl_next *) =
+        which == 0 ? L->f->release : which == 1 ? L->f->resume : L->f->snapshot;
+    if (!ev)
+      continue;
+    int r = ev(L->inst, &L->next);
+    if (r < 0 && first == 0)
+      first = sl_error_prefix(-r, "filter %s", L->name);
+  }
+  return first;
 }
 
 int sl_disk_drain(struct sl_disk *d)
@@ -60,15 +480,24 @@ int sl_disk_drain(struct sl_disk *d)
   while (d->in_flight > 0)
     pthread_cond_wait(&d->cond, &d->lock);
   pthread_mutex_unlock(&d->lock);
-  return sl_image_flush(d->img);
+  /* Top down: what a filter flushes on release reaches the ones below. */
+  int r = for_each_event(d, false, 0);
+  int r2 = d->read_only ? 0 : sl_image_flush(d->img);
+  return r < 0 ? r : r2;
 }
 
 void sl_disk_resume(struct sl_disk *d)
 {
+  for_each_event(d, true, 1);
   pthread_mutex_lock(&d->lock);
   d->draining = false;
   pthread_cond_broadcast(&d->cond);
   pthread_mutex_unlock(&d->lock);
+}
+
+int sl_disk_snapshot_event(struct sl_disk *d)
+{
+  return for_each_event(d, true, 2);
 }
 
 int sl_disk_close(struct sl_disk *d)
@@ -76,50 +505,96 @@ int sl_disk_close(struct sl_disk *d)
   if (!d)
     return 0;
   int r = sl_disk_drain(d);
-  int r2 = sl_image_close(d->img);
-  pthread_cond_destroy(&d->cond);
-  pthread_mutex_destroy(&d->lock);
-  free(d);
+  struct sl_image *img = d->img;
+  free_disk(d);               /* closes filters, top first */
+  int r2 = sl_image_close(img);
   return r < 0 ? r : r2;
 }
 
-struct sl_handle *sl_disk_top(struct sl_disk *d) { return &d->top; }
+struct sl_handle *sl_disk_top(struct sl_disk *d) { return &d->lv[0].handle; }
 
 struct sl_handle *sl_disk_at(struct sl_disk *d, const char *name)
 {
-  (void)d;
-  sl_error(ENOENT, "no filter '%s' in the stack", name);
+  for (int i = 0; i < d->n; i++)
+    if (strcmp(d->lv[i].name, name) == 0)
+      return &d->lv[i + 1].handle;
+  sl_error(ENOENT, "no filter '%s' in the stack of %s", name,
+           d->desc_path ? d->desc_path : d->image_path);
   return NULL;
 }
 
 struct sl_image *sl_disk_image(struct sl_disk *d) { return d->img; }
-uint64_t sl_disk_size(struct sl_handle *h) { return sl_image_size(h->disk->img); }
-bool sl_disk_read_only(struct sl_handle *h) { return h->disk->read_only; }
-bool sl_disk_can_trim(struct sl_handle *h) { return !h->disk->read_only; }
-bool sl_disk_can_zero(struct sl_handle *h) { return !h->disk->read_only; }
-bool sl_disk_can_fua(struct sl_handle *h) { return !h->disk->read_only; }
-bool sl_disk_can_multi_conn(struct sl_handle *h) { (void)h; return true; }
 
-static int enter(struct sl_handle *h, bool write, uint64_t off, uint64_t len)
+#define HL(h) (&(h)->disk->lv[(h)->level])
+uint64_t sl_disk_size(struct sl_handle *h) { return HL(h)->size; }
+bool sl_disk_read_only(struct sl_handle *h) { return !HL(h)->can_write; }
+bool sl_disk_can_trim(struct sl_handle *h) { return HL(h)->can_trim; }
+bool sl_disk_can_zero(struct sl_handle *h) { return HL(h)->can_zero; }
+bool sl_disk_can_fua(struct sl_handle *h) { return HL(h)->can_fua; }
+bool sl_disk_can_multi_conn(struct sl_handle *h) { return HL(h)->can_multi_conn; }
+
+int sl_disk_filter_count(struct sl_disk *d) { return d->n; }
+const char *sl_disk_filter_name(struct sl_disk *d, int i)
+{
+  return i >= 0 && i < d->n ? d->lv[i].name : NULL;
+}
+
+void sl_disk_describe(struct sl_disk *d, FILE *f)
+{
+  if (d->desc_path)
+    fprintf(f, "disk descriptor: %s\n", d->desc_path);
+  fprintf(f, "image: %s (%s)\n", d->image_path,
+          sl_format_name(sl_image_format(d->img)));
+  fprintf(f, "filters (top first):%s\n", d->n ? "" : " none");
+  for (int i = 0; i < d->n; i++) {
+    const struct level *L = &d->lv[i];
+    fprintf(f, "  %d. %s", i + 1, L->name);
+    if (strcmp(L->name, L->f->name) != 0)
+      fprintf(f, " (module %s)", L->f->name);
+    fprintf(f, ": %s, class %s, %" PRIu64 " bytes%s\n",
+            L->f->description ? L->f->description : "",
+            sl_filter_class_name(L->f->filter_class), L->size,
+            L->can_write ? "" : ", read-only");
+  }
+}
+
+/* ---- entry points ------------------------------------------------------- */
+
+static int enter(struct sl_handle *h, bool write, uint64_t off, uint64_t len,
+                 uint32_t flags, uint32_t allowed)
 {
   struct sl_disk *d = h->disk;
+  const struct level *L = HL(h);
   uint64_t end;
-  if (write && d->read_only)
+  if (flags & ~allowed)
+    return sl_error(EINVAL, "unknown or misplaced request flags 0x%x", flags);
+  if (write && !L->can_write)
     return sl_error(EROFS, "disk is read-only");
-  if (!sl_add_ok(off, len, &end) || end > sl_image_size(d->img))
+  if ((flags & SL_FUA) && !L->can_fua)
+    return sl_error(EINVAL, "FUA requested but not supported here");
+  if (!sl_add_ok(off, len, &end) || end > L->size)
     return sl_error(EINVAL, "request of %" PRIu64 " bytes at %" PRIu64
-                    " is beyond the end of the disk", len, off);
+                    " is beyond the end of the disk (%" PRIu64 " bytes)",
+                    len, off, L->size);
   pthread_mutex_lock(&d->lock);
   while (d->draining)
     pthread_cond_wait(&d->cond, &d->lock);
   d->in_flight++;
   pthread_mutex_unlock(&d->lock);
+  if (d->model == SL_FILTER_SERIALIZE_REQUESTS)
+    pthread_mutex_lock(&d->serial);
+  else if (d->model == SL_FILTER_SERIALIZE_ALL)
+    pthread_mutex_lock(&serialize_all_lock);
   return 0;
 }
 
 static int leave(struct sl_handle *h, int r)
 {
   struct sl_disk *d = h->disk;
+  if (d->model == SL_FILTER_SERIALIZE_REQUESTS)
+    pthread_mutex_unlock(&d->serial);
+  else if (d->model == SL_FILTER_SERIALIZE_ALL)
+    pthread_mutex_unlock(&serialize_all_lock);
   pthread_mutex_lock(&d->lock);
   if (--d->in_flight == 0)
     pthread_cond_broadcast(&d->cond);
@@ -130,40 +605,41 @@ static int leave(struct sl_handle *h, int r)
 int sl_disk_pread(struct sl_handle *h, void *buf, size_t len, uint64_t off,
                   uint32_t flags)
 {
-  (void)flags;
-  int r = enter(h, false, off, len);
-  return r < 0 ? r : leave(h, sl_image_pread(h->disk->img, buf, len, off));
+  int r = enter(h, false, off, len, flags, 0);
+  return r < 0 ? r : leave(h, do_pread(h->disk, h->level, buf, len, off, flags));
 }
 
 int sl_disk_pwrite(struct sl_handle *h, const void *buf, size_t len,
                    uint64_t off, uint32_t flags)
 {
-  int r = enter(h, true, off, len);
-  return r < 0 ? r : leave(h, sl_image_pwrite(h->disk->img, buf, len, off, flags));
+  int r = enter(h, true, off, len, flags, SL_FUA);
+  return r < 0 ? r : leave(h, do_pwrite(h->disk, h->level, buf, len, off, flags));
 }
 
 int sl_disk_flush(struct sl_handle *h)
 {
-  int r = enter(h, false, 0, 0);
-  return r < 0 ? r : leave(h, sl_image_flush(h->disk->img));
+  int r = enter(h, false, 0, 0, 0, 0);
+  return r < 0 ? r : leave(h, do_flush(h->disk, h->level, 0));
 }
 
 int sl_disk_discard(struct sl_handle *h, uint64_t off, uint64_t len)
 {
-  int r = enter(h, true, off, len);
-  return r < 0 ? r : leave(h, sl_image_discard(h->disk->img, off, len));
+  int r = enter(h, true, off, len, 0, 0);
+  if (r == 0 && !HL(h)->can_trim)
+    return leave(h, sl_error(EOPNOTSUPP, "discard is not supported here"));
+  return r < 0 ? r : leave(h, do_discard(h->disk, h->level, off, len, 0));
 }
 
 int sl_disk_write_zeroes(struct sl_handle *h, uint64_t off, uint64_t len,
                          uint32_t flags)
 {
-  int r = enter(h, true, off, len);
-  return r < 0 ? r : leave(h, sl_image_write_zeroes(h->disk->img, off, len, flags));
+  int r = enter(h, true, off, len, flags, SL_FUA | SL_NO_HOLE);
+  return r < 0 ? r : leave(h, do_zero(h->disk, h->level, off, len, flags));
 }
 
 int sl_disk_block_status(struct sl_handle *h, uint64_t off, uint64_t len,
                          struct sl_extent *ext)
 {
-  int r = enter(h, false, off, len);
-  return r < 0 ? r : leave(h, sl_image_block_status(h->disk->img, off, len, ext));
+  int r = enter(h, false, off, len, 0, 0);
+  return r < 0 ? r : leave(h, do_block_status(h->disk, h->level, off, len, ext));
 }

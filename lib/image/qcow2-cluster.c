@@ -358,21 +358,21 @@ static int queue_free_entry(struct qcow2_state *s, uint64_t e)
 /* Current guest contents of [off, off+len) (zeros past the virtual size),
  * with s->lock held. */
 static int read_current(struct qcow2_state *s, uint8_t *buf, uint64_t len,
-                        uint64_t off)
+                        uint64_t off, bool locked)
 {
   if (len == 0)
     return 0;
   uint64_t avail = off < s->size ? SL_MIN(len, s->size - off) : 0;
   if (avail < len)
     memset(buf + avail, 0, len - avail);
-  return avail ? qcow2_read(s, buf, avail, off, true) : 0;
+  return avail ? qcow2_read(s, buf, avail, off, locked) : 0;
 }
 
 /* Write [span_off, span_off+span_len) of the guest to HOST: the request's
  * bytes where it covers the span, current contents elsewhere. */
 static int write_span(struct qcow2_state *s, uint64_t host, uint64_t span_off,
                       uint64_t span_len, const uint8_t *data, uint64_t off,
-                      uint64_t len)
+                      uint64_t len, bool locked)
 {
   uint64_t dlo = SL_MAX(off, span_off);
   uint64_t dhi = SL_MIN(off + len, span_off + span_len);
@@ -381,9 +381,10 @@ static int write_span(struct qcow2_state *s, uint64_t host, uint64_t span_off,
   uint8_t *buf;
   if (posix_memalign((void **)&buf, 4096, SL_ROUND_UP(span_len, 4096)))
     return sl_error(ENOMEM, "%s: out of memory", s->img->filename);
-  int r = read_current(s, buf, dlo - span_off, span_off);
+  int r = read_current(s, buf, dlo - span_off, span_off, locked);
   if (r == 0)
-    r = read_current(s, buf + (dhi - span_off), span_off + span_len - dhi, dhi);
+    r = read_current(s, buf + (dhi - span_off), span_off + span_len - dhi, dhi,
+                     locked);
   if (r == 0) {
     memcpy(buf + (dlo - span_off), data + (dlo - off), dhi - dlo);
     r = qcow2_io_write(s, buf, span_len, host);
@@ -413,6 +414,41 @@ static bool writable_in_place(const struct qcow2_state *s, uint64_t e,
   return ((uint32_t)bitmap & m) == m;
 }
 
+static bool inflight_overlaps(const struct qcow2_state *s, uint64_t gc,
+                              uint64_t n)
+{
+  for (size_t i = 0; i < s->ninflight; i++)
+    if (gc < s->inflight[i].first + s->inflight[i].count &&
+        s->inflight[i].first < gc + n)
+      return true;
+  return false;
+}
+
+static int inflight_add(struct qcow2_state *s, uint64_t gc, uint64_t n)
+{
+  if (s->ninflight == s->inflight_cap) {
+    size_t cap = s->inflight_cap ? s->inflight_cap * 2 : 8;
+    struct qcow2_inflight *x = realloc(s->inflight, cap * sizeof *x);
+    if (!x)
+      return sl_error(ENOMEM, "%s: out of memory", s->img->filename);
+    s->inflight = x;
+    s->inflight_cap = cap;
+  }
+  s->inflight[s->ninflight++] = (struct qcow2_inflight){gc, n};
+  return 0;
+}
+
+static void inflight_remove(struct qcow2_state *s, uint64_t gc)
+{
+  for (size_t i = 0; i < s->ninflight; i++) {
+    if (s->inflight[i].first == gc) {
+      s->inflight[i] = s->inflight[--s->ninflight];
+      break;
+    }
+  }
+  pthread_cond_broadcast(&s->alloc_done);
+}
+
 /* One allocating step under s->lock, starting at OFF; returns the bytes
  * of the request it wrote through *DONE. */
 static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
@@ -421,6 +457,8 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
   uint64_t cs = s->cluster_size, scs = s->subcluster_size;
   uint64_t gc0 = off >> s->cluster_bits, l1i = gc0 >> s->l2_bits;
   uint64_t l2i0 = gc0 & (s->l2_entries - 1);
+  while (inflight_overlaps(s, gc0, 1))
+    pthread_cond_wait(&s->alloc_done, &s->lock);
   uint8_t *tbl;
   int r = l2_table_for_write(s, l1i, &tbl);
   if (r < 0)
@@ -459,7 +497,7 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
     n = SL_MIN(n, (hi + 1) * scs - in0);
     uint64_t span = gc0 * cs + lo * scs;
     r = write_span(s, (e & QCOW2_OFFSET_MASK) + lo * scs, span,
-                   (hi - lo + 1) * scs, data, off, len);
+                   (hi - lo + 1) * scs, data, off, len, true);
     if (r == 0) {
       uint32_t m = sc_mask(lo, hi);
       b = (b | m) & ~((uint64_t)m << 32);
@@ -487,12 +525,14 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
     bool ok = s->extended_l2
                   ? !(en & QCOW2_OFLAG_COMPRESSED) && !(en & QCOW2_OFFSET_MASK)
                   : !writable_in_place(s, en, bn, 0, cs);
-    if (!ok)
+    if (!ok || inflight_overlaps(s, gc0 + n, 1))
       break;
     n++;
   }
   uint64_t host, got;
   r = qcow2_alloc_clusters(s, n, &host, &got);
+  if (r == 0)
+    r = inflight_add(s, gc0, got);
   if (r < 0)
     goto out;
   n = got;
@@ -502,10 +542,19 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
     span_lo = gc0 * cs + in0 / scs * scs;
     span_hi = SL_ROUND_UP(wend, scs);
   }
+  /* The data goes out without the lock: the clusters are ours (counted,
+   * unreferenced) and the guest range is marked in flight. */
+  qcow2_cache_put(&s->l2_cache, tbl);
+  pthread_mutex_unlock(&s->lock);
   r = write_span(s, host + (span_lo - gc0 * cs), span_lo, span_hi - span_lo,
-                 data, off, len);
-  if (r < 0)
-    goto out;
+                 data, off, len, false);
+  pthread_mutex_lock(&s->lock);
+  if (r == 0)
+    r = l2_table_for_write(s, l1i, &tbl);
+  if (r < 0) {
+    inflight_remove(s, gc0); /* the clusters leak; no reference was made */
+    return r;
+  }
   for (uint64_t i = 0; i < n; i++) {
     uint64_t idx = l2i0 + i, old = l2_get(s, tbl, idx);
     uint64_t ob = l2_bitmap(s, tbl, idx), nb = 0;
@@ -520,13 +569,13 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
       }
     }
     l2_set(s, tbl, idx, (host + i * cs) | QCOW2_OFLAG_COPIED, nb);
-    if (!sub) {
+    /* Whatever the entry held (set meanwhile by a discard or zeroing,
+     * or before) is no longer referenced. */
+    if (r == 0)
       r = queue_free_entry(s, old);
-      if (r < 0)
-        break;
-    }
   }
   qcow2_cache_mark_dirty(&s->l2_cache, tbl);
+  inflight_remove(s, gc0);
   *done = wend - off;
 out:
   qcow2_cache_put(&s->l2_cache, tbl);

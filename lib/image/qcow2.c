@@ -284,6 +284,8 @@ void qcow2_free_state(struct qcow2_state *s)
   free(s->rt);
   free(s->unknown_exts);
   free(s->pending_free);
+  free(s->inflight);
+  pthread_cond_destroy(&s->alloc_done);
   pthread_mutex_destroy(&s->lock);
   pthread_mutex_destroy(&s->rmw_lock);
   free(s);
@@ -454,6 +456,7 @@ int qcow2_open_state(struct sl_image *img, const char *path, int fd,
     return sl_error(ENOMEM, "%s: out of memory", img->filename);
   pthread_mutex_init(&s->lock, NULL);
   pthread_mutex_init(&s->rmw_lock, NULL);
+  pthread_cond_init(&s->alloc_done, NULL);
   s->img = img;
   enum sl_format bfmt = SL_FORMAT_AUTO;
   char *backing = NULL;
@@ -522,7 +525,9 @@ static int qcow2_open(struct sl_image *img, const struct sl_image_open_opts *opt
   return 0;
 }
 
-int qcow2_flush_locked(struct qcow2_state *s)
+/* Write every dirty table in dependency order (refcounts, L2, L1), apply
+ * queued frees; the caller then fdatasyncs. */
+static int write_metadata(struct qcow2_state *s)
 {
   if (!s->writable)
     return 0;
@@ -535,9 +540,13 @@ int qcow2_flush_locked(struct qcow2_state *s)
     r = qcow2_apply_pending_frees(s);
   if (r == 0)
     r = qcow2_flush_refcounts(s);
-  if (r == 0)
-    r = qcow2_sync(s);
   return r;
+}
+
+int qcow2_flush_locked(struct qcow2_state *s)
+{
+  int r = write_metadata(s);
+  return r == 0 && s->writable ? qcow2_sync(s) : r;
 }
 
 static int qcow2_close(struct sl_image *img)
@@ -671,6 +680,8 @@ out:
 
 /* ---- driver entry points ---- */
 
+static int qcow2_flush(struct sl_image *img);
+
 static int qcow2_pread(struct sl_image *img, void *buf, size_t len, uint64_t off)
 {
   return qcow2_read(img->priv, buf, len, off, false);
@@ -681,18 +692,21 @@ static int qcow2_pwrite(struct sl_image *img, const void *buf, size_t len,
 {
   struct qcow2_state *s = img->priv;
   int r = qcow2_write(s, buf, len, off);
-  if (r == 0 && (flags & SL_FUA)) {
-    SCOPED_LOCK(&s->lock);
-    r = qcow2_flush_locked(s);
-  }
+  if (r == 0 && (flags & SL_FUA))
+    r = qcow2_flush(img);
   return r;
 }
 
 static int qcow2_flush(struct sl_image *img)
 {
   struct qcow2_state *s = img->priv;
-  SCOPED_LOCK(&s->lock);
-  return qcow2_flush_locked(s);
+  int r;
+  {
+    SCOPED_LOCK(&s->lock);
+    r = write_metadata(s);
+  }
+  /* The final sync needs no lock: writers carry on meanwhile. */
+  return r == 0 ? qcow2_sync(s) : r;
 }
 
 static int qcow2_discard(struct sl_image *img, uint64_t off, uint64_t len)

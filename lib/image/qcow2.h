@@ -130,6 +130,12 @@ struct qcow2_state {
   bool l2_needs_refcount_flush; /* refcount increments not yet on disk */
   uint64_t free_hint;           /* lowest cluster index that may be free */
 
+  /* Guest clusters whose new host clusters are being written outside the
+   * lock; other writers of those clusters wait on alloc_done. */
+  struct qcow2_inflight { uint64_t first, count; } *inflight;
+  size_t ninflight, inflight_cap;
+  pthread_cond_t alloc_done;
+
   struct qcow2_free *pending_free;
   size_t npending, pending_cap;
   int64_t file_clusters_hint;

@@ -614,6 +614,86 @@ static void test_check_agrees_with_qemu(void **state)
   }
 }
 
+/* Feature bits: zstd sets the compression bit; a dirty image (lazy
+ * refcounts) or a corrupt one opens read-only only, with a message; an
+ * unknown incompatible bit is named; repair clears dirty; unknown header
+ * extensions survive writes. */
+static void test_feature_bits(void **state)
+{
+  (void)state;
+  const char *p = path_in("feat.qcow2");
+  struct sl_image_create_opts co = {.size = 4 << 20, .compression_type = "zstd"};
+  assert_int_equal(sl_image_create(p, &co), 0);
+  int fd = open(p, O_RDWR);
+  assert_int_equal(get_be(fd, 72, 8), 1u << 3);
+  assert_int_equal(get_be(fd, 104, 1), 1);
+  close(fd);
+  struct sl_image *im;
+  assert_int_equal(sl_image_open(p, NULL, &im), 0);
+  struct sl_image_info info;
+  assert_int_equal(sl_image_get_info(im, &info), 0);
+  assert_string_equal(info.compression_type, "zstd");
+  assert_int_equal(info.qcow2_version, 3);
+  assert_int_equal(info.refcount_bits, 16);
+  assert_int_equal(sl_image_pwrite(im, "data", 4, 0, 0), 0);
+  assert_int_equal(sl_image_close(im), 0);
+  if (have_qemu())
+    assert_int_equal(sh("qemu-io -f qcow2 -c 'read -P 0x64 0 1' '%s' "
+                        ">/dev/null", p), 0);
+
+  /* Dirty. */
+  fd = open(p, O_RDWR);
+  put_be64(fd, 72, (1u << 3) | 1);
+  close(fd);
+  assert_true(sl_image_open(p, NULL, &im) < 0);
+  assert_non_null(strstr(sl_last_error(), "dirty"));
+  struct sl_image_open_opts ro = {.read_only = true};
+  assert_int_equal(sl_image_open(p, &ro, &im), 0);
+  assert_int_equal(sl_image_get_info(im, &info), 0);
+  assert_true(info.dirty);
+  sl_image_close(im);
+  struct sl_check_result res;
+  assert_int_equal(sl_image_check(p, SL_CHECK_REPAIR_ALL, &res), 0);
+  assert_int_equal(sl_image_open(p, NULL, &im), 0);
+  sl_image_close(im);
+
+  /* Corrupt. */
+  fd = open(p, O_RDWR);
+  put_be64(fd, 72, (1u << 3) | 2);
+  close(fd);
+  assert_true(sl_image_open(p, NULL, &im) < 0);
+  assert_non_null(strstr(sl_last_error(), "corrupt"));
+  assert_int_equal(sl_image_open(p, &ro, &im), 0);
+  sl_image_close(im);
+
+  /* Unknown incompatible bit. */
+  fd = open(p, O_RDWR);
+  put_be64(fd, 72, (1u << 3) | (1ull << 40));
+  close(fd);
+  assert_true(sl_image_open(p, &ro, &im) < 0);
+  assert_non_null(strstr(sl_last_error(), "0x10000000000"));
+
+  /* An unknown header extension survives allocation and refcount growth. */
+  co = (struct sl_image_create_opts){.size = 8 << 20, .cluster_size = 512};
+  assert_int_equal(sl_image_create(p, &co), 0);
+  fd = open(p, O_RDWR);
+  uint8_t ext[24] = {0x12, 0x34, 0x56, 0x78, 0, 0, 0, 5, 'h', 'e', 'l', 'l', 'o'};
+  assert_int_equal(pwrite(fd, ext, sizeof ext, 112), (ssize_t)sizeof ext);
+  close(fd);
+  assert_int_equal(sl_image_open(p, NULL, &im), 0);
+  uint8_t *buf = malloc(8 << 20);
+  memset(buf, 0x5c, 8 << 20);
+  assert_int_equal(sl_image_pwrite(im, buf, 8 << 20, 0, 0), 0);
+  assert_int_equal(sl_image_close(im), 0);
+  free(buf);
+  fd = open(p, O_RDONLY);
+  uint8_t back[24];
+  assert_int_equal(pread(fd, back, sizeof back, 112), (ssize_t)sizeof back);
+  close(fd);
+  assert_memory_equal(back, ext, sizeof ext);
+  check_qemu_clean(p);
+}
+
 static int setup(void **state)
 {
   (void)state;
@@ -645,6 +725,7 @@ int main(void)
     cmocka_unit_test(test_bad_input),
     cmocka_unit_test(test_direct_io),
     cmocka_unit_test(test_check_agrees_with_qemu),
+    cmocka_unit_test(test_feature_bits),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# fio's nbd engine against `sluice serve`, `qemu-nbd` and `nbdkit file`, on
+# the same image and machine, in the same run (issue 5).  Servers are
+# measured alternately, best of ROUNDS, and reported with ratios:
+#   sluice (qcow2) / qemu-nbd (qcow2) and sluice (raw) / nbdkit file (raw).
+#   bench/nbd/run.sh [--quick]       (--quick: 64 MiB image, 2 s per job)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+scripts/build.sh build
+size=1G runtime=5 rounds=2
+[[ ${1:-} == --quick ]] && { size=64M; runtime=2; rounds=1; }
+for c in fio qemu-nbd nbdkit qemu-img; do command -v $c >/dev/null || { echo "needs $c"; exit 1; }; done
+dir=$(mktemp -d /tmp/nbd-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+trap cleanup EXIT
+
+# A fully written image, so reads hit data: raw, and the same as qcow2.
+qemu-img create -q -f raw "$dir/disk.raw" "$size"
+fio --name=fill --filename="$dir/disk.raw" --rw=write --bs=1M --size="$size" \
+    --refill_buffers --output=/dev/null
+qemu-img convert -O qcow2 "$dir/disk.raw" "$dir/disk.qcow2"
+
+start() { # NAME SOCK COMMAND...: start a server, wait for its socket
+  local sock=$2; shift 2
+  rm -f "$sock"
+  "$@" >/dev/null 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do [[ -S $sock ]] && return 0; sleep 0.05; done
+  echo "server did not start: $*" >&2; exit 1
+}
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
+
+job() { # URI RW BS DEPTH -> IOPS
+  local out
+  out=$(fio --name=j --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
+        --size="$size" --runtime="$runtime" --time_based --group_reporting \
+        --output-format=json 2>"$dir/fio.err") || { cat "$dir/fio.err" >&2; exit 1; }
+  python3 -c "
+import json,sys; s=sys.argv[1]; d=json.loads(s[s.index('{'):])['jobs'][0]
+print(round(d['read']['iops'] + d['write']['iops']))" "$out"
+}
+
+servers=(sluice-qcow2 qemu-nbd sluice-raw nbdkit)
+launch() {
+  local s=$dir/$1.sock
+  case $1 in
+    sluice-qcow2) start "$1" "$s" "$root/build/sluice" serve --nbd "unix:$s" "$dir/disk.qcow2" ;;
+    sluice-raw) start "$1" "$s" "$root/build/sluice" serve --nbd "unix:$s" "$dir/disk.raw" ;;
+    qemu-nbd) start "$1" "$s" qemu-nbd -k "$s" -f qcow2 --cache=writeback --aio=threads \
+                -e 4 -t "$dir/disk.qcow2" ;;
+    nbdkit) start "$1" "$s" nbdkit -f -U "$s" file "$dir/disk.raw" ;;
+  esac
+  uri="nbd+unix:///?socket=$s"
+}
+
+lines=("4K random read, depth 1|randread|4k|1" "4K random read, depth 32|randread|4k|32"
+       "4K random write, depth 32|randwrite|4k|32" "1M sequential read, depth 4|read|1M|4")
+declare -A best
+for ((r = 0; r < rounds; r++)); do
+  for l in "${lines[@]}"; do
+    IFS='|' read -r name rw bs depth <<<"$l"
+    for s in "${servers[@]}"; do
+      launch "$s"
+      v=$(job "$uri" "$rw" "$bs" "$depth")
+      stop_all
+      key="$name|$s"
+      [[ ${best[$key]:-0} -ge $v ]] || best[$key]=$v
+    done
+  done
+done
+
+echo "| line | sluice qcow2 | qemu-nbd qcow2 | ratio | sluice raw | nbdkit file | ratio |"
+echo "|---|---|---|---|---|---|---|"
+for l in "${lines[@]}"; do
+  IFS='|' read -r name rw bs depth <<<"$l"
+  a=${best["$name|sluice-qcow2"]} b=${best["$name|qemu-nbd"]}
+  c=${best["$name|sluice-raw"]} d=${best["$name|nbdkit"]}
+  python3 -c "
+a,b,c,d=$a,$b,$c,$d
+print('| $name | %d IOPS | %d IOPS | %.2fx | %d IOPS | %d IOPS | %.2fx |' % (a, b, a/max(b,1), c, d, c/max(d,1)))"
+done

@@ -1,0 +1,212 @@
+/* sluice filter ABI: what a filter module implements and what it may call.
+ *
+ * A filter is a shared object exporting one function,
+ *
+ *   const struct sl_filter *sluice_filter_init(void);
+ *
+ * returning a static registration record.  The record starts with the API
+ * version and its own size: the core copies only the bytes the filter
+ * declares into a zeroed record of the size it knows, so a filter built
+ * against an older (shorter) header gets NULL for fields added later and a
+ * newer filter's extra fields are ignored.  Fields are only ever appended.
+ *
+ * A filter implements only what it changes.  Every operation it leaves NULL
+ * goes straight to the layer below.  It reaches that layer through its
+ * `next` handle with the sl_next_*() calls below, which are plain function
+ * pointers: a filter links against nothing of libsluice, so the same module
+ * works in the sluice command, in an export and in a test program.
+ *
+ * The core checks every request once, where it enters the stack (range,
+ * read-only, known flags), so filters need not.  Requests a filter issues to
+ * its `next` are checked again against that layer's size (cheaply), so a
+ * filter bug fails a request instead of corrupting the image.
+ *
+ * Lifecycle, per module:  load -> (instances) -> unload
+ *           per instance: config (each k=v) -> config_complete -> open ->
+ *                         requests and events -> close
+ * The instance state is a zeroed block of `instance_size` bytes the core
+ * allocates before config and frees after close.  close is called for every
+ * instance whose config began, so it must cope with a partial setup; its
+ * `next` is NULL when open did not succeed (do no I/O then).
+ *
+ * Every int-returning function returns 0 (or a count / boolean) on success
+ * and a negative errno on failure, after setting a message with
+ * host->error() that names the thing and the problem.
+ */
+#ifndef SLUICE_FILTER_H
+#define SLUICE_FILTER_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sluice/image.h>   /* SL_FUA, SL_NO_HOLE, struct sl_extent */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SL_FILTER_API_VERSION 1
+
+/* How much concurrency a filter can take.  The core gives each disk the
+ * strictest model of any filter in its stack. */
+enum sl_filter_thread_model {
+  SL_FILTER_PARALLEL = 0,           /* any number of requests at once */
+  SL_FILTER_SERIALIZE_REQUESTS = 1, /* one request at a time per disk */
+  SL_FILTER_SERIALIZE_ALL = 2,      /* one request at a time in the process */
+};
+
+/* Where a filter belongs in a stack.  The default order, top to bottom, is
+ * the order of this enum (see docs/disk-descriptor.md for why); a stack
+ * whose classed filters are out of this order is refused.  ANY filters
+ * (fault injection, tracing) may sit anywhere. */
+enum sl_filter_class {
+  SL_FILTER_CLASS_ANY = 0,
+  SL_FILTER_CLASS_OBSERVE,      /* stats: sees what the user issued */
+  SL_FILTER_CLASS_THROTTLE,     /* rate limits */
+  SL_FILTER_CLASS_CACHE,        /* caches plaintext, above encryption */
+  SL_FILTER_CLASS_ENCRYPTION,   /* everything below holds ciphertext */
+  SL_FILTER_CLASS_REPLICATION,  /* mirror: replicas hold ciphertext too */
+};
+
+/* The layer below a filter.  Opaque apart from its operations table. */
+struct sl_next;
+struct sl_next_ops {
+  uint32_t struct_size;
+  int64_t (*get_size)(struct sl_next *n);
+  int (*can_write)(struct sl_next *n);
+  int (*can_trim)(struct sl_next *n);
+  int (*can_zero)(struct sl_next *n);
+  int (*can_fua)(struct sl_next *n);
+  int (*can_multi_conn)(struct sl_next *n);
+  int (*pread)(struct sl_next *n, void *buf, size_t len, uint64_t off,
+               uint32_t flags);
+  int (*pwrite)(struct sl_next *n, const void *buf, size_t len, uint64_t off,
+                uint32_t flags);
+  int (*flush)(struct sl_next *n, uint32_t flags);
+  int (*discard)(struct sl_next *n, uint64_t off, uint64_t len, uint32_t flags);
+  int (*write_zeroes)(struct sl_next *n, uint64_t off, uint64_t len,
+                      uint32_t flags);
+  int (*block_status)(struct sl_next *n, uint64_t off, uint64_t len,
+                      struct sl_extent *ext);
+};
+struct sl_next {
+  const struct sl_next_ops *ops;
+};
+
+static inline int64_t sl_next_get_size(struct sl_next *n) { return n->ops->get_size(n); }
+static inline int sl_next_can_write(struct sl_next *n) { return n->ops->can_write(n); }
+static inline int sl_next_can_trim(struct sl_next *n) { return n->ops->can_trim(n); }
+static inline int sl_next_can_zero(struct sl_next *n) { return n->ops->can_zero(n); }
+static inline int sl_next_can_fua(struct sl_next *n) { return n->ops->can_fua(n); }
+static inline int sl_next_can_multi_conn(struct sl_next *n) { return n->ops->can_multi_conn(n); }
+static inline int sl_next_pread(struct sl_next *n, void *buf, size_t len,
+                                uint64_t off, uint32_t flags)
+{ return n->ops->pread(n, buf, len, off, flags); }
+static inline int sl_next_pwrite(struct sl_next *n, const void *buf, size_t len,
+                                 uint64_t off, uint32_t flags)
+{ return n->ops->pwrite(n, buf, len, off, flags); }
+static inline int sl_next_flush(struct sl_next *n, uint32_t flags)
+{ return n->ops->flush(n, flags); }
+static inline int sl_next_discard(struct sl_next *n, uint64_t off, uint64_t len,
+                                  uint32_t flags)
+{ return n->ops->discard(n, off, len, flags); }
+static inline int sl_next_write_zeroes(struct sl_next *n, uint64_t off,
+                                       uint64_t len, uint32_t flags)
+{ return n->ops->write_zeroes(n, off, len, flags); }
+static inline int sl_next_block_status(struct sl_next *n, uint64_t off,
+                                       uint64_t len, struct sl_extent *ext)
+{ return n->ops->block_status(n, off, len, ext); }
+
+/* Services of the core, handed to load() and kept in the environment. */
+struct sl_filter_host {
+  uint32_t struct_size;
+  /* Record a message for the calling thread; returns -errnum. */
+  int (*error)(int errnum, const char *fmt, ...)
+      __attribute__((format(printf, 2, 3)));
+  const char *(*last_error)(void);
+  uint64_t (*now_ns)(void);          /* CLOCK_MONOTONIC */
+  /* Open another disk (image or descriptor) as a `next` the filter may call,
+   * e.g. a mirror's target.  *handle is what to give disk_close. */
+  int (*disk_open)(const char *path, bool read_only, struct sl_next **next,
+                   void **handle);
+  int (*disk_close)(void *handle);
+};
+
+/* What an instance learns about where it runs (config_complete, open). */
+struct sl_filter_env {
+  uint32_t struct_size;
+  const struct sl_filter_host *host;
+  const char *instance_name;   /* name in the stack (the module's, or name=) */
+  const char *base_dir;        /* resolve relative paths here */
+  const char *descriptor;      /* the descriptor's path, or NULL */
+  const char *image;           /* the image's path */
+  bool read_only;
+};
+
+struct sl_filter {
+  uint32_t api_version;        /* SL_FILTER_API_VERSION */
+  uint32_t struct_size;        /* sizeof(struct sl_filter) */
+  const char *name;
+  const char *description;
+  const char *config_help;     /* "key=VALUE  meaning" lines */
+  enum sl_filter_class filter_class;
+  enum sl_filter_thread_model thread_model;
+  size_t instance_size;
+
+  /* Module lifecycle. */
+  int (*load)(const struct sl_filter_host *host);
+  void (*unload)(void);
+
+  /* Instance lifecycle.  config is called once per k=v, in order; it must
+   * reject unknown keys and bad values with a message naming both. */
+  int (*config)(void *inst, const char *key, const char *value);
+  int (*config_complete)(void *inst, const struct sl_filter_env *env);
+  int (*open)(void *inst, struct sl_next *next, const struct sl_filter_env *env);
+  void (*close)(void *inst, struct sl_next *next);
+
+  /* Capabilities: >0 true, 0 false, <0 error.  NULL asks next. */
+  int64_t (*get_size)(void *inst, struct sl_next *next);
+  int (*can_write)(void *inst, struct sl_next *next);
+  int (*can_trim)(void *inst, struct sl_next *next);
+  int (*can_zero)(void *inst, struct sl_next *next);
+  int (*can_fua)(void *inst, struct sl_next *next);
+  int (*can_multi_conn)(void *inst, struct sl_next *next);
+
+  /* Requests. */
+  int (*pread)(void *inst, struct sl_next *next, void *buf, size_t len,
+               uint64_t off, uint32_t flags);
+  int (*pwrite)(void *inst, struct sl_next *next, const void *buf, size_t len,
+                uint64_t off, uint32_t flags);
+  int (*flush)(void *inst, struct sl_next *next, uint32_t flags);
+  int (*discard)(void *inst, struct sl_next *next, uint64_t off, uint64_t len,
+                 uint32_t flags);
+  int (*write_zeroes)(void *inst, struct sl_next *next, uint64_t off,
+                      uint64_t len, uint32_t flags);
+  /* Fills EXT as sl_image_block_status() does; ext->depth is the owning
+   * chain layer and is passed up unchanged unless the filter changes it. */
+  int (*block_status)(void *inst, struct sl_next *next, uint64_t off,
+                      uint64_t len, struct sl_extent *ext);
+
+  /* Events.  snapshot: an overlay was created under the disk.  release:
+   * ownership is being handed over; requests are drained, finish any
+   * background work and flush.  resume: requests may flow again. */
+  int (*snapshot)(void *inst, struct sl_next *next);
+  int (*release)(void *inst, struct sl_next *next);
+  int (*resume)(void *inst, struct sl_next *next);
+};
+
+/* The one symbol a module exports. */
+#define SL_FILTER_INIT_SYMBOL "sluice_filter_init"
+typedef const struct sl_filter *(*sl_filter_init_fn)(void);
+
+#define SL_REGISTER_FILTER(rec)                                             \
+  __attribute__((visibility("default")))                                    \
+  const struct sl_filter *sluice_filter_init(void);                        \
+  const struct sl_filter *sluice_filter_init(void) { return &(rec); }
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,48 @@
+/* Exports: how a sluice disk reaches its consumers outside the process.
+ *
+ *  - NBD (nbd-server.c): the fixed-newstyle NBD protocol on UNIX and TCP
+ *    sockets, for QEMU, libnbd tools, fio and the kernel's nbd client.
+ *  - FUSE (fuse.c): the disk as a regular file, so that a loop device over
+ *    it is a real block device for the kernel.
+ *
+ * Both run every request through a handle of the disk's filter stack
+ * (sl_disk_top or sl_disk_at) and never bypass the core's checks. */
+#ifndef SLUICE_EXPORT_H
+#define SLUICE_EXPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <sluice/disk.h>
+
+struct sl_nbd_server;
+
+struct sl_nbd_options {
+  bool read_only;
+  const char *export_name;   /* "" by default; clients may ask for any name */
+  const char *description;   /* optional, sent with NBD_INFO_DESCRIPTION */
+  unsigned workers;          /* request threads per connection (default 4) */
+};
+
+/* Bind the listeners ("unix:PATH" or "tcp:HOST:PORT"); no thread runs yet,
+ * so the caller may still fork (--daemon). */
+int sl_nbd_server_create(struct sl_handle *h, const struct sl_nbd_options *opts,
+                         const char *const *listen, size_t n_listen,
+                         struct sl_nbd_server **out);
+/* Start accepting clients in background threads. */
+int sl_nbd_server_start(struct sl_nbd_server *srv);
+/* Stop accepting, let in-flight requests finish, disconnect every client,
+ * join all threads and free the server.  The disk is not touched. */
+void sl_nbd_server_stop(struct sl_nbd_server *srv);
+
+/* Serve one already-connected client on FD until it disconnects (used by
+ * the fuzz target and by the accept loop).  Closes FD. */
+int sl_nbd_serve_fd(struct sl_handle *h, const struct sl_nbd_options *opts, int fd);
+
+struct sl_fuse_export;
+/* Present the disk as the regular file FILE (created if absent). */
+int sl_fuse_export_start(struct sl_handle *h, const char *file, bool read_only,
+                         struct sl_fuse_export **out);
+void sl_fuse_export_stop(struct sl_fuse_export *fx);
+
+#endif

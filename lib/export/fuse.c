@@ -1,0 +1,243 @@
+/* The FUSE export: the disk appears as one regular file, mounted over FILE
+ * itself (FUSE allows a file as mount point; the file system's root is the
+ * disk).  A loop device over that file is a real block device, so the
+ * kernel can put ext4 on a sluice disk without an nbd module.
+ *
+ * Every request goes to the disk handle, so filters apply.  direct_io keeps
+ * the kernel's page cache out of the way: the NBD export may change the
+ * same disk at the same time, and a cached page would go stale. */
+#define FUSE_USE_VERSION 31
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse.h>
+#include <linux/falloc.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sluice/error.h>
+#include "common/util.h"
+#include "export/export.h"
+
+struct sl_fuse_export {
+  struct sl_handle *h;
+  bool read_only;
+  char *file;
+  bool created;          /* FILE did not exist: remove it at stop */
+  struct fuse *fuse;
+  pthread_t thread;
+  bool running;
+  uid_t uid;
+  gid_t gid;
+  time_t started;         /* shown as the file's times */
+};
+
+static struct sl_fuse_export *export_of_context(void)
+{
+  return fuse_get_context()->private_data;
+}
+
+static void *fx_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+  (void)conn;
+  cfg->direct_io = 1;
+  cfg->attr_timeout = 0;
+  cfg->entry_timeout = 0;
+  cfg->use_ino = 1;
+  return export_of_context();
+}
+
+static int fx_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+  (void)fi;
+  struct sl_fuse_export *fx = export_of_context();
+  if (strcmp(path, "/") != 0)
+    return -ENOENT;
+  memset(st, 0, sizeof *st);
+  st->st_mode = S_IFREG | (fx->read_only ? 0444 : 0644);
+  st->st_nlink = 1;
+  st->st_uid = fx->uid;
+  st->st_gid = fx->gid;
+  st->st_atime = st->st_mtime = st->st_ctime = fx->started;
+  st->st_size = (off_t)sl_disk_size(fx->h);
+  st->st_blksize = 4096;
+  st->st_blocks = (blkcnt_t)SL_DIV_ROUND_UP(sl_disk_size(fx->h), 512);
+  return 0;
+}
+
+static int fx_open(const char *path, struct fuse_file_info *fi)
+{
+  struct sl_fuse_export *fx = export_of_context();
+  if (strcmp(path, "/") != 0)
+    return -ENOENT;
+  if (fx->read_only && (fi->flags & O_ACCMODE) != O_RDONLY)
+    return -EROFS;
+  fi->direct_io = 1;
+  return 0;
+}
+
+/* Clip a request at the end of the disk, as a regular file would. */
+static size_t clip(struct sl_fuse_export *fx, size_t len, off_t off)
+{
+  uint64_t size = sl_disk_size(fx->h);
+  if (off < 0 || (uint64_t)off >= size)
+    return 0;
+  return (size_t)SL_MIN((uint64_t)len, size - (uint64_t)off);
+}
+
+static int fx_read(const char *path, char *buf, size_t len, off_t off,
+                   struct fuse_file_info *fi)
+{
+  (void)path;
+  (void)fi;
+  struct sl_fuse_export *fx = export_of_context();
+  len = clip(fx, len, off);
+  if (len == 0)
+    return 0;
+  int r = sl_disk_pread(fx->h, buf, len, (uint64_t)off, 0);
+  return r < 0 ? r : (int)len;
+}
+
+static int fx_write(const char *path, const char *buf, size_t len, off_t off,
+                    struct fuse_file_info *fi)
+{
+  (void)path;
+  struct sl_fuse_export *fx = export_of_context();
+  if (fx->read_only)
+    return -EROFS;
+  size_t n = clip(fx, len, off);
+  if (n < len && n == 0)
+    return -ENOSPC; /* a disk does not grow */
+  uint32_t flags = (fi && (fi->flags & O_DSYNC)) ? SL_FUA : 0;
+  int r = sl_disk_pwrite(fx->h, buf, n, (uint64_t)off, flags);
+  return r < 0 ? r : (int)n;
+}
+
+static int fx_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+  (void)path;
+  (void)datasync;
+  (void)fi;
+  struct sl_fuse_export *fx = export_of_context();
+  return fx->read_only ? 0 : sl_disk_flush(fx->h);
+}
+
+static int fx_fallocate(const char *path, int mode, off_t off, off_t len,
+                        struct fuse_file_info *fi)
+{
+  (void)path;
+  (void)fi;
+  struct sl_fuse_export *fx = export_of_context();
+  if (fx->read_only)
+    return -EROFS;
+  uint64_t size = sl_disk_size(fx->h);
+  if (off < 0 || len <= 0 || (uint64_t)off > size || (uint64_t)len > size - (uint64_t)off)
+    return (mode & FALLOC_FL_KEEP_SIZE) || mode == 0 ? -ENOSPC : -EINVAL;
+  if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE))
+    return sl_disk_discard(fx->h, (uint64_t)off, (uint64_t)len);
+  if (mode == FALLOC_FL_ZERO_RANGE || mode == (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE))
+    return sl_disk_write_zeroes(fx->h, (uint64_t)off, (uint64_t)len, SL_NO_HOLE);
+  if (mode == 0 || mode == FALLOC_FL_KEEP_SIZE)
+    return 0; /* the range exists already */
+  return -EOPNOTSUPP;
+}
+
+static int fx_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+  (void)path;
+  (void)fi;
+  struct sl_fuse_export *fx = export_of_context();
+  /* O_TRUNC opens and "truncate to the current size" are harmless. */
+  return (uint64_t)size == sl_disk_size(fx->h) ? 0 : -EINVAL;
+}
+
+static const struct fuse_operations fx_ops = {
+  .init = fx_init,
+  .getattr = fx_getattr,
+  .open = fx_open,
+  .read = fx_read,
+  .write = fx_write,
+  .fsync = fx_fsync,
+  .fallocate = fx_fallocate,
+  .truncate = fx_truncate,
+};
+
+static void *loop_main(void *opaque)
+{
+  struct sl_fuse_export *fx = opaque;
+  fuse_loop_mt(fx->fuse, 0);
+  return NULL;
+}
+
+int sl_fuse_export_start(struct sl_handle *h, const char *file, bool read_only,
+                         struct sl_fuse_export **out)
+{
+  struct sl_fuse_export *fx = calloc(1, sizeof *fx);
+  if (!fx)
+    return sl_error(ENOMEM, "out of memory");
+  fx->h = h;
+  fx->read_only = read_only || sl_disk_read_only(h);
+  fx->uid = getuid();
+  fx->gid = getgid();
+  fx->started = time(NULL);
+  fx->file = realpath(file, NULL);
+  if (!fx->file) {
+    int fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      int e = errno;
+      free(fx);
+      return sl_error(e, "%s: cannot create the mount point: %s", file, strerror(e));
+    }
+    close(fd);
+    fx->created = true;
+    fx->file = realpath(file, NULL);
+  }
+  struct stat st;
+  if (!fx->file || stat(fx->file, &st) < 0 || !S_ISREG(st.st_mode)) {
+    sl_fuse_export_stop(fx);
+    return sl_error(EINVAL, "%s: the FUSE export needs a regular file", file);
+  }
+  char *argv[] = {"sluice", "-o", "default_permissions", NULL};
+  struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+  fx->fuse = fuse_new(&args, &fx_ops, sizeof fx_ops, fx);
+  fuse_opt_free_args(&args);
+  if (!fx->fuse) {
+    sl_fuse_export_stop(fx);
+    return sl_error(EIO, "%s: cannot set up FUSE", file);
+  }
+  if (fuse_mount(fx->fuse, fx->file) != 0) {
+    fuse_destroy(fx->fuse);
+    fx->fuse = NULL;
+    sl_fuse_export_stop(fx);
+    return sl_error(EIO, "%s: FUSE mount failed (is /dev/fuse available?)", file);
+  }
+  if (pthread_create(&fx->thread, NULL, loop_main, fx) != 0) {
+    fuse_unmount(fx->fuse);
+    fuse_destroy(fx->fuse);
+    fx->fuse = NULL;
+    sl_fuse_export_stop(fx);
+    return sl_error(EAGAIN, "%s: cannot start the FUSE thread", file);
+  }
+  fx->running = true;
+  *out = fx;
+  return 0;
+}
+
+void sl_fuse_export_stop(struct sl_fuse_export *fx)
+{
+  if (!fx)
+    return;
+  if (fx->running) {
+    fuse_exit(fx->fuse);
+    fuse_unmount(fx->fuse); /* wakes the loop with ENODEV */
+    pthread_join(fx->thread, NULL);
+    fuse_destroy(fx->fuse);
+  }
+  if (fx->created && fx->file)
+    unlink(fx->file);
+  free(fx->file);
+  free(fx);
+}

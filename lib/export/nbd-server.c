@@ -1,0 +1,1033 @@
+/* The NBD server: the fixed-newstyle NBD protocol (NetworkBlockDevice/nbd,
+ * doc/proto.md) over UNIX and TCP sockets.
+ *
+ * One thread per connection reads requests; a small pool of worker threads
+ * per connection executes them against the disk handle, so requests within
+ * a connection run in parallel; replies are written whole under the
+ * connection's write lock (writev), so they never interleave.
+ *
+ * Everything the client sends is untrusted: lengths are bounded before
+ * allocation, offsets are checked by the disk core, anything malformed in
+ * the handshake gets the protocol's error reply or a disconnect, and a
+ * broken connection only ever ends that connection.
+ */
+#include <arpa/inet.h>
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <sluice/error.h>
+#include "common/util.h"
+#include "export/export.h"
+#include "export/nbd-proto.h"
+
+#define MAX_REQUEST (32u << 20)       /* largest read or write we accept */
+#define MAX_OPTION (64u << 10)        /* largest option payload we read */
+#define MAX_OPTIONS 256               /* options before we give up on a client */
+#define MAX_EXTENTS 1024              /* descriptors per block-status reply */
+#define MAX_QUEUED 64                 /* requests waiting for a worker */
+#define DEFAULT_WORKERS 4
+#define MAX_LISTENERS 8
+
+enum { CTX_ALLOCATION = 1, CTX_DEPTH = 2 };
+
+struct request {
+  struct request *next;
+  uint16_t flags, type;
+  uint64_t cookie, offset;
+  uint32_t length;
+  void *data;                       /* write payload */
+};
+
+struct conn {
+  struct sl_nbd_server *srv;        /* NULL for sl_nbd_serve_fd callers */
+  struct conn *next;
+  struct sl_handle *h;
+  const struct sl_nbd_options *opts;
+  int fd;
+  uint64_t size;
+  uint16_t tflags;
+  bool structured;
+  bool ctx_allocation, ctx_depth;   /* negotiated meta contexts */
+  pthread_mutex_t write_lock;
+  /* The work queue between the reader and the workers. */
+  pthread_mutex_t qlock;
+  pthread_cond_t qcond;
+  struct request *qhead, *qtail;
+  unsigned queued;
+  bool closing;
+  pthread_t workers[16];
+  unsigned nworkers;
+  atomic_uint busy;                 /* requests queued or executing */
+  atomic_bool broken;               /* a write failed: stop */
+};
+
+struct listener {
+  int fd;
+  pthread_t thread;
+  char *unix_path;                  /* unlinked at stop */
+};
+
+struct sl_nbd_server {
+  struct sl_handle *h;
+  struct sl_nbd_options opts;
+  struct listener listeners[MAX_LISTENERS];
+  size_t n_listeners;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  struct conn *conns;
+  unsigned n_conns;
+  bool stopping;
+};
+
+/* ---- socket helpers ---------------------------------------------------- */
+
+static int recv_full(int fd, void *buf, size_t len)
+{
+  char *p = buf;
+  while (len > 0) {
+    ssize_t n = recv(fd, p, len, 0);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return -1;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+static int discard_bytes(int fd, uint64_t len)
+{
+  char buf[4096];
+  while (len > 0) {
+    size_t n = (size_t)SL_MIN(len, sizeof buf);
+    if (recv_full(fd, buf, n) < 0)
+      return -1;
+    len -= n;
+  }
+  return 0;
+}
+
+static int send_iov(int fd, struct iovec *iov, int iovcnt)
+{
+  while (iovcnt > 0) {
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)iovcnt};
+    ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return -1;
+    while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
+      n -= (ssize_t)iov->iov_len;
+      iov++;
+      iovcnt--;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = (char *)iov->iov_base + n;
+      iov->iov_len -= (size_t)n;
+    }
+  }
+  return 0;
+}
+
+static int send_all(int fd, const void *buf, size_t len)
+{
+  struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+  return send_iov(fd, &iov, 1);
+}
+
+/* ---- handshake --------------------------------------------------------- */
+
+/* Option payloads are byte streams: read fields without alignment. */
+static uint32_t get_be32(const char *p)
+{
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return be32toh(v);
+}
+
+static uint16_t get_be16(const char *p)
+{
+  uint16_t v;
+  memcpy(&v, p, 2);
+  return be16toh(v);
+}
+
+static int send_opt_reply(struct conn *c, uint32_t opt, uint32_t type,
+                          const void *data, uint32_t len)
+{
+  struct nbd_opt_reply r = {
+    .magic = htobe64(NBD_REP_MAGIC), .option = htobe32(opt),
+    .type = htobe32(type), .length = htobe32(len),
+  };
+  struct iovec iov[2] = {{&r, sizeof r}, {(void *)data, len}};
+  return send_iov(c->fd, iov, len ? 2 : 1);
+}
+
+static int send_opt_error(struct conn *c, uint32_t opt, uint32_t err, const char *msg)
+{
+  return send_opt_reply(c, opt, err, msg, (uint32_t)strlen(msg));
+}
+
+static bool name_matches(const struct conn *c, const char *name)
+{
+  const char *ours = c->opts->export_name ? c->opts->export_name : "";
+  return name[0] == '\0' || strcmp(name, ours) == 0;
+}
+
+static uint16_t transmission_flags(const struct conn *c)
+{
+  struct sl_handle *h = c->h;
+  uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH;
+  if (c->opts->read_only || sl_disk_read_only(h)) {
+    f |= NBD_FLAG_READ_ONLY;
+  } else {
+    if (sl_disk_can_fua(h))
+      f |= NBD_FLAG_SEND_FUA;
+    if (sl_disk_can_trim(h))
+      f |= NBD_FLAG_SEND_TRIM;
+    if (sl_disk_can_zero(h))
+      f |= NBD_FLAG_SEND_WRITE_ZEROES;
+  }
+  if (c->structured)
+    f |= NBD_FLAG_SEND_DF;
+  if (sl_disk_can_multi_conn(h))
+    f |= NBD_FLAG_CAN_MULTI_CONN;
+  return f;
+}
+
+/* Both INFO/GO and the META_CONTEXT options start with a 32-bit length and
+ * an export name.  FIXED is the size of what must follow the name.  Returns
+ * 1 with NAME filled, 0 after sending an error reply, -1 on a dead socket. */
+static int read_export_name(struct conn *c, uint32_t opt, const char *p, uint32_t len,
+                            uint32_t fixed, char name[static 4097], uint32_t *namelen)
+{
+  int r;
+  if (len < 4 + fixed)
+    r = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "option too short");
+  else if ((*namelen = get_be32(p)) > len - 4 - fixed)
+    r = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "name length too large");
+  else if (*namelen > 4096)
+    r = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "name too long");
+  else {
+    memcpy(name, p + 4, *namelen);
+    name[*namelen] = '\0';
+    return 1;
+  }
+  return r < 0 ? -1 : 0;
+}
+
+/* INFO and GO: name, then a list of requested info types. */
+static int opt_info_go(struct conn *c, uint32_t opt, const char *p, uint32_t len,
+                       bool *go)
+{
+  char name[4097];
+  uint32_t namelen;
+  int ok = read_export_name(c, opt, p, len, 2, name, &namelen);
+  if (ok <= 0)
+    return ok;
+  uint16_t nreq = get_be16(p + 4 + namelen);
+  if (6 + namelen + 2u * nreq != len)
+    return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "bad info request list");
+  if (!name_matches(c, name))
+    return send_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no such export");
+
+  bool want_block_size = false, want_name = false, want_desc = false;
+  for (uint16_t i = 0; i < nreq; i++) {
+    uint16_t t = get_be16(p + 6 + namelen + 2 * i);
+    want_block_size |= t == NBD_INFO_BLOCK_SIZE;
+    want_name |= t == NBD_INFO_NAME;
+    want_desc |= t == NBD_INFO_DESCRIPTION;
+  }
+  c->size = sl_disk_size(c->h);
+  c->tflags = transmission_flags(c);
+  struct __attribute__((packed)) { uint16_t type; uint64_t size; uint16_t flags; } ex = {
+    htobe16(NBD_INFO_EXPORT), htobe64(c->size), htobe16(c->tflags)};
+  if (send_opt_reply(c, opt, NBD_REP_INFO, &ex, sizeof ex) < 0)
+    return -1;
+  if (want_block_size) {
+    struct __attribute__((packed)) { uint16_t type; uint32_t min, pref, max; } bs = {
+      htobe16(NBD_INFO_BLOCK_SIZE), htobe32(1), htobe32(4096), htobe32(MAX_REQUEST)};
+    if (send_opt_reply(c, opt, NBD_REP_INFO, &bs, sizeof bs) < 0)
+      return -1;
+  }
+  if (want_name) {
+    char buf[2 + 4096];
+    uint16_t t = htobe16(NBD_INFO_NAME);
+    memcpy(buf, &t, 2);
+    memcpy(buf + 2, name, namelen);
+    if (send_opt_reply(c, opt, NBD_REP_INFO, buf, 2 + namelen) < 0)
+      return -1;
+  }
+  if (want_desc && c->opts->description) {
+    char buf[2 + 4096];
+    size_t dl = SL_MIN(strlen(c->opts->description), 4096);
+    uint16_t t = htobe16(NBD_INFO_DESCRIPTION);
+    memcpy(buf, &t, 2);
+    memcpy(buf + 2, c->opts->description, dl);
+    if (send_opt_reply(c, opt, NBD_REP_INFO, buf, (uint32_t)(2 + dl)) < 0)
+      return -1;
+  }
+  if (send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0) < 0)
+    return -1;
+  *go = opt == NBD_OPT_GO;
+  return 0;
+}
+
+static int opt_list(struct conn *c, uint32_t len)
+{
+  if (len != 0)
+    return send_opt_error(c, NBD_OPT_LIST, NBD_REP_ERR_INVALID, "LIST takes no data");
+  const char *name = c->opts->export_name ? c->opts->export_name : "";
+  uint32_t nl = (uint32_t)strlen(name);
+  char buf[4 + 4096];
+  uint32_t be = htobe32(nl);
+  memcpy(buf, &be, 4);
+  memcpy(buf + 4, name, SL_MIN(nl, 4096u));
+  if (send_opt_reply(c, NBD_OPT_LIST, NBD_REP_SERVER, buf, 4 + SL_MIN(nl, 4096u)) < 0)
+    return -1;
+  return send_opt_reply(c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
+}
+
+static int send_context(struct conn *c, uint32_t opt, uint32_t id, const char *name)
+{
+  char buf[64];
+  uint32_t be = htobe32(id);
+  size_t nl = strlen(name);
+  memcpy(buf, &be, 4);
+  memcpy(buf + 4, name, nl);
+  return send_opt_reply(c, opt, NBD_REP_META_CONTEXT, buf, (uint32_t)(4 + nl));
+}
+
+/* Which of our contexts does QUERY select?  LIST accepts namespace
+ * wildcards ("base:", "qemu:"); SET needs exact names. */
+static void match_query(const char *q, bool list, bool *alloc, bool *depth)
+{
+  if (strcmp(q, "base:allocation") == 0 || (list && strcmp(q, "base:") == 0))
+    *alloc = true;
+  if (strcmp(q, "qemu:allocation-depth") == 0 || (list && strcmp(q, "qemu:") == 0))
+    *depth = true;
+}
+
+static int opt_meta_context(struct conn *c, uint32_t opt, const char *p, uint32_t len)
+{
+  bool list = opt == NBD_OPT_LIST_META_CONTEXT;
+  if (!list && !c->structured)
+    return send_opt_error(c, opt, NBD_REP_ERR_INVALID,
+                          "SET_META_CONTEXT needs structured replies first");
+  char name[4097];
+  uint32_t namelen;
+  int ok = read_export_name(c, opt, p, len, 4, name, &namelen);
+  if (ok <= 0)
+    return ok;
+  uint32_t nq = get_be32(p + 4 + namelen);
+  uint32_t pos = 8 + namelen;
+  bool alloc = false, depth = false;
+  for (uint32_t i = 0; i < nq; i++) {
+    if (len - pos < 4)
+      return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "truncated query list");
+    uint32_t ql = get_be32(p + pos);
+    pos += 4;
+    if (ql > len - pos)
+      return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "query too long");
+    char q[256];
+    if (ql < sizeof q) {
+      memcpy(q, p + pos, ql);
+      q[ql] = '\0';
+      match_query(q, list, &alloc, &depth);
+    }
+    pos += ql;
+  }
+  if (pos != len)
+    return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "trailing data in option");
+  if (!name_matches(c, name))
+    return send_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no such export");
+  if (list && nq == 0)
+    alloc = depth = true;
+  if (!list) {
+    c->ctx_allocation = alloc;
+    c->ctx_depth = depth;
+  }
+  if (alloc && send_context(c, opt, CTX_ALLOCATION, "base:allocation") < 0)
+    return -1;
+  if (depth && send_context(c, opt, CTX_DEPTH, "qemu:allocation-depth") < 0)
+    return -1;
+  return send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+}
+
+/* Returns 1 when the client chose an export (transmission follows),
+ * 0 when it went away cleanly, -1 on a broken or hostile client. */
+static int handshake(struct conn *c)
+{
+  struct __attribute__((packed)) { uint64_t magic, opt_magic; uint16_t flags; } hello = {
+    htobe64(NBD_MAGIC), htobe64(NBD_OPT_MAGIC),
+    htobe16(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)};
+  if (send_all(c->fd, &hello, sizeof hello) < 0)
+    return -1;
+  uint32_t cflags;
+  if (recv_full(c->fd, &cflags, 4) < 0)
+    return -1;
+  cflags = be32toh(cflags);
+  if (cflags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))
+    return -1; /* unknown client flags: the spec says disconnect */
+  bool no_zeroes = cflags & NBD_FLAG_C_NO_ZEROES;
+
+  for (int n = 0; n < MAX_OPTIONS; n++) {
+    struct nbd_option o;
+    if (recv_full(c->fd, &o, sizeof o) < 0)
+      return -1;
+    if (be64toh(o.magic) != NBD_OPT_MAGIC)
+      return -1;
+    uint32_t opt = be32toh(o.option), len = be32toh(o.length);
+    if (len > MAX_OPTION) {
+      if (discard_bytes(c->fd, len) < 0)
+        return -1;
+      if (send_opt_error(c, opt, NBD_REP_ERR_TOO_BIG, "option too large") < 0)
+        return -1;
+      continue;
+    }
+    CLEANUP_FREE char *data = malloc(len + 1);
+    if (!data || recv_full(c->fd, data, len) < 0)
+      return -1;
+    data[len] = '\0';
+    int r = 0;
+    bool go = false;
+    switch (opt) {
+    case NBD_OPT_EXPORT_NAME: {
+      if (!name_matches(c, data))
+        return -1; /* no error reply exists for EXPORT_NAME */
+      c->size = sl_disk_size(c->h);
+      c->tflags = transmission_flags(c);
+      struct __attribute__((packed)) { uint64_t size; uint16_t flags; char zero[124]; } rep = {
+        htobe64(c->size), htobe16(c->tflags), {0}};
+      if (send_all(c->fd, &rep, no_zeroes ? 10 : sizeof rep) < 0)
+        return -1;
+      return 1;
+    }
+    case NBD_OPT_ABORT:
+      send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+      return 0;
+    case NBD_OPT_LIST:
+      r = opt_list(c, len);
+      break;
+    case NBD_OPT_INFO:
+    case NBD_OPT_GO:
+      r = opt_info_go(c, opt, data, len, &go);
+      break;
+    case NBD_OPT_STRUCTURED_REPLY:
+      if (len != 0) {
+        r = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "option takes no data");
+      } else {
+        c->structured = true;
+        r = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+      }
+      break;
+    case NBD_OPT_LIST_META_CONTEXT:
+    case NBD_OPT_SET_META_CONTEXT:
+      r = opt_meta_context(c, opt, data, len);
+      break;
+    default:
+      r = send_opt_error(c, opt, NBD_REP_ERR_UNSUP, "option not supported");
+    }
+    if (r < 0)
+      return -1;
+    if (go)
+      return 1;
+  }
+  return -1;
+}
+
+/* ---- transmission ------------------------------------------------------ */
+
+static uint32_t nbd_errno(int err)
+{
+  switch (err) {
+  case EPERM: case EROFS: return NBD_EPERM;
+  case ENOMEM: return NBD_ENOMEM;
+  case EINVAL: return NBD_EINVAL;
+  case ENOSPC: case EDQUOT: case EFBIG: return NBD_ENOSPC;
+  case EOVERFLOW: return NBD_EOVERFLOW;
+  case ENOTSUP: return NBD_ENOTSUP;
+  case ESHUTDOWN: return NBD_ESHUTDOWN;
+  default: return NBD_EIO;
+  }
+}
+
+static void reply_lock_send(struct conn *c, struct iovec *iov, int n)
+{
+  pthread_mutex_lock(&c->write_lock);
+  if (!atomic_load(&c->broken) && send_iov(c->fd, iov, n) < 0) {
+    atomic_store(&c->broken, true);
+    shutdown(c->fd, SHUT_RDWR);
+  }
+  pthread_mutex_unlock(&c->write_lock);
+}
+
+static void reply_simple(struct conn *c, uint64_t cookie, uint32_t err,
+                         const void *data, uint32_t len)
+{
+  struct nbd_simple_reply r = {htobe32(NBD_SIMPLE_REPLY_MAGIC), htobe32(err), htobe64(cookie)};
+  struct iovec iov[2] = {{&r, sizeof r}, {(void *)data, len}};
+  reply_lock_send(c, iov, err == 0 && len ? 2 : 1);
+}
+
+static void reply_error(struct conn *c, const struct request *rq, int err)
+{
+  uint32_t code = nbd_errno(err);
+  if (!c->structured) {
+    reply_simple(c, rq->cookie, code, NULL, 0);
+    return;
+  }
+  const char *msg = sl_last_error();
+  uint16_t ml = (uint16_t)SL_MIN(strlen(msg), 1024u);
+  struct __attribute__((packed)) { uint32_t error; uint16_t len; } e = {htobe32(code), htobe16(ml)};
+  struct nbd_structured_reply h = {
+    htobe32(NBD_STRUCTURED_REPLY_MAGIC), htobe16(NBD_REPLY_FLAG_DONE),
+    htobe16(NBD_REPLY_TYPE_ERROR), htobe64(rq->cookie), htobe32(sizeof e + ml)};
+  struct iovec iov[3] = {{&h, sizeof h}, {&e, sizeof e}, {(void *)msg, ml}};
+  reply_lock_send(c, iov, 3);
+}
+
+static void reply_done(struct conn *c, const struct request *rq)
+{
+  if (!c->structured) {
+    reply_simple(c, rq->cookie, 0, NULL, 0);
+    return;
+  }
+  struct nbd_structured_reply h = {
+    htobe32(NBD_STRUCTURED_REPLY_MAGIC), htobe16(NBD_REPLY_FLAG_DONE),
+    htobe16(NBD_REPLY_TYPE_NONE), htobe64(rq->cookie), 0};
+  struct iovec iov = {&h, sizeof h};
+  reply_lock_send(c, &iov, 1);
+}
+
+static void do_read(struct conn *c, struct request *rq)
+{
+  void *buf = malloc(rq->length ? rq->length : 1);
+  if (!buf) {
+    sl_error(ENOMEM, "out of memory");
+    reply_error(c, rq, ENOMEM);
+    return;
+  }
+  int r = sl_disk_pread(c->h, buf, rq->length, rq->offset, 0);
+  if (r < 0) {
+    reply_error(c, rq, -r);
+  } else if (!c->structured) {
+    reply_simple(c, rq->cookie, 0, buf, rq->length);
+  } else {
+    uint64_t off = htobe64(rq->offset);
+    struct nbd_structured_reply h = {
+      htobe32(NBD_STRUCTURED_REPLY_MAGIC), htobe16(NBD_REPLY_FLAG_DONE),
+      htobe16(NBD_REPLY_TYPE_OFFSET_DATA), htobe64(rq->cookie),
+      htobe32(8 + rq->length)};
+    struct iovec iov[3] = {{&h, sizeof h}, {&off, 8}, {buf, rq->length}};
+    reply_lock_send(c, iov, 3);
+  }
+  free(buf);
+}
+
+/* One BLOCK_STATUS chunk for context ID: merged runs of equal status. */
+static int block_status_chunk(struct conn *c, struct request *rq, uint32_t id, bool last)
+{
+  struct nbd_extent ext[MAX_EXTENTS];
+  unsigned n = 0, max = (rq->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : MAX_EXTENTS;
+  uint64_t off = rq->offset, end = rq->offset + rq->length;
+  while (off < end && n < max + 1) {
+    struct sl_extent e;
+    int r = sl_disk_block_status(c->h, off, end - off, &e);
+    if (r < 0)
+      return r;
+    uint32_t st;
+    if (id == CTX_ALLOCATION)
+      st = e.type == SL_EXTENT_DATA ? 0 : NBD_STATE_HOLE | NBD_STATE_ZERO;
+    else
+      st = e.depth < 0 ? 0 : (uint32_t)e.depth + 1;
+    uint64_t len = SL_MIN(e.length, end - off);
+    if (n > 0 && be32toh(ext[n - 1].flags) == st) {
+      ext[n - 1].length = htobe32(be32toh(ext[n - 1].length) + (uint32_t)len);
+    } else {
+      if (n == max)
+        break;
+      ext[n].length = htobe32((uint32_t)len);
+      ext[n].flags = htobe32(st);
+      n++;
+    }
+    off += len;
+  }
+  uint32_t be_id = htobe32(id);
+  struct nbd_structured_reply h = {
+    htobe32(NBD_STRUCTURED_REPLY_MAGIC), htobe16(last ? NBD_REPLY_FLAG_DONE : 0),
+    htobe16(NBD_REPLY_TYPE_BLOCK_STATUS), htobe64(rq->cookie),
+    htobe32(4 + n * (uint32_t)sizeof ext[0])};
+  struct iovec iov[3] = {{&h, sizeof h}, {&be_id, 4}, {ext, n * sizeof ext[0]}};
+  reply_lock_send(c, iov, 3);
+  return 0;
+}
+
+static void do_block_status(struct conn *c, struct request *rq)
+{
+  if (!c->structured || !(c->ctx_allocation || c->ctx_depth)) {
+    sl_error(EINVAL, "block status needs a negotiated meta context");
+    reply_error(c, rq, EINVAL);
+    return;
+  }
+  /* Validate the range before the first chunk, so an error is the only reply. */
+  struct sl_extent probe;
+  int r = sl_disk_block_status(c->h, rq->offset, rq->length ? 1 : 0, &probe);
+  if (r == 0 && rq->length == 0)
+    r = sl_error(EINVAL, "block status of zero length");
+  if (r == 0 && c->ctx_allocation)
+    r = block_status_chunk(c, rq, CTX_ALLOCATION, !c->ctx_depth);
+  if (r == 0 && c->ctx_depth)
+    r = block_status_chunk(c, rq, CTX_DEPTH, true);
+  if (r < 0)
+    reply_error(c, rq, -r);
+}
+
+static void execute(struct conn *c, struct request *rq)
+{
+  int r = 0;
+  switch (rq->type) {
+  case NBD_CMD_READ:
+    do_read(c, rq);
+    return;
+  case NBD_CMD_BLOCK_STATUS:
+    do_block_status(c, rq);
+    return;
+  case NBD_CMD_WRITE:
+    r = sl_disk_pwrite(c->h, rq->data, rq->length, rq->offset,
+                       (rq->flags & NBD_CMD_FLAG_FUA) ? SL_FUA : 0);
+    break;
+  case NBD_CMD_FLUSH:
+    r = sl_disk_flush(c->h);
+    break;
+  case NBD_CMD_TRIM:
+    r = sl_disk_discard(c->h, rq->offset, rq->length);
+    if (r == 0 && (rq->flags & NBD_CMD_FLAG_FUA))
+      r = sl_disk_flush(c->h);
+    break;
+  case NBD_CMD_WRITE_ZEROES:
+    r = sl_disk_write_zeroes(c->h, rq->offset, rq->length,
+                             (rq->flags & NBD_CMD_FLAG_NO_HOLE) ? SL_NO_HOLE : 0);
+    if (r == 0 && (rq->flags & NBD_CMD_FLAG_FUA))
+      r = sl_disk_flush(c->h);
+    break;
+  default:
+    r = sl_error(EINVAL, "unknown command %u", rq->type);
+  }
+  if (r < 0)
+    reply_error(c, rq, -r);
+  else
+    reply_done(c, rq);
+}
+
+static void *worker_main(void *opaque)
+{
+  struct conn *c = opaque;
+  for (;;) {
+    pthread_mutex_lock(&c->qlock);
+    while (!c->qhead && !c->closing)
+      pthread_cond_wait(&c->qcond, &c->qlock);
+    struct request *rq = c->qhead;
+    if (!rq) {
+      pthread_mutex_unlock(&c->qlock);
+      return NULL;
+    }
+    c->qhead = rq->next;
+    if (!c->qhead)
+      c->qtail = NULL;
+    c->queued--;
+    pthread_cond_broadcast(&c->qcond);
+    pthread_mutex_unlock(&c->qlock);
+    execute(c, rq);
+    free(rq->data);
+    free(rq);
+    atomic_fetch_sub(&c->busy, 1);
+  }
+}
+
+static void enqueue(struct conn *c, struct request *rq)
+{
+  /* Nothing else in flight (queue depth 1): run it here and spare the two
+   * thread hand-offs; with more in flight the workers run in parallel. */
+  if (atomic_load(&c->busy) == 0) {
+    execute(c, rq);
+    free(rq->data);
+    free(rq);
+    return;
+  }
+  atomic_fetch_add(&c->busy, 1);
+  pthread_mutex_lock(&c->qlock);
+  while (c->queued >= MAX_QUEUED)
+    pthread_cond_wait(&c->qcond, &c->qlock);
+  if (c->qtail)
+    c->qtail->next = rq;
+  else
+    c->qhead = rq;
+  c->qtail = rq;
+  c->queued++;
+  pthread_cond_broadcast(&c->qcond);
+  pthread_mutex_unlock(&c->qlock);
+}
+
+/* Flags each command may carry. */
+static uint16_t allowed_flags(uint16_t type)
+{
+  switch (type) {
+  case NBD_CMD_READ: return NBD_CMD_FLAG_DF;
+  case NBD_CMD_WRITE: case NBD_CMD_TRIM: return NBD_CMD_FLAG_FUA;
+  case NBD_CMD_WRITE_ZEROES: return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE;
+  case NBD_CMD_BLOCK_STATUS: return NBD_CMD_FLAG_REQ_ONE;
+  default: return 0;
+  }
+}
+
+/* Read requests until DISC, EOF or garbage.  Returns when the reader is
+ * done; the workers are drained by the caller. */
+static void transmission(struct conn *c)
+{
+  for (;;) {
+    struct nbd_request_hdr hdr;
+    if (atomic_load(&c->broken) || recv_full(c->fd, &hdr, sizeof hdr) < 0)
+      return;
+    if (be32toh(hdr.magic) != NBD_REQUEST_MAGIC)
+      return; /* out of sync: nothing sane to reply to */
+    struct request *rq = calloc(1, sizeof *rq);
+    if (!rq)
+      return;
+    rq->flags = be16toh(hdr.flags);
+    rq->type = be16toh(hdr.type);
+    rq->cookie = be64toh(hdr.cookie);
+    rq->offset = be64toh(hdr.offset);
+    rq->length = be32toh(hdr.length);
+
+    if (rq->type == NBD_CMD_DISC) {
+      free(rq);
+      return;
+    }
+    if (rq->type == NBD_CMD_WRITE) {
+      if (rq->length > MAX_REQUEST) {
+        free(rq);
+        return; /* we cannot sensibly swallow it: disconnect */
+      }
+      rq->data = malloc(rq->length ? rq->length : 1);
+      if (!rq->data || recv_full(c->fd, rq->data, rq->length) < 0) {
+        free(rq->data);
+        free(rq);
+        return;
+      }
+    }
+    int err = 0;
+    if (rq->flags & ~allowed_flags(rq->type))
+      err = sl_error(EINVAL, "flags 0x%x not valid for command %u", rq->flags, rq->type);
+    else if (rq->type == NBD_CMD_READ && rq->length > MAX_REQUEST)
+      err = sl_error(EOVERFLOW, "read of %u bytes is larger than %u", rq->length, MAX_REQUEST);
+    else if (rq->type != NBD_CMD_FLUSH && rq->offset + rq->length > c->size)
+      err = sl_error(EINVAL, "request beyond the end of the export");
+    else if ((c->tflags & NBD_FLAG_READ_ONLY) &&
+             (rq->type == NBD_CMD_WRITE || rq->type == NBD_CMD_TRIM ||
+              rq->type == NBD_CMD_WRITE_ZEROES))
+      err = sl_error(EPERM, "export is read-only");
+    if (err < 0) {
+      reply_error(c, rq, -err);
+      free(rq->data);
+      free(rq);
+      continue;
+    }
+    enqueue(c, rq);
+  }
+}
+
+static void conn_close_workers(struct conn *c)
+{
+  pthread_mutex_lock(&c->qlock);
+  c->closing = true;
+  pthread_cond_broadcast(&c->qcond);
+  pthread_mutex_unlock(&c->qlock);
+  for (unsigned i = 0; i < c->nworkers; i++)
+    pthread_join(c->workers[i], NULL);
+}
+
+static int serve_conn(struct conn *c)
+{
+  int r = handshake(c);
+  if (r <= 0)
+    return r;
+  unsigned n = c->opts->workers ? c->opts->workers : DEFAULT_WORKERS;
+  n = SL_MIN(n, (unsigned)SL_ARRAY_SIZE(c->workers));
+  for (c->nworkers = 0; c->nworkers < n; c->nworkers++)
+    if (pthread_create(&c->workers[c->nworkers], NULL, worker_main, c) != 0)
+      break;
+  if (c->nworkers == 0)
+    return -1;
+  transmission(c);
+  conn_close_workers(c); /* in-flight requests finish and reply first */
+  return 0;
+}
+
+static void conn_init(struct conn *c, struct sl_handle *h,
+                      const struct sl_nbd_options *opts, int fd)
+{
+  memset(c, 0, sizeof *c);
+  c->h = h;
+  c->opts = opts;
+  c->fd = fd;
+  pthread_mutex_init(&c->write_lock, NULL);
+  pthread_mutex_init(&c->qlock, NULL);
+  pthread_cond_init(&c->qcond, NULL);
+}
+
+static void conn_destroy(struct conn *c)
+{
+  close(c->fd);
+  pthread_mutex_destroy(&c->write_lock);
+  pthread_mutex_destroy(&c->qlock);
+  pthread_cond_destroy(&c->qcond);
+}
+
+int sl_nbd_serve_fd(struct sl_handle *h, const struct sl_nbd_options *opts, int fd)
+{
+  struct conn c;
+  conn_init(&c, h, opts, fd);
+  int r = serve_conn(&c);
+  conn_destroy(&c);
+  return r < 0 ? -1 : 0;
+}
+
+/* ---- listeners --------------------------------------------------------- */
+
+static void *conn_main(void *opaque)
+{
+  struct conn *c = opaque;
+  struct sl_nbd_server *srv = c->srv;
+  serve_conn(c);
+  pthread_mutex_lock(&srv->lock);
+  for (struct conn **p = &srv->conns; *p; p = &(*p)->next)
+    if (*p == c) {
+      *p = c->next;
+      break;
+    }
+  srv->n_conns--;
+  pthread_cond_broadcast(&srv->cond);
+  pthread_mutex_unlock(&srv->lock);
+  conn_destroy(c);
+  free(c);
+  return NULL;
+}
+
+struct accept_arg {
+  struct sl_nbd_server *srv;
+  struct listener *l;
+};
+
+static void *accept_loop(void *opaque)
+{
+  struct accept_arg *a = opaque;
+  struct sl_nbd_server *srv = a->srv;
+  struct listener *l = a->l;
+  free(a);
+  for (;;) {
+    int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE) {
+        if (errno == EMFILE || errno == ENFILE)
+          usleep(100000);
+        pthread_mutex_lock(&srv->lock);
+        bool stop = srv->stopping;
+        pthread_mutex_unlock(&srv->lock);
+        if (stop)
+          return NULL;
+        continue;
+      }
+      return NULL; /* the listener was shut down */
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct conn *c = malloc(sizeof *c);
+    if (!c) {
+      close(fd);
+      continue;
+    }
+    conn_init(c, srv->h, &srv->opts, fd);
+    c->srv = srv;
+    pthread_mutex_lock(&srv->lock);
+    if (srv->stopping) {
+      pthread_mutex_unlock(&srv->lock);
+      conn_destroy(c);
+      free(c);
+      return NULL;
+    }
+    c->next = srv->conns;
+    srv->conns = c;
+    srv->n_conns++;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &attr, conn_main, c) != 0) {
+      srv->conns = c->next;
+      srv->n_conns--;
+      conn_destroy(c);
+      free(c);
+    }
+    pthread_attr_destroy(&attr);
+    pthread_mutex_unlock(&srv->lock);
+  }
+}
+
+static int listen_unix(const char *path, struct listener *l)
+{
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path)
+    return sl_error(ENAMETOOLONG, "unix:%s: socket path is too long", path);
+  strcpy(sa.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return sl_error(errno, "unix:%s: %s", path, strerror(errno));
+  unlink(path); /* a stale socket from an earlier run */
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 64) < 0) {
+    int e = errno;
+    close(fd);
+    return sl_error(e, "unix:%s: %s", path, strerror(e));
+  }
+  l->fd = fd;
+  l->unix_path = strdup(path);
+  return 0;
+}
+
+static int listen_tcp(const char *spec, struct listener *l)
+{
+  CLEANUP_FREE char *copy = strdup(spec);
+  if (!copy)
+    return sl_error(ENOMEM, "out of memory");
+  char *colon = strrchr(copy, ':');
+  if (!colon)
+    return sl_error(EINVAL, "tcp:%s: expected tcp:HOST:PORT", spec);
+  *colon = '\0';
+  char *host = copy, *port = colon + 1;
+  if (host[0] == '[') { /* [::1]:10809 */
+    host++;
+    char *rb = strchr(host, ']');
+    if (rb)
+      *rb = '\0';
+  }
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+  struct addrinfo *res;
+  int g = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+  if (g != 0)
+    return sl_error(EINVAL, "tcp:%s: %s", spec, gai_strerror(g));
+  int fd = -1, e = 0;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+      e = errno;
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 64) == 0)
+      break;
+    e = errno;
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  if (fd < 0)
+    return sl_error(e ? e : EADDRNOTAVAIL, "tcp:%s: %s", spec, strerror(e ? e : EADDRNOTAVAIL));
+  l->fd = fd;
+  return 0;
+}
+
+int sl_nbd_server_create(struct sl_handle *h, const struct sl_nbd_options *opts,
+                         const char *const *listen, size_t n_listen,
+                         struct sl_nbd_server **out)
+{
+  if (n_listen == 0 || n_listen > MAX_LISTENERS)
+    return sl_error(EINVAL, "between 1 and %d NBD listeners are supported", MAX_LISTENERS);
+  struct sl_nbd_server *srv = calloc(1, sizeof *srv);
+  if (!srv)
+    return sl_error(ENOMEM, "out of memory");
+  srv->h = h;
+  srv->opts = *opts;
+  pthread_mutex_init(&srv->lock, NULL);
+  pthread_cond_init(&srv->cond, NULL);
+  for (size_t i = 0; i < n_listen; i++) {
+    struct listener *l = &srv->listeners[i];
+    int r;
+    if (strncmp(listen[i], "unix:", 5) == 0)
+      r = listen_unix(listen[i] + 5, l);
+    else if (strncmp(listen[i], "tcp:", 4) == 0)
+      r = listen_tcp(listen[i] + 4, l);
+    else
+      r = sl_error(EINVAL, "'%s': expected unix:PATH or tcp:HOST:PORT", listen[i]);
+    if (r < 0) {
+      srv->n_listeners = i;
+      sl_nbd_server_stop(srv);
+      return r;
+    }
+  }
+  srv->n_listeners = n_listen;
+  *out = srv;
+  return 0;
+}
+
+int sl_nbd_server_start(struct sl_nbd_server *srv)
+{
+  for (size_t i = 0; i < srv->n_listeners; i++) {
+    struct accept_arg *a = malloc(sizeof *a);
+    if (!a)
+      return sl_error(ENOMEM, "out of memory");
+    a->srv = srv;
+    a->l = &srv->listeners[i];
+    if (pthread_create(&srv->listeners[i].thread, NULL, accept_loop, a) != 0) {
+      free(a);
+      return sl_error(EAGAIN, "cannot start the NBD listener thread");
+    }
+  }
+  return 0;
+}
+
+void sl_nbd_server_stop(struct sl_nbd_server *srv)
+{
+  if (!srv)
+    return;
+  pthread_mutex_lock(&srv->lock);
+  srv->stopping = true;
+  pthread_mutex_unlock(&srv->lock);
+  for (size_t i = 0; i < srv->n_listeners; i++) {
+    struct listener *l = &srv->listeners[i];
+    shutdown(l->fd, SHUT_RDWR);
+    if (l->thread)
+      pthread_join(l->thread, NULL);
+    close(l->fd);
+    if (l->unix_path)
+      unlink(l->unix_path);
+    free(l->unix_path);
+  }
+  /* Stop reading from every client; requests already read still run and
+   * reply, then the connection threads end. */
+  pthread_mutex_lock(&srv->lock);
+  for (struct conn *c = srv->conns; c; c = c->next)
+    shutdown(c->fd, SHUT_RD);
+  while (srv->n_conns > 0)
+    pthread_cond_wait(&srv->cond, &srv->lock);
+  pthread_mutex_unlock(&srv->lock);
+  pthread_mutex_destroy(&srv->lock);
+  pthread_cond_destroy(&srv->cond);
+  free(srv);
+}

@@ -1,0 +1,226 @@
+/* Unit tests of the twophase state machine (issue 3, acceptance 3). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <cmocka.h>
+
+#include "cache/twophase.h"
+
+#define NONE SL_TWOPHASE_NONE
+
+static struct sl_twophase *make(uint64_t cap)
+{
+  struct sl_twophase_params p = {.capacity = cap};
+  struct sl_twophase *t = sl_twophase_create(&p);
+  assert_non_null(t);
+  return t;
+}
+
+static void assert_consistent(struct sl_twophase *t)
+{
+  char msg[256];
+  if (sl_twophase_check(t, msg, sizeof msg) != 0)
+    fail_msg("invariant broken: %s", msg);
+}
+
+static char where(struct sl_twophase *t, uint64_t key)
+{
+  uint32_t s = sl_twophase_pin(t, key);
+  if (s == NONE)
+    return 0;
+  char w = sl_twophase_where(t, s);
+  sl_twophase_unpin(t, s);
+  return w;
+}
+
+/* Put keys [0, nhot) into hot: referenced while cold, then pushed out of
+ * cold by unique fillers, which promotes them. */
+static void fill_hot(struct sl_twophase *t, uint64_t cap, uint64_t nhot)
+{
+  for (uint64_t k = 0; k < nhot; k++)
+    assert_false(sl_twophase_access(t, k));
+  for (uint64_t k = 0; k < nhot; k++)
+    assert_true(sl_twophase_access(t, k));
+  for (uint64_t k = 0; k < cap; k++)
+    sl_twophase_access(t, 1000000 + k);
+  for (uint64_t k = 0; k < nhot; k++)
+    assert_int_equal(where(t, k), 'h');
+}
+
+static void test_scan_leaves_hot_untouched(void **state)
+{
+  (void)state;
+  const uint64_t cap = 1000;
+  struct sl_twophase *t = make(cap);
+  fill_hot(t, cap, 100);
+  struct sl_twophase_stats before, after;
+  sl_twophase_get_stats(t, &before);
+  for (uint64_t k = 0; k < 2 * cap; k++) /* one pass, twice the cache */
+    assert_false(sl_twophase_access(t, 5000000 + k));
+  sl_twophase_get_stats(t, &after);
+  for (uint64_t k = 0; k < 100; k++)
+    assert_int_equal(where(t, k), 'h');
+  assert_int_equal(after.hot_evictions, before.hot_evictions);
+  assert_int_equal(after.demotions, before.demotions);
+  assert_int_equal(after.hot, before.hot);
+  assert_consistent(t);
+  sl_twophase_destroy(t);
+}
+
+static void test_ghost_hit_promotes_to_hot(void **state)
+{
+  (void)state;
+  struct sl_twophase *t = make(100);
+  assert_false(sl_twophase_access(t, 42));
+  for (uint64_t k = 0; k < 200; k++)
+    sl_twophase_access(t, 1000 + k);
+  assert_int_equal(where(t, 42), 0);            /* evicted ... */
+  assert_true(sl_twophase_in_ghost(t, 42));     /* ... and remembered */
+  struct sl_twophase_stats s;
+  sl_twophase_get_stats(t, &s);
+  uint64_t ghost_hits = s.ghost_hits;
+  assert_false(sl_twophase_access(t, 42));      /* a miss, but a ghost hit */
+  assert_int_equal(where(t, 42), 'h');
+  assert_false(sl_twophase_in_ghost(t, 42));
+  sl_twophase_get_stats(t, &s);
+  assert_int_equal(s.ghost_hits, ghost_hits + 1);
+  assert_consistent(t);
+  sl_twophase_destroy(t);
+}
+
+/* Walk the hand once round the slot array. */
+static void hand_pass(struct sl_twophase *t, uint64_t cap)
+{
+  uint64_t ev;
+  bool did;
+  for (uint64_t i = 0; i < cap; i++)
+    sl_twophase_test_hand_step(t, &ev, &did);
+}
+
+static void test_two_phase_eviction(void **state)
+{
+  (void)state;
+  const uint64_t cap = 64;
+  struct sl_twophase *t = make(cap);
+  fill_hot(t, cap, 8);
+  /* Key 0 is referenced once more in hot; the other hot keys are not. */
+  assert_true(sl_twophase_access(t, 0));
+  hand_pass(t, cap);
+  assert_int_equal(where(t, 0), 'h');     /* phase one: demoted, kept */
+  for (uint64_t k = 1; k < 8; k++)        /* unreferenced: gone in one pass */
+    assert_int_equal(where(t, k), 0);
+  hand_pass(t, cap);
+  assert_int_equal(where(t, 0), 0);       /* phase two: still unreferenced */
+  assert_true(sl_twophase_in_ghost(t, 0));
+  assert_consistent(t);
+  sl_twophase_destroy(t);
+
+  /* Referenced again between the passes: survives the second pass too. */
+  t = make(cap);
+  fill_hot(t, cap, 8);
+  assert_true(sl_twophase_access(t, 0));
+  hand_pass(t, cap);
+  assert_true(sl_twophase_access(t, 0));
+  hand_pass(t, cap);
+  assert_int_equal(where(t, 0), 'h');
+  sl_twophase_destroy(t);
+}
+
+static void test_pinned_never_evicted(void **state)
+{
+  (void)state;
+  const uint64_t cap = 50;
+  struct sl_twophase *t = make(cap);
+  uint32_t slots[10];
+  for (uint64_t k = 0; k < 10; k++) {
+    slots[k] = sl_twophase_insert(t, k, true, NULL, NULL);
+    assert_int_not_equal(slots[k], NONE);
+  }
+  fill_hot(t, cap, 0);
+  for (uint64_t k = 0; k < 20 * cap; k++) {
+    uint64_t ev;
+    bool did;
+    sl_twophase_insert(t, 100000 + k, false, &ev, &did);
+    if (did)
+      assert_true(ev >= 10);
+  }
+  for (uint64_t k = 0; k < 10; k++)
+    assert_int_not_equal(sl_twophase_where(t, slots[k]), 0);
+  for (uint64_t k = 0; k < 10; k++)
+    sl_twophase_unpin(t, slots[k]);
+  for (uint64_t k = 0; k < 20 * cap; k++)
+    sl_twophase_access(t, 900000 + k);
+  for (uint64_t k = 0; k < 10; k++)
+    assert_int_equal(where(t, k), 0);   /* unpinned: free to go */
+  assert_consistent(t);
+  sl_twophase_destroy(t);
+}
+
+static void test_everything_pinned(void **state)
+{
+  (void)state;
+  struct sl_twophase *t = make(8);
+  for (uint64_t k = 0; k < 8; k++)
+    assert_int_not_equal(sl_twophase_insert(t, k, true, NULL, NULL), NONE);
+  assert_int_equal(sl_twophase_insert(t, 99, false, NULL, NULL), NONE);
+  assert_consistent(t);
+  sl_twophase_destroy(t);
+}
+
+static void test_hit_stores_only_until_saturated(void **state)
+{
+  (void)state;
+  struct sl_twophase *t = make(16);
+  sl_twophase_access(t, 7);
+  struct sl_twophase_stats a, b;
+  sl_twophase_get_stats(t, &a);
+  for (int i = 0; i < 10; i++)
+    assert_true(sl_twophase_access(t, 7));
+  sl_twophase_get_stats(t, &b);
+  /* Two-bit level: at most three stores, then none. */
+  assert_true(b.ref_stores - a.ref_stores >= 1 && b.ref_stores - a.ref_stores <= 3);
+  sl_twophase_get_stats(t, &a);
+  for (int i = 0; i < 10; i++)
+    sl_twophase_access(t, 7);
+  sl_twophase_get_stats(t, &b);
+  assert_int_equal(b.ref_stores, a.ref_stores);
+  sl_twophase_destroy(t);
+}
+
+static void test_remove_and_memory(void **state)
+{
+  (void)state;
+  const uint64_t cap = 200;
+  struct sl_twophase *t = make(cap);
+  fill_hot(t, cap, 20);
+  assert_true(sl_twophase_remove(t, 3));        /* hot */
+  assert_true(sl_twophase_remove(t, 1000000 + cap - 1)); /* cold */
+  assert_false(sl_twophase_remove(t, 3));
+  assert_int_equal(where(t, 3), 0);
+  assert_consistent(t);
+  for (uint64_t k = 0; k < 3 * cap; k++)
+    sl_twophase_access(t, 7000000 + k);
+  assert_consistent(t);
+  struct sl_twophase_stats s;
+  sl_twophase_get_stats(t, &s);
+  assert_true(s.resident <= cap);
+  assert_true(s.bytes_per_resident <= 32.0);
+  assert_true(s.bytes_per_ghost <= 8.0);
+  sl_twophase_destroy(t);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_scan_leaves_hot_untouched),
+    cmocka_unit_test(test_ghost_hit_promotes_to_hot),
+    cmocka_unit_test(test_two_phase_eviction),
+    cmocka_unit_test(test_pinned_never_evicted),
+    cmocka_unit_test(test_everything_pinned),
+    cmocka_unit_test(test_hit_stores_only_until_saturated),
+    cmocka_unit_test(test_remove_and_memory),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
