@@ -48,6 +48,8 @@ struct level {
   void *inst;
   bool opened;
   char *name;
+  size_t n_params;              /* as configured, for sl_disk_filter_info() */
+  char **keys, **values;
   struct sl_filter_env env;
   struct sl_handle handle;      /* enters at this level */
   uint64_t size;
@@ -328,8 +330,18 @@ static int setup_level(struct sl_disk *d, int i, const struct sl_desc_filter *df
   if (r < 0)
     return r;
   L->f = sl_module_filter(L->mod);
-  if (!(L->name = strdup(df->name)))
+  if (!(L->name = strdup(df->name)) ||
+      !(L->keys = calloc(df->n_params + 1, sizeof *L->keys)) ||
+      !(L->values = calloc(df->n_params + 1, sizeof *L->values)))
     return sl_error(ENOMEM, "out of memory");
+  for (; L->n_params < df->n_params; L->n_params++) {
+    size_t k = L->n_params;
+    if (!(L->keys[k] = strdup(df->keys[k])) ||
+        !(L->values[k] = strdup(df->values[k]))) {
+      free(L->keys[k]);
+      return sl_error(ENOMEM, "out of memory");
+    }
+  }
   L->env = (struct sl_filter_env){
     .struct_size = sizeof L->env, .host = &sl_filter_host,
     .instance_name = L->name, .base_dir = d->base_dir,
@@ -363,6 +375,12 @@ static void free_disk(struct sl_disk *d)
         L->f->close(L->inst, L->opened ? &L->next : NULL);
       free(L->inst);
       free(L->name);
+      for (size_t k = 0; k < L->n_params; k++) {
+        free(L->keys[k]);
+        free(L->values[k]);
+      }
+      free(L->keys);
+      free(L->values);
       sl_module_put(L->mod);
     }
     free(d->lv);
@@ -570,6 +588,27 @@ const char *sl_disk_filter_name(struct sl_disk *d, int i)
   return i >= 0 && i < d->n ? d->lv[i].name : NULL;
 }
 
+const char *sl_disk_descriptor_path(struct sl_disk *d) { return d->desc_path; }
+const char *sl_disk_image_path(struct sl_disk *d) { return d->image_path; }
+
+int sl_disk_filter_info(struct sl_disk *d, int i, struct sl_disk_filter_info *out)
+{
+  if (i < 0 || i >= d->n)
+    return sl_error(ERANGE, "filter %d: the stack of %s has %d filters", i,
+                    d->desc_path ? d->desc_path : d->image_path, d->n);
+  const struct level *L = &d->lv[i];
+  *out = (struct sl_disk_filter_info){
+    .name = L->name, .module = L->f->name,
+    .description = L->f->description ? L->f->description : "",
+    .filter_class = L->f->filter_class,
+    .size = L->size, .read_only = !L->can_write,
+    .n_params = L->n_params,
+    .keys = (const char *const *)L->keys,
+    .values = (const char *const *)L->values,
+  };
+  return 0;
+}
+
 void sl_disk_describe(struct sl_disk *d, FILE *f)
 {
   if (d->desc_path)
@@ -586,6 +625,12 @@ void sl_disk_describe(struct sl_disk *d, FILE *f)
             L->f->description ? L->f->description : "",
             sl_filter_class_name(L->f->filter_class), L->size,
             L->can_write ? "" : ", read-only");
+    if (L->n_params) {
+      fprintf(f, "     parameters:");
+      for (size_t k = 0; k < L->n_params; k++)
+        fprintf(f, " %s=%s", L->keys[k], L->values[k]);
+      fputc('\n', f);
+    }
   }
 }
 
