@@ -408,6 +408,8 @@ int sl_disk_open_descriptor(const struct sl_descriptor *desc,
   struct sl_disk *d = calloc(1, sizeof *d);
   if (!d)
     return sl_error(ENOMEM, "out of memory");
+  atomic_init(&d->in_flight, 0);
+  atomic_init(&d->draining, false);
   pthread_mutex_init(&d->serial, NULL);
   pthread_mutex_init(&d->lock, NULL);
   pthread_cond_init(&d->cond, NULL);
