@@ -14,7 +14,9 @@
  * refcounts decremented only after the tables are on disk.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -393,6 +395,46 @@ static int write_span(struct qcow2_state *s, uint64_t host, uint64_t span_off,
   return r;
 }
 
+/* Does the guest read zeros wherever entry E is not overwritten?  Then a
+ * new cluster for it needs no copy, only zeroing.  Conservative: with a
+ * backing file, unallocated means "ask the backing layer", which costs a
+ * read; that case takes the copying path. */
+static bool fill_is_zero(const struct qcow2_state *s, uint64_t e)
+{
+  if (e & QCOW2_OFLAG_COMPRESSED)
+    return false;
+  if (!s->extended_l2 && (e & QCOW2_OFLAG_ZERO) && s->version >= 3)
+    return true;
+  if (e & QCOW2_OFFSET_MASK)
+    return false; /* old data (a shared cluster) to copy */
+  return s->img->backing_file == NULL;
+}
+
+/* Write the request's part of [span_off, span_off+span_len) to HOST, the
+ * rest being zeros: the file system zeroes the span (FALLOC_FL_ZERO_RANGE,
+ * metadata only: no zero bytes cross the bus, as qemu does for new
+ * clusters) and only the request's bytes are written.  Where the file
+ * system cannot, zeros are written like any other fill. */
+static int write_span_zero_fill(struct qcow2_state *s, uint64_t host,
+                                uint64_t span_off, uint64_t span_len,
+                                const uint8_t *data, uint64_t off, uint64_t len)
+{
+  uint64_t dlo = SL_MAX(off, span_off);
+  uint64_t dhi = SL_MIN(off + len, span_off + span_len);
+  if (!atomic_load_explicit(&s->no_zero_range, memory_order_relaxed)) {
+    if (fallocate(s->img->fd, FALLOC_FL_ZERO_RANGE, (off_t)host,
+                  (off_t)span_len) == 0)
+      return qcow2_io_write(s, data + (dlo - off), dhi - dlo,
+                            host + (dlo - span_off));
+    if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
+      return sl_error(errno, "%s: zeroing %" PRIu64 " bytes at 0x%" PRIx64
+                      ": %s", s->img->filename, span_len, host,
+                      strerror(errno));
+    atomic_store_explicit(&s->no_zero_range, true, memory_order_relaxed);
+  }
+  return write_span(s, host, span_off, span_len, data, off, len, false);
+}
+
 static inline uint32_t sc_mask(unsigned lo, unsigned hi) /* [lo, hi] */
 {
   uint64_t m = ((2ull << hi) - 1) & ~((1ull << lo) - 1);
@@ -542,12 +584,22 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
     span_lo = gc0 * cs + in0 / scs * scs;
     span_hi = SL_ROUND_UP(wend, scs);
   }
+  /* Only the first and last clusters can need a fill; the request covers
+   * those between. */
+  bool zero_fill = fill_is_zero(s, e) &&
+                   fill_is_zero(s, l2_get(s, tbl, l2i0 + n - 1));
   /* The data goes out without the lock: the clusters are ours (counted,
    * unreferenced) and the guest range is marked in flight. */
   qcow2_cache_put(&s->l2_cache, tbl);
   pthread_mutex_unlock(&s->lock);
-  r = write_span(s, host + (span_lo - gc0 * cs), span_lo, span_hi - span_lo,
-                 data, off, len, false);
+  uint64_t span_host = host + (span_lo - gc0 * cs);
+  bool covered = off <= span_lo && off + len >= span_hi;
+  if (zero_fill && !covered)
+    r = write_span_zero_fill(s, span_host, span_lo, span_hi - span_lo, data,
+                             off, len);
+  else
+    r = write_span(s, span_host, span_lo, span_hi - span_lo, data, off, len,
+                   false);
   pthread_mutex_lock(&s->lock);
   if (r == 0)
     r = l2_table_for_write(s, l1i, &tbl);

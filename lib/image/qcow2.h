@@ -18,6 +18,7 @@
 
 #include <endian.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -139,6 +140,7 @@ struct qcow2_state {
   struct qcow2_free *pending_free;
   size_t npending, pending_cap;
   int64_t file_clusters_hint;
+  atomic_bool no_zero_range;    /* the file system lacks FALLOC_FL_ZERO_RANGE */
 };
 
 /* qcow2.c */
