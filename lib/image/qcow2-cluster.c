@@ -545,6 +545,8 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
       b = (b | m) & ~((uint64_t)m << 32);
       l2_set(s, tbl, l2i0, e, b);
       qcow2_cache_mark_dirty(&s->l2_cache, tbl);
+      /* The new bitmap bits must not reach the disk before the data. */
+      s->l2_needs_refcount_flush = true;
     }
     *done = n;
     goto out;
