@@ -395,19 +395,41 @@ static int write_span(struct qcow2_state *s, uint64_t host, uint64_t span_off,
   return r;
 }
 
-/* Does the guest read zeros wherever entry E is not overwritten?  Then a
- * new cluster for it needs no copy, only zeroing.  Conservative: with a
- * backing file, unallocated means "ask the backing layer", which costs a
- * read; that case takes the copying path. */
-static bool fill_is_zero(const struct qcow2_state *s, uint64_t e)
+/* What the guest reads, in this layer, where a new cluster for entry E is
+ * not overwritten: zeros (no copy needed, only zeroing), old data to copy,
+ * or whatever the backing layer holds there. */
+enum fill_kind { FILL_ZERO, FILL_COPY, FILL_BACKING };
+
+static enum fill_kind fill_kind(const struct qcow2_state *s, uint64_t e)
 {
   if (e & QCOW2_OFLAG_COMPRESSED)
-    return false;
+    return FILL_COPY;
   if (!s->extended_l2 && (e & QCOW2_OFLAG_ZERO) && s->version >= 3)
-    return true;
+    return FILL_ZERO;
   if (e & QCOW2_OFFSET_MASK)
-    return false; /* old data (a shared cluster) to copy */
-  return s->img->backing_file == NULL;
+    return FILL_COPY; /* old data (a shared cluster) */
+  return s->img->backing ? FILL_BACKING : FILL_ZERO;
+}
+
+/* Does the backing chain read as zeros over guest [off, off+len)?  Asked
+ * through block status, which costs far less than reading the bytes; a
+ * zero answer is only given when every layer below says so. */
+static bool backing_reads_zero(struct qcow2_state *s, uint64_t off,
+                               uint64_t len)
+{
+  struct sl_image *b = s->img->backing;
+  uint64_t end = off + len;
+  while (b && off < end) {
+    if (off >= b->size)
+      return true; /* past the backing file's end: zeros */
+    struct sl_extent ext;
+    uint64_t n = SL_MIN(end, b->size) - off;
+    if (sl_image_block_status(b, off, n, &ext) < 0 || ext.length == 0 ||
+        ext.type == SL_EXTENT_DATA)
+      return false;
+    off += ext.length;
+  }
+  return true;
 }
 
 /* Write the request's part of [span_off, span_off+span_len) to HOST, the
@@ -588,15 +610,20 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
   }
   /* Only the first and last clusters can need a fill; the request covers
    * those between. */
-  bool zero_fill = fill_is_zero(s, e) &&
-                   fill_is_zero(s, l2_get(s, tbl, l2i0 + n - 1));
+  enum fill_kind head = fill_kind(s, e);
+  enum fill_kind tail = fill_kind(s, l2_get(s, tbl, l2i0 + n - 1));
   /* The data goes out without the lock: the clusters are ours (counted,
    * unreferenced) and the guest range is marked in flight. */
   qcow2_cache_put(&s->l2_cache, tbl);
   pthread_mutex_unlock(&s->lock);
   uint64_t span_host = host + (span_lo - gc0 * cs);
-  bool covered = off <= span_lo && off + len >= span_hi;
-  if (zero_fill && !covered)
+  uint64_t dlo = SL_MAX(off, span_lo), dhi = SL_MIN(off + len, span_hi);
+  bool covered = dlo == span_lo && dhi == span_hi;
+  bool zero_fill = !covered && head != FILL_COPY && tail != FILL_COPY;
+  if (zero_fill && (head == FILL_BACKING || tail == FILL_BACKING))
+    zero_fill = backing_reads_zero(s, span_lo, dlo - span_lo) &&
+                backing_reads_zero(s, dhi, span_hi - dhi);
+  if (zero_fill)
     r = write_span_zero_fill(s, span_host, span_lo, span_hi - span_lo, data,
                              off, len);
   else

@@ -357,9 +357,47 @@ static void zero_fill_reused(const char *p, bool direct)
   free(got);
 }
 
+/* In an overlay, a partial write zero-fills only where the backing chain
+ * reads as zeros; where the backing holds data that data is copied in. */
+static void zero_fill_overlay(void)
+{
+  const uint64_t cs = 65536;
+  const char *base = path_in("zfb.qcow2"), *top = path_in("zft.qcow2");
+  struct sl_image_create_opts co = {.size = 2 << 20, .cluster_size = cs};
+  assert_int_equal(sl_image_create(base, &co), 0);
+  struct sl_image *im;
+  assert_int_equal(sl_image_open(base, NULL, &im), 0);
+  uint8_t *buf = malloc(4 * cs), *want = calloc(1, 4 * cs);
+  memset(buf, 0x77, cs);
+  /* Base: cluster 1 data, cluster 2 a zero cluster, 0 and 3 unallocated;
+   * the overlay's clusters 0-3 reuse none of it. */
+  assert_int_equal(sl_image_pwrite(im, buf, cs, cs, 0), 0);
+  assert_int_equal(sl_image_write_zeroes(im, 2 * cs, cs, 0), 0);
+  assert_int_equal(sl_image_close(im), 0);
+  memcpy(want + cs, buf, cs);
+  struct sl_image_create_opts oc = {.cluster_size = cs, .backing_file = "zfb.qcow2"};
+  assert_int_equal(sl_image_create(top, &oc), 0);
+  assert_int_equal(sl_image_open(top, NULL, &im), 0);
+  memset(buf, 0x12, 4096);
+  for (uint64_t c = 0; c < 4; c++) {
+    assert_int_equal(sl_image_pwrite(im, buf, 4096, c * cs + 8192, 0), 0);
+    memset(want + c * cs + 8192, 0x12, 4096);
+  }
+  assert_int_equal(sl_image_pread(im, buf, 4 * cs, 0), 0);
+  for (uint64_t i = 0; i < 4 * cs; i++)
+    if (buf[i] != want[i])
+      fail_msg("overlay byte %" PRIu64 " is 0x%02x, want 0x%02x", i, buf[i],
+               want[i]);
+  assert_int_equal(sl_image_close(im), 0);
+  check_qemu_clean(top);
+  free(buf);
+  free(want);
+}
+
 static void test_zero_fill_reused_cluster(void **state)
 {
   (void)state;
+  zero_fill_overlay();
   zero_fill_reused(path_in("zf.qcow2"), false);
   int fd = open(path_in("probe"), O_RDWR | O_CREAT | O_DIRECT, 0644);
   if (fd >= 0) {
