@@ -91,7 +91,13 @@ static const char *const policy_names[] = {"twophase", "LRU (global lock)",
 static void locked_init(struct locked *c, uint64_t cap)
 {
   memset(c, 0, sizeof *c);
-  pthread_mutex_init(&c->lock, NULL);
+  /* The same lock type as twophase's (spin briefly, then sleep), so the
+   * comparison is between policies, not between mutex flavours. */
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+  pthread_mutex_init(&c->lock, &attr);
+  pthread_mutexattr_destroy(&attr);
   if (!sl_slot_index_init(&c->ix, (uint32_t)cap))
     abort();
   c->cap = cap;

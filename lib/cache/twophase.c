@@ -190,7 +190,9 @@ static uint32_t *ghost_bucket(struct sl_twophase *t, uint64_t key)
 static void ghost_add(struct sl_twophase *t, uint64_t key, bool from_hot)
 {
   uint32_t *b = ghost_bucket(t, key);
-  memmove(b + 1, b, (GHOST_WAYS - 1) * sizeof *b);
+  uint32_t old[GHOST_WAYS]; /* fixed-size copies: inlined, no memmove call */
+  memcpy(old, b, sizeof old);
+  memcpy(b + 1, old, (GHOST_WAYS - 1) * sizeof *b);
   b[0] = ghost_fp(key) | (from_hot ? GHOST_HOT : 0);
 }
 
