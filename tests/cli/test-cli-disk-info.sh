@@ -39,6 +39,11 @@ grep -q 'parameters: key=disk.key$' info.txt || die "key path not shown"
 grep -q '^file format: raw$' info.txt || die "no image section: $(cat info.txt)"
 ! grep -qi KEYBYTES info.txt || die "sluice info printed the key's bytes"
 
+# sluice disk show lists the same stack with its parameters.
+sluice disk show d.disk >show.txt 2>/dev/null
+grep -q 'parameters: iops=100000 burst=1000$' show.txt || die "disk show: no parameters: $(cat show.txt)"
+! grep -qi KEYBYTES show.txt || die "sluice disk show printed the key's bytes"
+
 # ---- info, JSON -------------------------------------------------------------
 sluice info --output=json d.disk >info.json 2>/dev/null
 ! grep -qi KEYBYTES info.json || die "sluice info --output=json printed the key's bytes"
