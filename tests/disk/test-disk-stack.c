@@ -40,6 +40,11 @@ static const char *trace_log;
     free(got_);                                                             \
   } while (0)
 
+static void drop_log(void)
+{
+  free(take_log(trace_log));
+}
+
 /* A: trace, B: trace-partial, C: trace, over IMAGE. */
 static struct sl_disk *open_abc(const char *image, bool read_only)
 {
@@ -94,7 +99,7 @@ static void test_layering_every_operation(void **state)
 
   /* The operations did reach the image. */
   assert_int_equal(sl_disk_pread(top, back, sizeof back, 65536, 0), 0);
-  take_log(trace_log);
+  drop_log();
   char zero[8192] = {0};
   assert_memory_equal(back, zero, 8192);   /* zeroed, then discarded */
 
@@ -114,7 +119,7 @@ static void test_layering_every_operation(void **state)
   d = open_abc("layer.raw", false);
   assert_int_equal(sl_disk_pwrite(sl_disk_top(d), buf, 4096, 3 * MiB, 0), 0);
   assert_int_equal(sl_disk_close(d), 0);
-  take_log(trace_log);
+  drop_log();
   int fd = open(tpath("layer.raw"), O_RDONLY);
   assert_true(fd >= 0);
   assert_int_equal(pread(fd, back, 4096, 3 * MiB), 4096);
@@ -161,7 +166,7 @@ static void test_block_status_keeps_depth(void **state)
   assert_int_equal(e.depth, 0);              /* the overlay owns it */
   assert_int_equal(e.type, SL_EXTENT_DATA);
   assert_int_equal(sl_disk_close(d), 0);
-  take_log(trace_log);
+  drop_log();
 }
 
 static void test_filter_level_access_bypasses_above(void **state)
@@ -169,7 +174,7 @@ static void test_filter_level_access_bypasses_above(void **state)
   (void)state;
   make_raw("at.raw", 4 * MiB);
   struct sl_disk *d = open_abc("at.raw", false);
-  take_log(trace_log);
+  drop_log();
   char buf[4096], back[4096];
   memset(buf, 0x33, sizeof buf);
 
@@ -207,7 +212,7 @@ static void test_filter_level_access_bypasses_above(void **state)
   assert_null(sl_disk_at(d, "nope"));
   assert_non_null(strstr(sl_last_error(), "nope"));
   assert_int_equal(sl_disk_close(d), 0);
-  take_log(trace_log);
+  drop_log();
 }
 
 /* "  OP ops N bytes M errors E" from a stats file. */
@@ -252,7 +257,7 @@ static void test_access_below_crypt_counts(void **state)
       "crypt key=c.key", low, NULL);
   struct sl_disk *d = open_disk(desc, false);
   assert_non_null(d);
-  take_log(trace_log);
+  drop_log();
   struct sl_handle *top = sl_disk_top(d);
   struct sl_handle *plain = sl_disk_at(d, "throttle");  /* above crypt */
   struct sl_handle *cipher = sl_disk_at(d, "crypt");
@@ -290,7 +295,7 @@ static void test_core_checks_before_any_filter(void **state)
   (void)state;
   make_raw("chk.raw", MiB);
   struct sl_disk *d = open_abc("chk.raw", false);
-  take_log(trace_log);
+  drop_log();
   struct sl_handle *top = sl_disk_top(d);
   char buf[4096] = {0};
   assert_int_equal(sl_disk_pread(top, buf, 4096, MiB - 512, 0), -EINVAL);
@@ -302,10 +307,10 @@ static void test_core_checks_before_any_filter(void **state)
   assert_int_equal(sl_disk_block_status(top, MiB, 512, &e), -EINVAL);
   assert_log("");
   assert_int_equal(sl_disk_close(d), 0);
-  take_log(trace_log);
+  drop_log();
 
   d = open_abc("chk.raw", true);
-  take_log(trace_log);
+  drop_log();
   top = sl_disk_top(d);
   assert_true(sl_disk_read_only(top));
   assert_true(sl_disk_read_only(sl_disk_at(d, "c")));
@@ -314,7 +319,7 @@ static void test_core_checks_before_any_filter(void **state)
   assert_int_equal(sl_disk_pread(top, buf, 512, 0, 0), 0);
   assert_log(nested("read", "AC"));
   assert_int_equal(sl_disk_close(d), 0);
-  take_log(trace_log);
+  drop_log();
 }
 
 static void test_fault_error_travels_up(void **state)
@@ -328,7 +333,7 @@ static void test_fault_error_travels_up(void **state)
       "fault op=write+flush start=64K end=128K error=ENOSPC", c, NULL);
   struct sl_disk *d = open_disk(desc, false);
   assert_non_null(d);
-  take_log(trace_log);
+  drop_log();
   struct sl_handle *top = sl_disk_top(d);
   char buf[4096];
   memset(buf, 0x77, sizeof buf);
@@ -352,7 +357,7 @@ static void test_fault_error_travels_up(void **state)
   /* Below the fault the disk is whole. */
   assert_int_equal(sl_disk_flush(sl_disk_at(d, "fault")), 0);
   assert_int_equal(sl_disk_close(d), 0);
-  take_log(trace_log);
+  drop_log();
 }
 
 static void test_extra_filters_sit_on_top(void **state)
@@ -367,14 +372,14 @@ static void test_extra_filters_sit_on_top(void **state)
   struct sl_disk_open_opts o = {.extra_filters = extra, .n_extra_filters = 1};
   struct sl_disk *d;
   assert_int_equal(sl_disk_open(desc, &o, &d), 0);
-  take_log(trace_log);
+  drop_log();
   assert_int_equal(sl_disk_filter_count(d), 2);
   assert_string_equal(sl_disk_filter_name(d, 0), "x");
   char buf[512];
   assert_int_equal(sl_disk_pread(sl_disk_top(d), buf, 512, 0, 0), 0);
   assert_log(nested("read", "XC"));
   assert_int_equal(sl_disk_close(d), 0);
-  take_log(trace_log);
+  drop_log();
 
   /* An extra filter may not take a name already in the stack. */
   snprintf(x, sizeof x, "trace:name=c,log=%s", trace_log);
@@ -419,7 +424,7 @@ static void test_order_rules(void **state)
   d = open_disk(desc, false);
   assert_non_null(d);
   assert_int_equal(sl_disk_close(d), 0);
-  take_log(trace_log);
+  drop_log();
 }
 
 static int setup(void **state)
