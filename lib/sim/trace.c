@@ -165,7 +165,7 @@ static int read_vscsi(struct sl_input *in, const struct sl_trace_options *o,
     sl_input_consume(in, rec);
     if (o->reads_only && !scsi_is_read(cmd))
       continue;
-    uint64_t sectors = (len + 511) / 512;
+    uint64_t sectors = ((uint64_t)len + 511) / 512; /* len may be ~4 GiB */
     if (sectors == 0)
       sectors = 1;
     r = push_range(t, lbn / 8, (lbn + sectors - 1) / 8, &at);
