@@ -12,6 +12,7 @@
 
 #include <sluice/sluice.h>
 #include "common/util.h"
+#include "disk/descriptor.h"
 #include "tools/cli-util.h"
 #include "tools/cli.h"
 
@@ -22,7 +23,9 @@ static const char usage_text[] =
   "\n"
   "Copy SRC (an image, a chain read as one disk, or a disk descriptor whose\n"
   "filters apply) into the new image DST.  Zero and unallocated ranges are\n"
-  "not written, so DST is sparse.\n"
+  "not written, so DST is sparse.  If DST is an existing disk descriptor,\n"
+  "SRC is written through its filter stack instead (DST must be at least\n"
+  "as large as SRC; zero ranges are written as zeros).\n"
   "\n"
   "  -p            show progress\n"
   "  -f FMT        SRC format (probed by default)\n"
@@ -33,7 +36,8 @@ static const char usage_text[] =
 
 struct convert {
   struct sl_handle *src;
-  struct sl_image *dst;
+  struct sl_image *dst;         /* a new image, or */
+  struct sl_handle *dst_disk;   /* the top of a descriptor's stack */
   uint64_t size;
   size_t granule;
   char *buf;
@@ -45,6 +49,32 @@ static bool is_zero(const char *p, size_t len)
   /* Compare the buffer with itself shifted: zero iff first byte is zero and
    * every byte equals its neighbour. */
   return len == 0 || (p[0] == 0 && memcmp(p, p + 1, len - 1) == 0);
+}
+
+static int out_write(struct convert *cv, const void *buf, size_t len,
+                     uint64_t off)
+{
+  if (cv->dst_disk)
+    return sl_disk_pwrite(cv->dst_disk, buf, len, off, 0);
+  return sl_image_pwrite(cv->dst, buf, len, off, 0);
+}
+
+/* Make [OFF, OFF+LEN) read as zeros: nothing to do in a new image. */
+static int out_zero(struct convert *cv, uint64_t off, uint64_t len)
+{
+  if (!cv->dst_disk || len == 0)
+    return 0;
+  if (sl_disk_can_zero(cv->dst_disk))
+    return sl_disk_write_zeroes(cv->dst_disk, off, len, 0);
+  memset(cv->buf, 0, CHUNK);
+  for (uint64_t done = 0; done < len;) {
+    size_t n = (size_t)SL_MIN(len - done, CHUNK);
+    int r = sl_disk_pwrite(cv->dst_disk, cv->buf, n, off + done, 0);
+    if (r < 0)
+      return r;
+    done += n;
+  }
+  return 0;
 }
 
 /* Write the non-zero granules of BUF (LEN bytes at OFF) to the output. */
@@ -65,7 +95,7 @@ static int write_nonzero(struct convert *cv, uint64_t off, size_t len)
         break;
       pos += g2;
     }
-    int r = sl_image_pwrite(cv->dst, cv->buf + start, pos - start, off + start, 0);
+    int r = out_write(cv, cv->buf + start, pos - start, off + start);
     if (r < 0)
       return r;
   }
@@ -82,13 +112,17 @@ static int copy(struct convert *cv)
     if (r < 0)
       return r;
     uint64_t end = off + ext.length;
+    if (ext.type != SL_EXTENT_DATA && (r = out_zero(cv, off, ext.length)) < 0)
+      return r;
     if (ext.type == SL_EXTENT_DATA) {
       while (off < end) {
         size_t n = (size_t)SL_MIN(end - off, CHUNK);
         r = sl_disk_pread(cv->src, cv->buf, n, off, 0);
         if (r < 0)
           return r;
-        r = write_nonzero(cv, off, n);
+        /* A disk destination does not read as zeros: write it whole. */
+        r = cv->dst_disk ? out_write(cv, cv->buf, n, off)
+                         : write_nonzero(cv, off, n);
         if (r < 0)
           return r;
         off += n;
@@ -98,7 +132,7 @@ static int copy(struct convert *cv)
     off = end;
     progress_update(&cv->prog, off);
   }
-  return sl_image_flush(cv->dst);
+  return cv->dst_disk ? sl_disk_flush(cv->dst_disk) : sl_image_flush(cv->dst);
 }
 
 static int dst_option(void *opaque, const char *k, const char *v)
@@ -137,7 +171,7 @@ int cmd_convert(int argc, char **argv)
   struct sl_image_create_opts co = {.format = SL_FORMAT_RAW};
   const char *at = NULL;
   char *optlist = NULL;
-  bool progress = false;
+  bool progress = false, format_given = false;
   int c;
 
   while ((c = getopt_long(argc, argv, "pf:O:o:h", longopts, NULL)) != -1) {
@@ -150,6 +184,7 @@ int cmd_convert(int argc, char **argv)
     case 'O':
       if (sl_format_parse(optarg, &co.format) < 0)
         return cli_fail("convert", "%s", sl_last_error());
+      format_given = true;
       break;
     case 'o': optlist = optarg; break;
     case 'A': at = optarg; break;
@@ -162,6 +197,10 @@ int cmd_convert(int argc, char **argv)
     return cli_fail("convert", "need SRC and DST");
   }
   const char *src_path = argv[optind], *dst_path = argv[optind + 1];
+  bool dst_is_disk = sl_is_descriptor(dst_path);
+  if (dst_is_disk && (format_given || optlist))
+    return cli_fail("convert", "%s is a disk descriptor: its image exists "
+                    "already, so -O and -o do not apply", dst_path);
   if (optlist) {
     if (co.format != SL_FORMAT_QCOW2)
       return cli_fail("convert", "-o options apply only to -O qcow2");
@@ -180,18 +219,35 @@ int cmd_convert(int argc, char **argv)
   cv.size = sl_disk_size(cv.src);
   co.size = cv.size;
   int ret = 1;
-  if (sl_image_create(dst_path, &co) < 0) {
-    cli_fail("convert", "%s", sl_last_error());
-    goto out_disk;
+  struct sl_disk *dst_disk = NULL;
+  if (dst_is_disk) {
+    struct sl_disk_open_opts dopts = {0};
+    if (sl_disk_open(dst_path, &dopts, &dst_disk) < 0) {
+      cli_fail("convert", "%s", sl_last_error());
+      goto out_disk;
+    }
+    cv.dst_disk = sl_disk_top(dst_disk);
+    if (sl_disk_size(cv.dst_disk) < cv.size) {
+      cli_fail("convert", "%s (%" PRIu64 " bytes) is smaller than %s (%"
+               PRIu64 " bytes)", dst_path, sl_disk_size(cv.dst_disk),
+               src_path, cv.size);
+      goto out_dst;
+    }
+    cv.granule = 4096;
+  } else {
+    if (sl_image_create(dst_path, &co) < 0) {
+      cli_fail("convert", "%s", sl_last_error());
+      goto out_disk;
+    }
+    struct sl_image_open_opts oo = {.format = co.format};
+    if (sl_image_open(dst_path, &oo, &cv.dst) < 0) {
+      cli_fail("convert", "%s", sl_last_error());
+      goto out_disk;
+    }
+    struct sl_image_info info;
+    sl_image_get_info(cv.dst, &info);
+    cv.granule = co.format == SL_FORMAT_QCOW2 && info.cluster_size ? info.cluster_size : 4096;
   }
-  struct sl_image_open_opts oo = {.format = co.format};
-  if (sl_image_open(dst_path, &oo, &cv.dst) < 0) {
-    cli_fail("convert", "%s", sl_last_error());
-    goto out_disk;
-  }
-  struct sl_image_info info;
-  sl_image_get_info(cv.dst, &info);
-  cv.granule = co.format == SL_FORMAT_QCOW2 && info.cluster_size ? info.cluster_size : 4096;
   cv.buf = malloc(CHUNK);
   if (!cv.buf) {
     cli_fail("convert", "out of memory");
@@ -205,8 +261,9 @@ int cmd_convert(int argc, char **argv)
   progress_finish(&cv.prog);
   free(cv.buf);
 out_dst:
-  if (sl_image_close(cv.dst) < 0 && ret == 0)
-    ret = cli_fail("convert", "%s", sl_last_error());
+  if ((dst_disk ? sl_disk_close(dst_disk) : sl_image_close(cv.dst)) < 0 &&
+      ret == 0)
+    ret = cli_fail("convert", "%s: %s", dst_path, sl_last_error());
 out_disk:
   sl_disk_close(disk);
   return ret;

@@ -1,5 +1,11 @@
 /* sluice info: describe an image (and with --backing-chain every layer
- * below it), in qemu-img info's human and JSON layouts. */
+ * below it), in qemu-img info's human and JSON layouts.
+ *
+ * Given a disk descriptor, it opens the disk (read-only, so every filter is
+ * instantiated and the stack is the one that would serve I/O) and shows the
+ * stack first, top down, each filter with its class and parameters, then
+ * the image under it as for a plain image.  Parameters are shown as the
+ * descriptor gives them: a key file's path, never what it holds. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <libgen.h>
@@ -8,6 +14,7 @@
 
 #include <sluice/sluice.h>
 #include "common/util.h"
+#include "disk/descriptor.h"
 #include "tools/cli-util.h"
 #include "tools/cli.h"
 
@@ -15,7 +22,9 @@ static const char usage_text[] =
   "Usage: sluice info [-f FMT] [--output=human|json] [--backing-chain] FILE\n"
   "\n"
   "Show the format, sizes and format-specific details of FILE.  With\n"
-  "--backing-chain, show every layer of its backing chain, top first.\n";
+  "--backing-chain, show every layer of its backing chain, top first.\n"
+  "If FILE is a disk descriptor, show its filter stack (top first, with\n"
+  "each filter's class and parameters) and then its image.\n";
 
 /* The backing path the way it would be opened: relative to FILE's dir. */
 static char *full_backing(const struct sl_image_info *info, const char *file)
@@ -69,11 +78,14 @@ static void print_human(const struct sl_image *img, const struct sl_image_info *
     printf("    dirty: true\n");
 }
 
-static void print_json(const struct sl_image *img, const struct sl_image_info *info,
-                       const char *indent)
+/* INDENT prefixes every line; LEAD only the first (the caller may have
+ * started that line with a member name). */
+static void print_json(const struct sl_image *img,
+                          const struct sl_image_info *info,
+                          const char *lead, const char *indent)
 {
   const char *file = sl_image_filename(img);
-  printf("%s{\n", indent);
+  printf("%s{\n", lead);
   printf("%s    \"virtual-size\": %" PRIu64 ",\n", indent, info->virtual_size);
   printf("%s    \"filename\": ", indent);
   json_string(stdout, file);
@@ -116,6 +128,119 @@ static void print_json(const struct sl_image *img, const struct sl_image_info *i
   printf("%s}", indent);
 }
 
+/* The layers of IMG (just the top one unless CHAIN), each as qemu-img info
+ * shows it.  JSON: an array when CHAIN, else one object; LEAD and INDENT as
+ * for print_json. */
+static int print_layers(struct sl_image *img, bool json, bool chain,
+                        const char *lead, const char *indent)
+{
+  int n = chain ? sl_image_chain_length(img) : 1;
+  char inner[32];
+  snprintf(inner, sizeof inner, "%s%s", indent, chain ? "    " : "");
+  if (json && chain)
+    printf("%s[\n", lead);
+  for (int d = 0; d < n; d++) {
+    struct sl_image *layer = sl_image_layer(img, d);
+    struct sl_image_info info;
+    if (sl_image_get_info(layer, &info) < 0)
+      return -1;
+    if (json) {
+      print_json(layer, &info, chain ? inner : lead, inner);
+      printf(chain && d + 1 < n ? ",\n" : "\n");
+    } else {
+      if (d > 0)
+        printf("\n");
+      print_human(layer, &info);
+    }
+  }
+  if (json && chain)
+    printf("%s]\n", indent);
+  return 0;
+}
+
+static void print_disk_human(struct sl_disk *disk)
+{
+  char a[32];
+  uint64_t size = sl_disk_size(sl_disk_top(disk));
+  int n = sl_disk_filter_count(disk);
+  printf("disk descriptor: %s\n", sl_disk_descriptor_path(disk));
+  printf("virtual size: %s (%" PRIu64 " bytes)\n",
+         sl_human_size(size, a, sizeof a), size);
+  printf("filters (top first):%s\n", n ? "" : " none");
+  for (int i = 0; i < n; i++) {
+    struct sl_disk_filter_info fi;
+    if (sl_disk_filter_info(disk, i, &fi) < 0)
+      continue;
+    printf("  %d. %s", i + 1, fi.name);
+    if (strcmp(fi.name, fi.module) != 0)
+      printf(" (module %s)", fi.module);
+    printf(", class %s: %s\n", sl_filter_class_name(fi.filter_class),
+           fi.description);
+    if (fi.n_params) {
+      printf("     parameters:");
+      for (size_t k = 0; k < fi.n_params; k++)
+        printf(" %s=%s", fi.keys[k], fi.values[k]);
+      printf("\n");
+    }
+  }
+  printf("\n");
+}
+
+static void print_disk_json(struct sl_disk *disk)
+{
+  int n = sl_disk_filter_count(disk);
+  printf("{\n    \"disk-descriptor\": ");
+  json_string(stdout, sl_disk_descriptor_path(disk));
+  printf(",\n    \"virtual-size\": %" PRIu64 ",\n",
+         sl_disk_size(sl_disk_top(disk)));
+  printf("    \"filters\": [%s", n ? "\n" : "");
+  for (int i = 0; i < n; i++) {
+    struct sl_disk_filter_info fi;
+    if (sl_disk_filter_info(disk, i, &fi) < 0)
+      continue;
+    printf("        {\n            \"name\": ");
+    json_string(stdout, fi.name);
+    printf(",\n            \"module\": ");
+    json_string(stdout, fi.module);
+    printf(",\n            \"class\": \"%s\",\n            \"description\": ",
+           sl_filter_class_name(fi.filter_class));
+    json_string(stdout, fi.description);
+    printf(",\n            \"virtual-size\": %" PRIu64 ",\n", fi.size);
+    printf("            \"parameters\": {");
+    for (size_t k = 0; k < fi.n_params; k++) {
+      printf("%s", k ? ", " : "");
+      json_string(stdout, fi.keys[k]);
+      printf(": ");
+      json_string(stdout, fi.values[k]);
+    }
+    printf("}\n        }%s\n", i + 1 < n ? "," : "");
+  }
+  printf("%s],\n", n ? "    " : "");
+}
+
+static int info_disk(const char *path, enum sl_format format, bool json,
+                     bool chain)
+{
+  struct sl_disk_open_opts o = {.read_only = true, .format = format};
+  struct sl_disk *disk;
+  if (sl_disk_open(path, &o, &disk) < 0)
+    return cli_fail("info", "%s", sl_last_error());
+  int r;
+  if (json) {
+    print_disk_json(disk);
+    printf("    \"%s\": ", chain ? "backing-chain" : "image");
+    r = print_layers(sl_disk_image(disk), true, chain, "", "    ");
+    printf("}\n");
+  } else {
+    print_disk_human(disk);
+    r = print_layers(sl_disk_image(disk), false, chain, "", "");
+  }
+  if (r < 0)
+    cli_fail("info", "%s", sl_last_error());
+  sl_disk_close(disk);
+  return r < 0;
+}
+
 int cmd_info(int argc, char **argv)
 {
   static const struct option longopts[] = {
@@ -150,31 +275,15 @@ int cmd_info(int argc, char **argv)
     fputs(usage_text, stderr);
     return cli_fail("info", optind >= argc ? "no FILE given" : "too many arguments");
   }
+  if (sl_is_descriptor(argv[optind]))
+    return info_disk(argv[optind], o.format, json, chain);
   struct sl_image *img;
   if (sl_image_open(argv[optind], &o, &img) < 0)
     return cli_fail("info", "%s", sl_last_error());
-
-  int n = chain ? sl_image_chain_length(img) : 1;
-  if (json && chain)
-    printf("[\n");
-  for (int d = 0; d < n; d++) {
-    struct sl_image *layer = sl_image_layer(img, d);
-    struct sl_image_info info;
-    if (sl_image_get_info(layer, &info) < 0) {
-      sl_image_close(img);
-      return cli_fail("info", "%s", sl_last_error());
-    }
-    if (json) {
-      print_json(layer, &info, chain ? "    " : "");
-      printf(chain && d + 1 < n ? ",\n" : "\n");
-    } else {
-      if (d > 0)
-        printf("\n");
-      print_human(layer, &info);
-    }
+  if (print_layers(img, json, chain, "", "") < 0) {
+    sl_image_close(img);
+    return cli_fail("info", "%s", sl_last_error());
   }
-  if (json && chain)
-    printf("]\n");
   sl_image_close(img);
   return 0;
 }

@@ -78,6 +78,21 @@ int sl_disk_filter_count(struct sl_disk *disk);
 const char *sl_disk_filter_name(struct sl_disk *disk, int i);
 /* Print the disk: descriptor, image and its filter stack (for `sluice info`). */
 void sl_disk_describe(struct sl_disk *disk, FILE *f);
+/* The descriptor's path (NULL for a plain image) and the image's. */
+const char *sl_disk_descriptor_path(struct sl_disk *disk);
+const char *sl_disk_image_path(struct sl_disk *disk);
+/* Filter I of the stack (0 = top), valid while the disk is open.  The
+ * parameters are those of the descriptor (paths, never what a file holds). */
+struct sl_disk_filter_info {
+  const char *name, *module, *description;
+  int filter_class;             /* enum sl_filter_class */
+  uint64_t size;                /* as this filter presents the disk */
+  bool read_only;
+  size_t n_params;
+  const char *const *keys, *const *values;
+};
+int sl_disk_filter_info(struct sl_disk *disk, int i,
+                        struct sl_disk_filter_info *out);
 /* Tell every filter an overlay was created under the disk. */
 int sl_disk_snapshot_event(struct sl_disk *disk);
 /* "observe", "throttle", ... for an enum sl_filter_class value. */

@@ -36,6 +36,9 @@ struct sl_handle {
   int level;
 };
 
+enum op { OP_PREAD, OP_PWRITE, OP_FLUSH, OP_DISCARD, OP_ZERO,
+          OP_BLOCK_STATUS, N_OPS };
+
 struct level {
   struct sl_next next;          /* given to this level's filter; calls level+1 */
   struct sl_disk *disk;
@@ -45,10 +48,13 @@ struct level {
   void *inst;
   bool opened;
   char *name;
+  size_t n_params;              /* as configured, for sl_disk_filter_info() */
+  char **keys, **values;
   struct sl_filter_env env;
   struct sl_handle handle;      /* enters at this level */
   uint64_t size;
   bool can_write, can_trim, can_zero, can_fua, can_multi_conn;
+  int first[N_OPS];             /* see first_implementing() */
 };
 
 struct sl_disk {
@@ -71,62 +77,88 @@ static pthread_mutex_t serialize_all_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- dispatch ----------------------------------------------------------- */
 
+/* For every level and operation, the first level at or below it whose
+ * filter implements the operation (n = the image), computed once at open.
+ * A request then goes straight to the next filter that wants it: a stack
+ * of filters that leave reads alone costs a read nothing per filter. */
+static int first_implementing(const struct sl_disk *d, int i, enum op op)
+{
+  for (; i < d->n; i++) {
+    const struct sl_filter *f = d->lv[i].f;
+    const void *fn = op == OP_PREAD ? (const void *)f->pread
+                   : op == OP_PWRITE ? (const void *)f->pwrite
+                   : op == OP_FLUSH ? (const void *)f->flush
+                   : op == OP_DISCARD ? (const void *)f->discard
+                   : op == OP_ZERO ? (const void *)f->write_zeroes
+                   : (const void *)f->block_status;
+    if (fn)
+      return i;
+  }
+  return d->n;
+}
+
+static void compute_shortcuts(struct sl_disk *d)
+{
+  for (int i = 0; i <= d->n; i++)
+    for (int op = 0; op < N_OPS; op++)
+      d->lv[i].first[op] = first_implementing(d, i, (enum op)op);
+}
+
+/* The level that serves OP for a request entering at level I. */
+#define TARGET(d, i, op) (&(d)->lv[(d)->lv[i].first[op]])
+#define IS_IMAGE(d, L) ((L)->idx == (d)->n)
+
 static int do_pread(struct sl_disk *d, int i, void *buf, size_t len,
                     uint64_t off, uint32_t flags)
 {
-  for (; i < d->n; i++)
-    if (d->lv[i].f->pread)
-      return d->lv[i].f->pread(d->lv[i].inst, &d->lv[i].next, buf, len, off,
-                               flags);
-  return sl_image_pread(d->img, buf, len, off);
+  struct level *L = TARGET(d, i, OP_PREAD);
+  if (IS_IMAGE(d, L))
+    return sl_image_pread(d->img, buf, len, off);
+  return L->f->pread(L->inst, &L->next, buf, len, off, flags);
 }
 
 static int do_pwrite(struct sl_disk *d, int i, const void *buf, size_t len,
                      uint64_t off, uint32_t flags)
 {
-  for (; i < d->n; i++)
-    if (d->lv[i].f->pwrite)
-      return d->lv[i].f->pwrite(d->lv[i].inst, &d->lv[i].next, buf, len, off,
-                                flags);
-  return sl_image_pwrite(d->img, buf, len, off, flags);
+  struct level *L = TARGET(d, i, OP_PWRITE);
+  if (IS_IMAGE(d, L))
+    return sl_image_pwrite(d->img, buf, len, off, flags);
+  return L->f->pwrite(L->inst, &L->next, buf, len, off, flags);
 }
 
 static int do_flush(struct sl_disk *d, int i, uint32_t flags)
 {
-  for (; i < d->n; i++)
-    if (d->lv[i].f->flush)
-      return d->lv[i].f->flush(d->lv[i].inst, &d->lv[i].next, flags);
-  return sl_image_flush(d->img);
+  struct level *L = TARGET(d, i, OP_FLUSH);
+  if (IS_IMAGE(d, L))
+    return sl_image_flush(d->img);
+  return L->f->flush(L->inst, &L->next, flags);
 }
 
 static int do_discard(struct sl_disk *d, int i, uint64_t off, uint64_t len,
                       uint32_t flags)
 {
-  for (; i < d->n; i++)
-    if (d->lv[i].f->discard)
-      return d->lv[i].f->discard(d->lv[i].inst, &d->lv[i].next, off, len,
-                                 flags);
-  return sl_image_discard(d->img, off, len);
+  struct level *L = TARGET(d, i, OP_DISCARD);
+  if (IS_IMAGE(d, L))
+    return sl_image_discard(d->img, off, len);
+  return L->f->discard(L->inst, &L->next, off, len, flags);
 }
 
 static int do_zero(struct sl_disk *d, int i, uint64_t off, uint64_t len,
                    uint32_t flags)
 {
-  for (; i < d->n; i++)
-    if (d->lv[i].f->write_zeroes)
-      return d->lv[i].f->write_zeroes(d->lv[i].inst, &d->lv[i].next, off,
-                                      len, flags);
-  return sl_image_write_zeroes(d->img, off, len, flags);
+  struct level *L = TARGET(d, i, OP_ZERO);
+  if (IS_IMAGE(d, L))
+    return sl_image_write_zeroes(d->img, off, len, flags);
+  return L->f->write_zeroes(L->inst, &L->next, off, len, flags);
 }
 
 static int do_block_status(struct sl_disk *d, int i, uint64_t off,
                            uint64_t len, struct sl_extent *ext)
 {
-  for (; i < d->n; i++)
-    if (d->lv[i].f->block_status)
-      return d->lv[i].f->block_status(d->lv[i].inst, &d->lv[i].next, off,
-                                       len, ext);
-  return sl_image_block_status(d->img, off, len, ext);
+  struct level *L = TARGET(d, i, OP_BLOCK_STATUS);
+  if (IS_IMAGE(d, L))
+    return sl_image_block_status(d->img, off, len, ext);
+  return L->f->block_status(L->inst, &L->next, off, len, ext);
 }
 
 /* ---- the `next` a filter calls ------------------------------------------ */
@@ -298,8 +330,18 @@ static int setup_level(struct sl_disk *d, int i, const struct sl_desc_filter *df
   if (r < 0)
     return r;
   L->f = sl_module_filter(L->mod);
-  if (!(L->name = strdup(df->name)))
+  if (!(L->name = strdup(df->name)) ||
+      !(L->keys = calloc(df->n_params + 1, sizeof *L->keys)) ||
+      !(L->values = calloc(df->n_params + 1, sizeof *L->values)))
     return sl_error(ENOMEM, "out of memory");
+  for (; L->n_params < df->n_params; L->n_params++) {
+    size_t k = L->n_params;
+    if (!(L->keys[k] = strdup(df->keys[k])) ||
+        !(L->values[k] = strdup(df->values[k]))) {
+      free(L->keys[k]);
+      return sl_error(ENOMEM, "out of memory");
+    }
+  }
   L->env = (struct sl_filter_env){
     .struct_size = sizeof L->env, .host = &sl_filter_host,
     .instance_name = L->name, .base_dir = d->base_dir,
@@ -333,6 +375,12 @@ static void free_disk(struct sl_disk *d)
         L->f->close(L->inst, L->opened ? &L->next : NULL);
       free(L->inst);
       free(L->name);
+      for (size_t k = 0; k < L->n_params; k++) {
+        free(L->keys[k]);
+        free(L->values[k]);
+      }
+      free(L->keys);
+      free(L->values);
       sl_module_put(L->mod);
     }
     free(d->lv);
@@ -415,6 +463,7 @@ int sl_disk_open_descriptor(const struct sl_descriptor *desc,
   img->can_trim = img->can_zero = img->can_fua = img->can_write;
   img->can_multi_conn = true;
   img->name = NULL;
+  compute_shortcuts(d);
   for (int i = d->n - 1; i >= 0; i--)
     if ((r = open_level(d, i)) < 0)
       goto fail;
@@ -539,6 +588,27 @@ const char *sl_disk_filter_name(struct sl_disk *d, int i)
   return i >= 0 && i < d->n ? d->lv[i].name : NULL;
 }
 
+const char *sl_disk_descriptor_path(struct sl_disk *d) { return d->desc_path; }
+const char *sl_disk_image_path(struct sl_disk *d) { return d->image_path; }
+
+int sl_disk_filter_info(struct sl_disk *d, int i, struct sl_disk_filter_info *out)
+{
+  if (i < 0 || i >= d->n)
+    return sl_error(ERANGE, "filter %d: the stack of %s has %d filters", i,
+                    d->desc_path ? d->desc_path : d->image_path, d->n);
+  const struct level *L = &d->lv[i];
+  *out = (struct sl_disk_filter_info){
+    .name = L->name, .module = L->f->name,
+    .description = L->f->description ? L->f->description : "",
+    .filter_class = L->f->filter_class,
+    .size = L->size, .read_only = !L->can_write,
+    .n_params = L->n_params,
+    .keys = (const char *const *)L->keys,
+    .values = (const char *const *)L->values,
+  };
+  return 0;
+}
+
 void sl_disk_describe(struct sl_disk *d, FILE *f)
 {
   if (d->desc_path)
@@ -555,6 +625,12 @@ void sl_disk_describe(struct sl_disk *d, FILE *f)
             L->f->description ? L->f->description : "",
             sl_filter_class_name(L->f->filter_class), L->size,
             L->can_write ? "" : ", read-only");
+    if (L->n_params) {
+      fprintf(f, "     parameters:");
+      for (size_t k = 0; k < L->n_params; k++)
+        fprintf(f, " %s=%s", L->keys[k], L->values[k]);
+      fputc('\n', f);
+    }
   }
 }
 
