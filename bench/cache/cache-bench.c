@@ -4,9 +4,14 @@
  *   a  all hits: Zipf(1.0) keys over a footprint that fits in the cache;
  *   b  Zipf(1.0) keys, cache of 10% of the footprint;
  *   c  a scan: every request a new block (all misses).
- * Prints operations per second and ratios as a markdown table, plus the
- * metadata bytes per resident block and per ghost entry of twophase.
- *   cache-bench [--ops N] [--footprint N] */
+ * All four index their slots with the same hash index (slot-index.h) and
+ * run in the same harness (see "harness" below).  Prints operations per
+ * second, CPU nanoseconds per operation and ratios as a markdown table,
+ * plus the metadata bytes per resident block and per ghost entry of
+ * twophase.
+ *   cache-bench [--seconds S] [--reps N] [--footprint N] [--keys N]
+ *               [--workloads abc] [--policies 0123]
+ * (policies: 0 twophase, 1 LRU, 2 CLOCK, 3 S3-FIFO) */
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -16,15 +21,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "cache/slot-index.h"
 #include "cache/twophase.h"
-
-/* ---- a shared open-addressing index for the comparators ---------------- */
-
-struct index {
-  uint64_t *keys;     /* key + 1, 0 = empty */
-  uint32_t *vals;
-  uint64_t mask;
-};
 
 static uint64_t hash64(uint64_t x)
 {
@@ -34,75 +32,56 @@ static uint64_t hash64(uint64_t x)
   return x;
 }
 
-static void index_init(struct index *ix, uint64_t n)
+/* The comparators index their slots with twophase's own index
+ * (lib/cache/slot-index.h), so that every policy pays for the same hash
+ * table and only the replacement logic and its locking differ. */
+static uint32_t ix_get(struct sl_slot_index *ix, const _Atomic uint64_t *keys, uint64_t key)
 {
-  uint64_t size = 1;
-  while (size < n * 2)
-    size <<= 1;
-  ix->keys = calloc(size, sizeof *ix->keys);
-  ix->vals = calloc(size, sizeof *ix->vals);
-  ix->mask = size - 1;
+  return sl_slot_index_find(ix, keys, key, sl_slot_index_hash(key), NULL);
 }
 
-static int64_t index_get(struct index *ix, uint64_t key)
+static void ix_put(struct sl_slot_index *ix, uint64_t key, uint32_t slot)
 {
-  for (uint64_t p = hash64(key) & ix->mask;; p = (p + 1) & ix->mask) {
-    if (ix->keys[p] == 0)
-      return -1;
-    if (ix->keys[p] == key + 1)
-      return ix->vals[p];
-  }
+  sl_slot_index_insert(ix, sl_slot_index_hash(key), slot);
 }
 
-static void index_put(struct index *ix, uint64_t key, uint32_t v)
+static void ix_del(struct sl_slot_index *ix, const _Atomic uint64_t *keys, uint64_t key)
 {
-  uint64_t p = hash64(key) & ix->mask;
-  while (ix->keys[p] != 0 && ix->keys[p] != key + 1)
-    p = (p + 1) & ix->mask;
-  ix->keys[p] = key + 1;
-  ix->vals[p] = v;
+  uint32_t pos;
+  if (sl_slot_index_find(ix, keys, key, sl_slot_index_hash(key), &pos) != SL_SLOT_INDEX_NONE)
+    sl_slot_index_remove_at(ix, pos);
 }
 
-static void index_del(struct index *ix, uint64_t key)
+static uint64_t get_key(const _Atomic uint64_t *keys, uint32_t s)
 {
-  uint64_t p = hash64(key) & ix->mask;
-  while (ix->keys[p] != key + 1) {
-    if (ix->keys[p] == 0)
-      return;
-    p = (p + 1) & ix->mask;
-  }
-  uint64_t hole = p;
-  for (;;) {
-    p = (p + 1) & ix->mask;
-    if (ix->keys[p] == 0)
-      break;
-    uint64_t home = hash64(ix->keys[p] - 1) & ix->mask;
-    if (((p - home) & ix->mask) >= ((p - hole) & ix->mask)) {
-      ix->keys[hole] = ix->keys[p];
-      ix->vals[hole] = ix->vals[p];
-      hole = p;
-    }
-  }
-  ix->keys[hole] = 0;
+  return atomic_load_explicit(&keys[s], memory_order_relaxed);
+}
+
+static void set_key(_Atomic uint64_t *keys, uint32_t s, uint64_t key)
+{
+  atomic_store_explicit(&keys[s], key, memory_order_relaxed);
 }
 
 /* ---- comparators: one mutex each ---------------------------------------- */
 
 struct locked {
   pthread_mutex_t lock;
-  struct index ix;
+  struct sl_slot_index ix;
   uint64_t cap, used;
-  uint64_t *key;
+  _Atomic uint64_t *key;
   /* LRU: doubly linked list by slot; CLOCK/S3-FIFO: ring + bits. */
   uint32_t *prev, *next, head, tail;
   uint8_t *ref;
   uint32_t hand;
-  /* S3-FIFO: small FIFO ring of slots, main ring by slot, ghost index. */
+  /* S3-FIFO: small FIFO ring of slots, main ring by slot, ghost FIFO of
+   * keys indexed by ring position. */
   uint32_t *small;
   uint64_t small_head, small_len, small_cap;
   uint8_t *in_small;
-  struct index ghost;
-  uint64_t *ghost_ring, ghost_pos, ghost_cap;
+  struct sl_slot_index ghost;
+  _Atomic uint64_t *ghost_keys;
+  uint8_t *ghost_live;
+  uint64_t ghost_pos, ghost_cap;
 };
 
 enum policy { P_TWOPHASE, P_LRU, P_CLOCK, P_S3FIFO, P_COUNT };
@@ -112,8 +91,15 @@ static const char *const policy_names[] = {"twophase", "LRU (global lock)",
 static void locked_init(struct locked *c, uint64_t cap)
 {
   memset(c, 0, sizeof *c);
-  pthread_mutex_init(&c->lock, NULL);
-  index_init(&c->ix, cap);
+  /* The same lock type as twophase's (spin briefly, then sleep), so the
+   * comparison is between policies, not between mutex flavours. */
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+  pthread_mutex_init(&c->lock, &attr);
+  pthread_mutexattr_destroy(&attr);
+  if (!sl_slot_index_init(&c->ix, (uint32_t)cap))
+    abort();
   c->cap = cap;
   c->key = calloc(cap, sizeof *c->key);
   c->prev = calloc(cap, sizeof *c->prev);
@@ -123,9 +109,20 @@ static void locked_init(struct locked *c, uint64_t cap)
   c->small = calloc(cap, sizeof *c->small);
   c->small_cap = cap / 10 ? cap / 10 : 1;
   c->ghost_cap = cap;
-  c->ghost_ring = calloc(c->ghost_cap, sizeof *c->ghost_ring);
-  index_init(&c->ghost, c->ghost_cap);
+  c->ghost_keys = calloc(c->ghost_cap, sizeof *c->ghost_keys);
+  c->ghost_live = calloc(c->ghost_cap, 1);
+  if (!sl_slot_index_init(&c->ghost, (uint32_t)c->ghost_cap))
+    abort();
   c->head = c->tail = UINT32_MAX;
+}
+
+static void locked_free(struct locked *c)
+{
+  sl_slot_index_fini(&c->ix);
+  sl_slot_index_fini(&c->ghost);
+  free(c->key); free(c->prev); free(c->next); free(c->ref); free(c->in_small);
+  free(c->small); free(c->ghost_keys); free(c->ghost_live);
+  pthread_mutex_destroy(&c->lock);
 }
 
 static void lru_unlink(struct locked *c, uint32_t s)
@@ -142,25 +139,29 @@ static void lru_push_front(struct locked *c, uint32_t s)
   c->head = s;
 }
 
+/* A new key's slot: a never-used one while there are any, else VICTIM's. */
+static uint32_t fresh_slot(struct locked *c)
+{
+  return c->used < c->cap ? (uint32_t)c->used++ : UINT32_MAX;
+}
+
 static bool lru_access(struct locked *c, uint64_t key)
 {
   pthread_mutex_lock(&c->lock);
-  int64_t s = index_get(&c->ix, key);
-  bool hit = s >= 0;
+  uint32_t s = ix_get(&c->ix, c->key, key);
+  bool hit = s != SL_SLOT_INDEX_NONE;
   if (hit) {
-    lru_unlink(c, (uint32_t)s);
-    lru_push_front(c, (uint32_t)s);
+    lru_unlink(c, s);
+    lru_push_front(c, s);
   } else {
-    uint32_t slot;
-    if (c->used < c->cap) {
-      slot = (uint32_t)c->used++;
-    } else {
+    uint32_t slot = fresh_slot(c);
+    if (slot == UINT32_MAX) {
       slot = c->tail;
       lru_unlink(c, slot);
-      index_del(&c->ix, c->key[slot]);
+      ix_del(&c->ix, c->key, get_key(c->key, slot));
     }
-    c->key[slot] = key;
-    index_put(&c->ix, key, slot);
+    set_key(c->key, slot, key);
+    ix_put(&c->ix, key, slot);
     lru_push_front(c, slot);
   }
   pthread_mutex_unlock(&c->lock);
@@ -170,26 +171,24 @@ static bool lru_access(struct locked *c, uint64_t key)
 static bool clock_access(struct locked *c, uint64_t key)
 {
   pthread_mutex_lock(&c->lock);
-  int64_t s = index_get(&c->ix, key);
-  bool hit = s >= 0;
+  uint32_t s = ix_get(&c->ix, c->key, key);
+  bool hit = s != SL_SLOT_INDEX_NONE;
   if (hit) {
     c->ref[s] = 1;
   } else {
-    uint32_t slot;
-    if (c->used < c->cap) {
-      slot = (uint32_t)c->used++;
-    } else {
+    uint32_t slot = fresh_slot(c);
+    if (slot == UINT32_MAX) {
       while (c->ref[c->hand]) {
         c->ref[c->hand] = 0;
         c->hand = (uint32_t)((c->hand + 1) % c->cap);
       }
       slot = c->hand;
       c->hand = (uint32_t)((c->hand + 1) % c->cap);
-      index_del(&c->ix, c->key[slot]);
+      ix_del(&c->ix, c->key, get_key(c->key, slot));
     }
-    c->key[slot] = key;
+    set_key(c->key, slot, key);
     c->ref[slot] = 0;
-    index_put(&c->ix, key, slot);
+    ix_put(&c->ix, key, slot);
   }
   pthread_mutex_unlock(&c->lock);
   return hit;
@@ -208,28 +207,47 @@ static uint32_t s3_evict_main(struct locked *c)
       c->ref[s]--;
       continue;
     }
-    index_del(&c->ix, c->key[s]);
+    ix_del(&c->ix, c->key, get_key(c->key, s));
     return s;
   }
+}
+
+static void s3_ghost_add(struct locked *c, uint64_t key)
+{
+  uint32_t pos = (uint32_t)c->ghost_pos;
+  if (c->ghost_live[pos])
+    ix_del(&c->ghost, c->ghost_keys, get_key(c->ghost_keys, pos));
+  set_key(c->ghost_keys, pos, key);
+  c->ghost_live[pos] = 1;
+  ix_put(&c->ghost, key, pos);
+  c->ghost_pos = (c->ghost_pos + 1) % c->ghost_cap;
+}
+
+static bool s3_ghost_take(struct locked *c, uint64_t key)
+{
+  uint32_t cell, ring = sl_slot_index_find(&c->ghost, c->ghost_keys, key,
+                                           sl_slot_index_hash(key), &cell);
+  if (ring == SL_SLOT_INDEX_NONE)
+    return false;
+  sl_slot_index_remove_at(&c->ghost, cell);
+  c->ghost_live[ring] = 0;
+  return true;
 }
 
 static bool s3_access(struct locked *c, uint64_t key)
 {
   pthread_mutex_lock(&c->lock);
-  int64_t s = index_get(&c->ix, key);
-  bool hit = s >= 0;
-  if (hit) {
+  uint32_t s = ix_get(&c->ix, c->key, key);
+  if (s != SL_SLOT_INDEX_NONE) {
     if (c->ref[s] < 3)
       c->ref[s]++;
     pthread_mutex_unlock(&c->lock);
     return true;
   }
-  bool ghost = index_get(&c->ghost, key) >= 0;
-  if (ghost)
-    index_del(&c->ghost, key);
-  uint32_t slot;
-  if (c->used < c->cap) {
-    slot = (uint32_t)c->used++;
+  bool ghost = s3_ghost_take(c, key);
+  uint32_t slot = fresh_slot(c);
+  if (slot != UINT32_MAX) {
+    /* still filling */
   } else if (c->small_len >= c->small_cap || c->small_len == c->used) {
     /* Free a slot from small: referenced blocks move to main first. */
     for (;;) {
@@ -245,22 +263,18 @@ static bool s3_access(struct locked *c, uint64_t key)
         }
         continue;
       }
-      index_del(&c->ix, c->key[v]);
-      uint64_t old = c->ghost_ring[c->ghost_pos];
-      if (old)
-        index_del(&c->ghost, old - 1);
-      c->ghost_ring[c->ghost_pos] = c->key[v] + 1;
-      c->ghost_pos = (c->ghost_pos + 1) % c->ghost_cap;
-      index_put(&c->ghost, c->key[v], 1);
+      uint64_t old = get_key(c->key, v);
+      ix_del(&c->ix, c->key, old);
+      s3_ghost_add(c, old);
       slot = v;
       break;
     }
   } else {
     slot = s3_evict_main(c);
   }
-  c->key[slot] = key;
+  set_key(c->key, slot, key);
   c->ref[slot] = 0;
-  index_put(&c->ix, key, slot);
+  ix_put(&c->ix, key, slot);
   if (ghost) {
     c->in_small[slot] = 0;
   } else {
@@ -274,53 +288,83 @@ static bool s3_access(struct locked *c, uint64_t key)
 
 /* ---- harness ------------------------------------------------------------ */
 
-struct run {
-  enum policy p;
+/* One cell = one policy, one workload, one thread count.  Every thread
+ * replays its own precomputed key stream (no shared random state), all
+ * threads start together at a barrier, and the cell runs for a fixed time
+ * (--seconds) rather than a fixed count, so that fast cells are not over
+ * in a few milliseconds.  Besides operations per second, each thread's CPU
+ * time is summed: CPU nanoseconds per operation stay flat from 1 to 2
+ * threads when nothing is shared, whatever else the machine is running. */
+struct worker {
+  _Alignas(64) enum policy p; /* each worker on its own cache lines */
   struct sl_twophase *tp;
   struct locked *lk;
   const uint64_t *keys;
-  uint64_t nkeys, ops;
-  uint64_t hits;
+  uint64_t nkeys;
+  pthread_barrier_t *start;
+  const atomic_bool *stop;
+  uint64_t ops, hits;
+  double cpu, end;
 };
 
-static void *run_thread(void *opaque)
-{
-  struct run *r = opaque;
-  uint64_t hits = 0;
-  for (uint64_t i = 0; i < r->ops; i++) {
-    uint64_t k = r->keys[i % r->nkeys];
-    bool hit;
-    switch (r->p) {
-    case P_TWOPHASE: hit = sl_twophase_access(r->tp, k); break;
-    case P_LRU: hit = lru_access(r->lk, k); break;
-    case P_CLOCK: hit = clock_access(r->lk, k); break;
-    default: hit = s3_access(r->lk, k); break;
-    }
-    hits += hit;
-  }
-  r->hits = hits;
-  return NULL;
-}
-
-static double now(void)
+static double now(clockid_t clk)
 {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(clk, &ts);
   return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Zipf(1.0) samples over [0, n) by inverse CDF on a table. */
-static uint64_t *zipf_keys(uint64_t n, uint64_t count, uint64_t seed)
+static inline bool access_one(enum policy p, struct sl_twophase *tp, struct locked *lk,
+                              uint64_t k)
 {
-  double *cdf = malloc(n * sizeof *cdf), sum = 0;
-  for (uint64_t i = 0; i < n; i++)
-    sum += 1.0 / (double)(i + 1);
-  double acc = 0;
-  for (uint64_t i = 0; i < n; i++) {
-    acc += 1.0 / (double)(i + 1) / sum;
-    cdf[i] = acc;
+  switch (p) {
+  case P_TWOPHASE: return sl_twophase_access(tp, k);
+  case P_LRU: return lru_access(lk, k);
+  case P_CLOCK: return clock_access(lk, k);
+  default: return s3_access(lk, k);
   }
+}
+
+/* COUNT keys of the stream, wrapping; the hit count. */
+static uint64_t replay(enum policy p, struct sl_twophase *tp, struct locked *lk,
+                       const uint64_t *keys, uint64_t nkeys, uint64_t *pos, uint64_t count)
+{
+  uint64_t hits = 0, i = *pos;
+  for (uint64_t n = 0; n < count; n++) {
+    hits += access_one(p, tp, lk, keys[i]);
+    if (++i == nkeys)
+      i = 0;
+  }
+  *pos = i;
+  return hits;
+}
+
+static void *worker_main(void *opaque)
+{
+  struct worker *w = opaque;
+  enum policy p = w->p;
+  struct sl_twophase *tp = w->tp;
+  struct locked *lk = w->lk;
+  uint64_t ops = 0, hits = 0, pos = 0;
+  pthread_barrier_wait(w->start);
+  double cpu0 = now(CLOCK_THREAD_CPUTIME_ID);
+  while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
+    hits += replay(p, tp, lk, w->keys, w->nkeys, &pos, 1024);
+    ops += 1024;
+  }
+  w->end = now(CLOCK_MONOTONIC);
+  w->cpu = now(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+  w->ops = ops;
+  w->hits = hits;
+  return NULL;
+}
+
+/* Zipf(1.0) samples over [0, n) by inverse CDF on a table. */
+static uint64_t *zipf_keys(const double *cdf, uint64_t n, uint64_t count, uint64_t seed)
+{
   uint64_t *keys = malloc(count * sizeof *keys), s = seed * 0x9e3779b97f4a7c15ull + 1;
+  if (!keys)
+    abort();
   for (uint64_t i = 0; i < count; i++) {
     s ^= s << 13; s ^= s >> 7; s ^= s << 17;
     double u = (double)(s >> 11) / 9007199254740992.0;
@@ -331,97 +375,195 @@ static uint64_t *zipf_keys(uint64_t n, uint64_t count, uint64_t seed)
     }
     keys[i] = hash64(lo + 1); /* scatter ranks over the key space */
   }
-  free(cdf);
   return keys;
 }
 
-static double measure(enum policy p, uint64_t cap, int threads, uint64_t **keys,
-                      uint64_t nkeys, uint64_t ops, bool prefill, double *hit_ratio)
+static double *zipf_cdf(uint64_t n)
+{
+  double *cdf = malloc(n * sizeof *cdf), sum = 0;
+  if (!cdf)
+    abort();
+  for (uint64_t i = 0; i < n; i++)
+    sum += 1.0 / (double)(i + 1);
+  double acc = 0;
+  for (uint64_t i = 0; i < n; i++) {
+    acc += 1.0 / (double)(i + 1) / sum;
+    cdf[i] = acc;
+  }
+  return cdf;
+}
+
+enum warm { WARM_NONE, WARM_ALL, WARM_ONE };
+
+struct cell {
+  double mops;        /* million operations per second (wall clock) */
+  double cpu_ns;      /* CPU nanoseconds per operation, summed over threads */
+  double hit_ratio;
+};
+
+static struct cell measure(enum policy p, uint64_t cap, int threads, uint64_t **keys,
+                           uint64_t nkeys, enum warm warm, double seconds)
 {
   struct sl_twophase *tp = NULL;
   struct locked *lk = NULL;
   if (p == P_TWOPHASE) {
     struct sl_twophase_params prm = {.capacity = cap};
     tp = sl_twophase_create(&prm);
+    if (!tp)
+      abort();
   } else {
     lk = malloc(sizeof *lk);
+    if (!lk)
+      abort();
     locked_init(lk, cap);
   }
-  struct run r[8];
-  if (prefill) /* warm: every key of every thread's stream, so (a) is all hits */
-    for (int i = 0; i < threads; i++) {
-      struct run w = {p, tp, lk, keys[i], nkeys, nkeys, 0};
-      run_thread(&w);
-    }
-  pthread_t t[8];
-  double t0 = now();
-  for (int i = 0; i < threads; i++) {
-    r[i] = (struct run){p, tp, lk, keys[i], nkeys, ops, 0};
-    pthread_create(&t[i], NULL, run_thread, &r[i]);
+  /* WARM_ALL: every key of every thread's stream, so (a) is all hits;
+   * WARM_ONE: one pass of one stream, so (b) starts in its steady state. */
+  int warm_streams = warm == WARM_ALL ? threads : warm == WARM_ONE ? 1 : 0;
+  for (int i = 0; i < warm_streams; i++) {
+    uint64_t pos = 0;
+    replay(p, tp, lk, keys[i], nkeys, &pos, nkeys);
   }
-  uint64_t hits = 0;
+  struct worker *w = aligned_alloc(64, sizeof *w * (size_t)threads);
+  pthread_t tid[8];
+  pthread_barrier_t start;
+  atomic_bool stop = false;
+  pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
   for (int i = 0; i < threads; i++) {
-    pthread_join(t[i], NULL);
-    hits += r[i].hits;
+    w[i] = (struct worker){.p = p, .tp = tp, .lk = lk, .keys = keys[i], .nkeys = nkeys,
+                           .start = &start, .stop = &stop};
+    if (pthread_create(&tid[i], NULL, worker_main, &w[i]) != 0)
+      abort();
   }
-  double secs = now() - t0;
-  *hit_ratio = (double)hits / (double)(ops * (uint64_t)threads);
+  pthread_barrier_wait(&start);
+  double t0 = now(CLOCK_MONOTONIC);
+  struct timespec nap = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
+  nanosleep(&nap, NULL);
+  atomic_store(&stop, true);
+  uint64_t ops = 0, hits = 0;
+  double cpu = 0, end = t0;
+  for (int i = 0; i < threads; i++) {
+    pthread_join(tid[i], NULL);
+    ops += w[i].ops;
+    hits += w[i].hits;
+    cpu += w[i].cpu;
+    if (w[i].end > end)
+      end = w[i].end;
+  }
+  pthread_barrier_destroy(&start);
+  free(w);
   if (tp)
     sl_twophase_destroy(tp);
   if (lk) {
-    free(lk->ix.keys); free(lk->ix.vals); free(lk->key); free(lk->prev); free(lk->next);
-    free(lk->ref); free(lk->in_small); free(lk->small); free(lk->ghost_ring);
-    free(lk->ghost.keys); free(lk->ghost.vals); free(lk);
+    locked_free(lk);
+    free(lk);
   }
-  return (double)(ops * (uint64_t)threads) / secs;
+  return (struct cell){.mops = (double)ops / (end - t0) / 1e6,
+                       .cpu_ns = cpu * 1e9 / (double)ops,
+                       .hit_ratio = (double)hits / (double)ops};
+}
+
+static double loadavg(void)
+{
+  double l = -1;
+  FILE *f = fopen("/proc/loadavg", "r");
+  if (f) {
+    if (fscanf(f, "%lf", &l) != 1)
+      l = -1;
+    fclose(f);
+  }
+  return l;
+}
+
+static void usage(void)
+{
+  fprintf(stderr, "usage: cache-bench [--seconds S] [--reps N] [--footprint N] [--keys N]\n"
+                  "                   [--workloads abc] [--policies 0123]\n");
+  exit(2);
 }
 
 int main(int argc, char **argv)
 {
-  uint64_t ops = 2000000, footprint = 1 << 20;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (strcmp(argv[i], "--ops") == 0)
-      ops = strtoull(argv[i + 1], NULL, 0);
+  uint64_t footprint = 1 << 20, nkeys = 2 << 20;
+  double seconds = 0.5;
+  int reps = 3;
+  const char *workloads = "abc", *policies = "0123";
+  for (int i = 1; i < argc; i += 2) {
+    if (i + 1 >= argc)
+      usage();
+    if (strcmp(argv[i], "--seconds") == 0)
+      seconds = strtod(argv[i + 1], NULL);
+    else if (strcmp(argv[i], "--reps") == 0)
+      reps = atoi(argv[i + 1]);
     else if (strcmp(argv[i], "--footprint") == 0)
       footprint = strtoull(argv[i + 1], NULL, 0);
+    else if (strcmp(argv[i], "--keys") == 0 || strcmp(argv[i], "--ops") == 0)
+      nkeys = strtoull(argv[i + 1], NULL, 0);
+    else if (strcmp(argv[i], "--workloads") == 0)
+      workloads = argv[i + 1];
+    else if (strcmp(argv[i], "--policies") == 0)
+      policies = argv[i + 1];
+    else
+      usage();
   }
+  if (seconds <= 0 || reps < 1 || footprint < 10 || nkeys < 1024)
+    usage();
   const int thread_counts[] = {1, 2, 4};
   uint64_t *zipf[4], *scan[4];
+  double *cdf = zipf_cdf(footprint);
   for (int i = 0; i < 4; i++) {
-    zipf[i] = zipf_keys(footprint, ops, (uint64_t)i + 1);
-    scan[i] = malloc(ops * sizeof *scan[i]);
-    for (uint64_t k = 0; k < ops; k++) /* disjoint, never repeating */
+    zipf[i] = zipf_keys(cdf, footprint, nkeys, (uint64_t)i + 1);
+    scan[i] = malloc(nkeys * sizeof *scan[i]);
+    if (!scan[i])
+      abort();
+    for (uint64_t k = 0; k < nkeys; k++) /* disjoint across threads */
       scan[i][k] = hash64(((uint64_t)(i + 1) << 40) + k);
   }
-  struct { const char *name; uint64_t cap; uint64_t **keys; bool prefill; } work[] = {
-    {"a: all hits, Zipf 1.0", footprint, zipf, true},
-    {"b: Zipf 1.0, cache 10% of footprint", footprint / 10, zipf, false},
-    {"c: scan, all misses", footprint / 10, scan, false},
+  free(cdf);
+  struct { char id; const char *name; uint64_t cap; uint64_t **keys; enum warm warm; } work[] = {
+    {'a', "a: all hits, Zipf 1.0", footprint, zipf, WARM_ALL},
+    {'b', "b: Zipf 1.0, cache 10% of footprint", footprint / 10, zipf, WARM_ONE},
+    {'c', "c: scan, all misses", footprint / 10, scan, WARM_NONE},
   };
-  printf("| workload | policy | 1 thread | 2 threads | 4 threads | 2T/1T | hit ratio |\n");
-  printf("|---|---|---|---|---|---|---|\n");
-  double lru2[3] = {0}, tp2[3] = {0};
-  for (int w = 0; w < 3; w++) {
+  printf("cache-bench: footprint %" PRIu64 " keys, %" PRIu64 " keys per thread stream, "
+         "%.2f s per cell, best of %d, load average %.2f at start\n\n",
+         footprint, nkeys, seconds, reps, loadavg());
+  printf("| workload | policy | 1 thread | 2 threads | 4 threads | 2T/1T "
+         "| CPU ns/op 1T | 2T | hit ratio | load |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  double lru2[3] = {0}, tp2[3] = {0}, tp_scale_a = 0;
+  for (int wi = 0; wi < 3; wi++) {
+    if (!strchr(workloads, work[wi].id))
+      continue;
     for (int p = 0; p < P_COUNT; p++) {
-      double mops[3], hr = 0;
+      if (!strchr(policies, '0' + p))
+        continue;
+      struct cell best[3];
       for (int ti = 0; ti < 3; ti++) {
-        double best = 0;
-        for (int rep = 0; rep < 3; rep++) { /* best of 3: the machine is shared */
-          double v = measure((enum policy)p, work[w].cap, thread_counts[ti], work[w].keys,
-                             ops, ops / (uint64_t)thread_counts[ti], work[w].prefill, &hr);
-          if (v > best)
-            best = v;
+        best[ti] = (struct cell){0};
+        for (int rep = 0; rep < reps; rep++) { /* best of N: the machine is shared */
+          struct cell c = measure((enum policy)p, work[wi].cap, thread_counts[ti],
+                                  work[wi].keys, nkeys, work[wi].warm, seconds);
+          if (c.mops > best[ti].mops)
+            best[ti].mops = c.mops, best[ti].hit_ratio = c.hit_ratio;
+          if (best[ti].cpu_ns == 0 || c.cpu_ns < best[ti].cpu_ns)
+            best[ti].cpu_ns = c.cpu_ns;
         }
-        mops[ti] = best / 1e6;
       }
-      if (p == P_LRU) lru2[w] = mops[1];
-      if (p == P_TWOPHASE) tp2[w] = mops[1];
-      printf("| %s | %s | %.2f M/s | %.2f M/s | %.2f M/s | %.2fx | %.3f |\n", work[w].name,
-             policy_names[p], mops[0], mops[1], mops[2], mops[1] / mops[0], hr);
+      if (p == P_LRU) lru2[wi] = best[1].mops;
+      if (p == P_TWOPHASE) tp2[wi] = best[1].mops;
+      if (p == P_TWOPHASE && wi == 0) tp_scale_a = best[1].mops / best[0].mops;
+      printf("| %s | %s | %.2f M/s | %.2f M/s | %.2f M/s | %.2fx | %.1f | %.1f | %.3f | %.1f |\n",
+             work[wi].name, policy_names[p], best[0].mops, best[1].mops, best[2].mops,
+             best[1].mops / best[0].mops, best[0].cpu_ns, best[1].cpu_ns, best[1].hit_ratio,
+             loadavg());
+      fflush(stdout);
     }
   }
-  printf("\ntwophase / global-lock LRU at 2 threads: a %.2fx, b %.2fx, c %.2fx\n",
-         tp2[0] / lru2[0], tp2[1] / lru2[1], tp2[2] / lru2[2]);
+  printf("\ntwophase / global-lock LRU at 2 threads: a %.2fx, b %.2fx, c %.2fx "
+         "(goal: b >= 2x)\n", lru2[0] ? tp2[0] / lru2[0] : 0, lru2[1] ? tp2[1] / lru2[1] : 0,
+         lru2[2] ? tp2[2] / lru2[2] : 0);
+  printf("twophase a, 2 threads / 1 thread: %.2fx (goal: >= 1.6x)\n", tp_scale_a);
   struct sl_twophase_params prm = {.capacity = footprint / 10};
   struct sl_twophase *tp = sl_twophase_create(&prm);
   struct sl_twophase_stats st;
@@ -429,5 +571,10 @@ int main(int argc, char **argv)
   printf("twophase metadata: %.1f bytes per resident block, %.2f bytes per ghost entry\n",
          st.bytes_per_resident, st.bytes_per_ghost);
   sl_twophase_destroy(tp);
+  printf("load average at end: %.2f\n", loadavg());
+  for (int i = 0; i < 4; i++) {
+    free(zipf[i]);
+    free(scan[i]);
+  }
   return 0;
 }

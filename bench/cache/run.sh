@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Throughput of twophase vs lock-based LRU, CLOCK and S3-FIFO at 1, 2 and 4
 # threads (issue 3).  One command: builds if needed, prints a markdown table.
-#   bench/cache/run.sh [--ops N] [--footprint N]
+#   bench/cache/run.sh [--seconds S] [--reps N] [--footprint N] [--keys N]
+#                      [--workloads abc] [--policies 0123]
+# Each cell runs S seconds (default 0.5) after a start barrier; best of N (3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/build.sh build

@@ -24,6 +24,7 @@ struct fault {
   uint64_t delay_ns;
   unsigned seed;
   bool prob_set, end_set, error_set;
+  bool ready;                /* config_complete ran: the lock exists */
   pthread_mutex_t lock;
 };
 
@@ -121,6 +122,7 @@ static int fa_config_complete(void *inst, const struct sl_filter_env *env)
   if (!f->error_set)
     f->error = EIO;          /* error=none leaves 0: delays only */
   pthread_mutex_init(&f->lock, NULL);
+  f->ready = true;
   return 0;
 }
 
@@ -188,7 +190,7 @@ static int fa_block_status(void *inst, struct sl_next *next, uint64_t off,
 static void fa_close(void *inst, struct sl_next *next)
 {
   struct fault *f = inst;
-  if (f->seed)  /* config_complete ran */
+  if (f->ready)
     pthread_mutex_destroy(&f->lock);
 }
 

@@ -1,11 +1,11 @@
 /* sluice disk: an image (or chain) under an ordered stack of filters.
  *
  * A disk is opened from an image file or from a disk descriptor (a small
- * text file naming the image and its filters, see sluice-disk(5)).  The
- * stack is entered through handles: sl_disk_top() is the top of the stack,
- * sl_disk_at(disk, NAME) enters just below filter NAME, so NAME and every
- * filter above it are bypassed (filter-level access).  Handles live as long
- * as the disk.
+ * text file naming the image and its filters, see sluice-disk(1) and
+ * docs/disk-descriptor.md).  The stack is entered through handles:
+ * sl_disk_top() is the top of the stack, sl_disk_at(disk, NAME) enters just
+ * below filter NAME, so NAME and every filter above it are bypassed
+ * (filter-level access).  Handles live as long as the disk.
  *
  * Invariants (range, read-only, flags) are checked once here, in the core,
  * before a request reaches any filter.

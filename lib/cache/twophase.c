@@ -6,16 +6,20 @@
  *              The slot array itself is the hot ring: the hand walks the
  *              slot numbers and skips cold ones, so promoting a block from
  *              cold to hot flips a bit and its data never moves.
- *   index      open addressing (linear probing, backward-shift delete) of
- *              slot numbers, >= 1.5 entries per slot, for lock-free lookup.
+ *   index      slot-index.h: open addressing of (32-bit hash, slot) cells,
+ *              1.5 per slot, read without locks.
  *   cold ring  FIFO of slot numbers: new blocks enter at the tail.
  *   ghost      4-byte fingerprints of evicted blocks in 8-entry buckets,
- *              each bucket a small FIFO: together an approximate FIFO that
- *              costs 4 bytes per remembered block.  The top bit records
- *              whether the block left from cold or from hot.
+ *              each bucket a small FIFO kept in age order (a new entry
+ *              shifts the others along, the oldest falls off): together an
+ *              approximate FIFO that costs 4 bytes per remembered block.
+ *              The top bit records whether the block left from cold or
+ *              from hot.
  *
  * A hit raises the slot's two-bit reference level by one (one atomic
- * compare-and-swap), and stores nothing once the level is saturated.  A miss takes the eviction lock: a ghost hit enters hot directly,
+ * compare-and-swap), and stores nothing once the level is saturated: a hit
+ * on a saturated block writes no shared memory at all, so hits scale with
+ * cores.  A miss takes the eviction lock: a ghost hit enters hot directly,
  * anything else enters cold.  To free a slot, either cold's head leaves
  * (to hot if it was referenced while cold, otherwise to the ghost) or the
  * hand advances over hot: a referenced slot is demoted a level (phase one)
@@ -37,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/slot-index.h"
 #include "cache/twophase.h"
 #include "common/util.h"
 
@@ -61,11 +66,9 @@ struct sl_twophase {
   _Atomic uint64_t *keys;
   _Atomic uint8_t *state;
   _Atomic uint8_t *pins;
-  _Atomic uint32_t *index;          /* slot + 1, 0 = empty */
-  uint32_t index_mask;
+  struct sl_slot_index ix;
   uint32_t *cold_ring;
   uint32_t *ghost;
-  uint8_t *ghost_cursor;
   uint32_t ghost_mask;              /* buckets - 1 */
   uint64_t ghost_nominal;
   bool fixed;
@@ -75,9 +78,12 @@ struct sl_twophase {
   uint32_t hot_count, bump, hand;
   uint32_t cold_target, cold_min, cold_max, step;
   struct sl_twophase_stats st;
-
-  _Alignas(64) _Atomic uint64_t ref_stores;
 };
+
+/* Hits that had to store a reference level, counted per thread: a shared
+ * counter would be a cache line every hitting core writes, which is what
+ * kept hits from scaling.  get_stats reports the calling thread's count. */
+static _Thread_local uint64_t ref_stores_here;
 
 #define mix sl_mix64
 
@@ -111,22 +117,18 @@ struct sl_twophase *sl_twophase_create(const struct sl_twophase_params *p)
   if (t->cold_max < t->cold_min)
     t->cold_max = t->cold_min;
   t->step = t->n >= 1000 ? t->n / 1000 : 1;
-  uint32_t isize = pow2_at_least((uint64_t)t->n * 3 / 2 + 1);
   t->ghost_nominal = (uint64_t)(gf * t->n) + 1;
   uint32_t buckets = pow2_at_least(t->ghost_nominal / GHOST_WAYS + 1);
-  if (!isize || !buckets)
+  if (!buckets)
     goto fail;
-  t->index_mask = isize - 1;
   t->ghost_mask = buckets - 1;
   t->keys = calloc(t->n, sizeof *t->keys);
   t->state = calloc(t->n, sizeof *t->state);
   t->pins = calloc(t->n, sizeof *t->pins);
-  t->index = calloc(isize, sizeof *t->index);
   t->cold_ring = calloc(t->n, sizeof *t->cold_ring);
   t->ghost = calloc((size_t)buckets * GHOST_WAYS, sizeof *t->ghost);
-  t->ghost_cursor = calloc(buckets, 1);
-  if (!t->keys || !t->state || !t->pins || !t->index || !t->cold_ring ||
-      !t->ghost || !t->ghost_cursor)
+  if (!t->keys || !t->state || !t->pins || !sl_slot_index_init(&t->ix, t->n) ||
+      !t->cold_ring || !t->ghost)
     goto fail;
   /* The miss path holds the lock for a few hundred nanoseconds: spinning
    * briefly beats sleeping in the kernel when another core holds it. */
@@ -150,68 +152,24 @@ void sl_twophase_destroy(struct sl_twophase *t)
   free(t->keys);
   free(t->state);
   free(t->pins);
-  free(t->index);
+  sl_slot_index_fini(&t->ix);
   free(t->cold_ring);
   free(t->ghost);
-  free(t->ghost_cursor);
   free(t);
 }
 
-/* ---- index ------------------------------------------------------------- */
+/* ---- index (slot-index.h) --------------------------------------------- */
 
-static uint32_t index_find(struct sl_twophase *t, uint64_t key, uint32_t *pos_out)
+static uint32_t index_find(struct sl_twophase *t, uint64_t key, uint32_t *pos)
 {
-  uint32_t pos = (uint32_t)mix(key) & t->index_mask;
-  for (uint32_t i = 0; i <= t->index_mask; i++) {
-    uint32_t v = atomic_load_explicit(&t->index[pos], memory_order_acquire);
-    if (v == 0)
-      return NONE;
-    uint32_t s = v - 1;
-    if (atomic_load_explicit(&t->keys[s], memory_order_relaxed) == key &&
-        (atomic_load_explicit(&t->state[s], memory_order_relaxed) & ST_WHERE) != ST_FREE) {
-      if (pos_out)
-        *pos_out = pos;
-      return s;
-    }
-    pos = (pos + 1) & t->index_mask;
-  }
-  return NONE;
-}
-
-static void index_insert(struct sl_twophase *t, uint64_t key, uint32_t slot)
-{
-  uint32_t pos = (uint32_t)mix(key) & t->index_mask;
-  while (atomic_load_explicit(&t->index[pos], memory_order_relaxed) != 0)
-    pos = (pos + 1) & t->index_mask;
-  atomic_store_explicit(&t->index[pos], slot + 1, memory_order_release);
-}
-
-/* Backward-shift deletion keeps probe chains tombstone-free.  A lock-free
- * reader racing with a shift may miss an entry for an instant; that is a
- * spurious miss, and insert then finds and returns the resident entry. */
-static void index_remove_at(struct sl_twophase *t, uint32_t hole)
-{
-  uint32_t j = hole;
-  for (;;) {
-    j = (j + 1) & t->index_mask;
-    uint32_t v = atomic_load_explicit(&t->index[j], memory_order_relaxed);
-    if (v == 0)
-      break;
-    uint64_t k = atomic_load_explicit(&t->keys[v - 1], memory_order_relaxed);
-    uint32_t home = (uint32_t)mix(k) & t->index_mask;
-    if (((j - home) & t->index_mask) >= ((j - hole) & t->index_mask)) {
-      atomic_store_explicit(&t->index[hole], v, memory_order_release);
-      hole = j;
-    }
-  }
-  atomic_store_explicit(&t->index[hole], 0, memory_order_release);
+  return sl_slot_index_find(&t->ix, t->keys, key, sl_slot_index_hash(key), pos);
 }
 
 static void index_remove(struct sl_twophase *t, uint64_t key)
 {
   uint32_t pos;
   if (index_find(t, key, &pos) != NONE)
-    index_remove_at(t, pos);
+    sl_slot_index_remove_at(&t->ix, pos);
 }
 
 /* ---- ghost ------------------------------------------------------------- */
@@ -227,11 +185,15 @@ static uint32_t *ghost_bucket(struct sl_twophase *t, uint64_t key)
   return &t->ghost[(size_t)b * GHOST_WAYS];
 }
 
+/* Newest first: the entry added GHOST_WAYS adds ago falls off the end.
+ * Entries taken meanwhile leave holes that age out the same way. */
 static void ghost_add(struct sl_twophase *t, uint64_t key, bool from_hot)
 {
   uint32_t *b = ghost_bucket(t, key);
-  size_t bi = (size_t)(b - t->ghost) / GHOST_WAYS;
-  b[t->ghost_cursor[bi]++ % GHOST_WAYS] = ghost_fp(key) | (from_hot ? GHOST_HOT : 0);
+  uint32_t old[GHOST_WAYS]; /* fixed-size copies: inlined, no memmove call */
+  memcpy(old, b, sizeof old);
+  memcpy(b + 1, old, (GHOST_WAYS - 1) * sizeof *b);
+  b[0] = ghost_fp(key) | (from_hot ? GHOST_HOT : 0);
 }
 
 /* 0 if KEY is not remembered, else 1 (left from cold) or 2 (from hot);
@@ -285,8 +247,9 @@ static void evict(struct sl_twophase *t, uint32_t s, bool from_hot,
                   uint64_t *evicted, bool *did_evict)
 {
   uint64_t key = atomic_load_explicit(&t->keys[s], memory_order_relaxed);
-  ghost_add(t, key, from_hot);
+  __builtin_prefetch(ghost_bucket(t, key), 1); /* overlaps the index walk */
   index_remove(t, key);
+  ghost_add(t, key, from_hot);
   atomic_store_explicit(&t->state[s], ST_FREE, memory_order_release);
   *evicted = key;
   *did_evict = true;
@@ -373,12 +336,15 @@ static void adapt(struct sl_twophase *t, int origin)
 
 /* ---- public operations ------------------------------------------------- */
 
-uint32_t sl_twophase_lookup(struct sl_twophase *t, uint64_t key)
+/* HASH is sl_slot_index_hash(KEY), computed once per operation. */
+static uint32_t lookup_hashed(struct sl_twophase *t, uint64_t key, uint32_t hash)
 {
-  uint32_t s = index_find(t, key, NULL);
+  uint32_t s = sl_slot_index_find(&t->ix, t->keys, key, hash, NULL);
   if (s == NONE)
     return NONE;
   uint8_t st = atomic_load_explicit(&t->state[s], memory_order_relaxed);
+  if ((st & ST_WHERE) == ST_FREE || (st & ST_DEAD))
+    return NONE; /* freed under us: the caller's insert sorts it out */
   if ((st & ST_LEVEL) == ST_LEVEL)
     return s; /* saturated: no store at all */
   if ((st & ST_WHERE) == ST_COLD && t->cold_hit == SL_COLD_HIT_IGNORE)
@@ -388,12 +354,17 @@ uint32_t sl_twophase_lookup(struct sl_twophase *t, uint64_t key)
   if (!atomic_compare_exchange_strong_explicit(&t->state[s], &st, (uint8_t)(st + ST_REF),
                                                memory_order_relaxed, memory_order_relaxed))
     return s;
-  atomic_fetch_add_explicit(&t->ref_stores, 1, memory_order_relaxed);
+  ref_stores_here++;
   return s;
 }
 
-uint32_t sl_twophase_insert(struct sl_twophase *t, uint64_t key, bool pin,
-                            uint64_t *evicted, bool *did_evict)
+uint32_t sl_twophase_lookup(struct sl_twophase *t, uint64_t key)
+{
+  return lookup_hashed(t, key, sl_slot_index_hash(key));
+}
+
+static uint32_t insert_hashed(struct sl_twophase *t, uint64_t key, uint32_t hash, bool pin,
+                              uint64_t *evicted, bool *did_evict)
 {
   uint64_t ev_dummy;
   bool did_dummy;
@@ -402,8 +373,11 @@ uint32_t sl_twophase_insert(struct sl_twophase *t, uint64_t key, bool pin,
   if (!did_evict)
     did_evict = &did_dummy;
   *did_evict = false;
+  /* Everything below runs under the one lock, so start fetching the line
+   * it will certainly need (the key's ghost bucket) before waiting. */
+  __builtin_prefetch(ghost_bucket(t, key), 1);
   pthread_mutex_lock(&t->lock);
-  uint32_t s = index_find(t, key, NULL);
+  uint32_t s = sl_slot_index_find(&t->ix, t->keys, key, hash, NULL);
   if (s != NONE) {
     if (pin)
       atomic_fetch_add_explicit(&t->pins[s], 1, memory_order_acq_rel);
@@ -429,17 +403,24 @@ uint32_t sl_twophase_insert(struct sl_twophase *t, uint64_t key, bool pin,
     atomic_store_explicit(&t->state[s], ST_COLD, memory_order_release);
     cold_push(t, s);
   }
-  index_insert(t, key, s);
+  sl_slot_index_insert(&t->ix, hash, s);
   t->st.inserts++;
   pthread_mutex_unlock(&t->lock);
   return s;
 }
 
+uint32_t sl_twophase_insert(struct sl_twophase *t, uint64_t key, bool pin,
+                            uint64_t *evicted, bool *did_evict)
+{
+  return insert_hashed(t, key, sl_slot_index_hash(key), pin, evicted, did_evict);
+}
+
 bool sl_twophase_access(struct sl_twophase *t, uint64_t key)
 {
-  if (sl_twophase_lookup(t, key) != NONE)
+  uint32_t hash = sl_slot_index_hash(key);
+  if (lookup_hashed(t, key, hash) != NONE)
     return true;
-  sl_twophase_insert(t, key, false, NULL, NULL);
+  insert_hashed(t, key, hash, false, NULL, NULL);
   return false;
 }
 
@@ -465,7 +446,7 @@ bool sl_twophase_remove(struct sl_twophase *t, uint64_t key)
   uint32_t pos, s = index_find(t, key, &pos);
   bool ok = s != NONE && !pinned(t, s);
   if (ok) {
-    index_remove_at(t, pos);
+    sl_slot_index_remove_at(&t->ix, pos);
     uint8_t st = atomic_load_explicit(&t->state[s], memory_order_relaxed);
     if ((st & ST_WHERE) == ST_COLD) {
       /* Still queued in cold: freed when cold pops it. */
@@ -512,7 +493,7 @@ void sl_twophase_get_stats(struct sl_twophase *t, struct sl_twophase_stats *s)
 {
   pthread_mutex_lock(&t->lock);
   *s = t->st;
-  s->ref_stores = atomic_load(&t->ref_stores);
+  s->ref_stores = ref_stores_here;
   s->cold = t->cold_count;
   s->hot = t->hot_count;
   s->cold_target = t->cold_target;
@@ -525,12 +506,10 @@ void sl_twophase_get_stats(struct sl_twophase *t, struct sl_twophase_stats *s)
       s->pinned += pinned(t, i);
     }
   }
-  uint64_t buckets = (uint64_t)t->ghost_mask + 1;
   s->bytes_per_resident =
-      (double)(t->n * (sizeof(uint64_t) + 2 + sizeof(uint32_t)) +
-               ((uint64_t)t->index_mask + 1) * sizeof(uint32_t)) / t->n;
-  s->bytes_per_ghost = (double)(buckets * (GHOST_WAYS * sizeof(uint32_t) + 1)) /
-                       (double)(buckets * GHOST_WAYS);
+      (double)((uint64_t)t->n * (sizeof(uint64_t) + 2 + sizeof(uint32_t)) +
+               sl_slot_index_bytes(&t->ix)) / t->n;
+  s->bytes_per_ghost = (double)sizeof(uint32_t); /* buckets are bare arrays */
   pthread_mutex_unlock(&t->lock);
 }
 
@@ -559,9 +538,7 @@ int sl_twophase_check(struct sl_twophase *t, char *msg, size_t len)
       }
     }
   }
-  for (uint32_t i = 0; i <= t->index_mask; i++)
-    if (atomic_load(&t->index[i]))
-      indexed++;
+  indexed = sl_slot_index_count(&t->ix);
   for (uint32_t i = 0; i < t->cold_count; i++) {
     uint32_t s = t->cold_ring[(t->cold_head + i) % t->n];
     if ((atomic_load(&t->state[s]) & ST_WHERE) != ST_COLD) {

@@ -38,7 +38,9 @@ struct sl_twophase_stats {
   uint64_t demotions;           /* phase one: the hand cleared a reference */
   uint64_t hot_evictions;       /* phase two: unreferenced on the hand's next visit */
   uint64_t cold_evictions;      /* unreferenced cold entries, remembered in the ghost */
-  uint64_t ref_stores;          /* hits that had to set the reference bit */
+  uint64_t ref_stores;          /* hits that had to store a reference level, by the
+                                 * calling thread (all structures): a per-thread
+                                 * counter, so that hits share no cache line */
   uint64_t resident, cold, hot, pinned;
   uint64_t cold_target;
   double bytes_per_resident;    /* metadata per resident block */

@@ -17,10 +17,12 @@
  *
  * Concurrency: the disk runs at the strictest thread model any of its
  * filters declares (one lock per disk, or one per process).  Drain counts
- * in-flight requests at the entry points only. */
+ * in-flight requests at the entry points only, with an atomic counter and
+ * flag: no lock is taken on the request path unless a drain is under way. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -67,10 +69,12 @@ struct sl_disk {
   bool read_only;
   enum sl_filter_thread_model model;
   pthread_mutex_t serial;       /* SERIALIZE_REQUESTS */
+  /* Drain accounting: an atomic count and flag on the request path, the
+   * lock and condition only when a drain is under way (see enter()). */
+  atomic_uint in_flight;
+  atomic_bool draining;
   pthread_mutex_t lock;
   pthread_cond_t cond;
-  unsigned in_flight;
-  bool draining;
 };
 
 static pthread_mutex_t serialize_all_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -404,6 +408,8 @@ int sl_disk_open_descriptor(const struct sl_descriptor *desc,
   struct sl_disk *d = calloc(1, sizeof *d);
   if (!d)
     return sl_error(ENOMEM, "out of memory");
+  atomic_init(&d->in_flight, 0);
+  atomic_init(&d->draining, false);
   pthread_mutex_init(&d->serial, NULL);
   pthread_mutex_init(&d->lock, NULL);
   pthread_cond_init(&d->cond, NULL);
@@ -525,8 +531,8 @@ static int for_each_event(struct sl_disk *d, bool bottom_up, int which)
 int sl_disk_drain(struct sl_disk *d)
 {
   pthread_mutex_lock(&d->lock);
-  d->draining = true;
-  while (d->in_flight > 0)
+  atomic_store(&d->draining, true);
+  while (atomic_load(&d->in_flight) > 0)
     pthread_cond_wait(&d->cond, &d->lock);
   pthread_mutex_unlock(&d->lock);
   /* Top down: what a filter flushes on release reaches the ones below. */
@@ -539,7 +545,7 @@ void sl_disk_resume(struct sl_disk *d)
 {
   for_each_event(d, true, 1);
   pthread_mutex_lock(&d->lock);
-  d->draining = false;
+  atomic_store(&d->draining, false);
   pthread_cond_broadcast(&d->cond);
   pthread_mutex_unlock(&d->lock);
 }
@@ -636,6 +642,18 @@ void sl_disk_describe(struct sl_disk *d, FILE *f)
 
 /* ---- entry points ------------------------------------------------------- */
 
+/* A request leaves the count; the last one out wakes a drain waiting for
+ * it (under the lock, so the wake-up cannot fall between the drain's check
+ * of the count and its wait). */
+static void count_out(struct sl_disk *d)
+{
+  if (atomic_fetch_sub(&d->in_flight, 1) == 1 && atomic_load(&d->draining)) {
+    pthread_mutex_lock(&d->lock);
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+  }
+}
+
 static int enter(struct sl_handle *h, bool write, uint64_t off, uint64_t len,
                  uint32_t flags, uint32_t allowed)
 {
@@ -652,11 +670,20 @@ static int enter(struct sl_handle *h, bool write, uint64_t off, uint64_t len,
     return sl_error(EINVAL, "request of %" PRIu64 " bytes at %" PRIu64
                     " is beyond the end of the disk (%" PRIu64 " bytes)",
                     len, off, L->size);
-  pthread_mutex_lock(&d->lock);
-  while (d->draining)
-    pthread_cond_wait(&d->cond, &d->lock);
-  d->in_flight++;
-  pthread_mutex_unlock(&d->lock);
+  /* Count the request in, then look for a drain; sl_disk_drain() sets the
+   * flag, then looks at the count.  Both sequentially consistent, so at
+   * least one of the two sees the other: either the drain waits for this
+   * request, or this request backs out and waits for the drain. */
+  for (;;) {
+    atomic_fetch_add(&d->in_flight, 1);
+    if (!atomic_load(&d->draining))
+      break;
+    count_out(d);
+    pthread_mutex_lock(&d->lock);
+    while (atomic_load(&d->draining))
+      pthread_cond_wait(&d->cond, &d->lock);
+    pthread_mutex_unlock(&d->lock);
+  }
   if (d->model == SL_FILTER_SERIALIZE_REQUESTS)
     pthread_mutex_lock(&d->serial);
   else if (d->model == SL_FILTER_SERIALIZE_ALL)
@@ -671,10 +698,7 @@ static int leave(struct sl_handle *h, int r)
     pthread_mutex_unlock(&d->serial);
   else if (d->model == SL_FILTER_SERIALIZE_ALL)
     pthread_mutex_unlock(&serialize_all_lock);
-  pthread_mutex_lock(&d->lock);
-  if (--d->in_flight == 0)
-    pthread_cond_broadcast(&d->cond);
-  pthread_mutex_unlock(&d->lock);
+  count_out(d);
   return r;
 }
 

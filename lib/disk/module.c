@@ -21,6 +21,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,8 +114,10 @@ static int read_manifest(struct sl_module_entry **out, size_t *n)
       continue;
     struct sl_module_entry e = {0};
     unsigned mode, uid, gid;
-    if (sscanf(line, "%63s %64s %" SCNu64 " %o %u %u", e.name, e.sha256,
-               &e.size, &mode, &uid, &gid) != 6 || strlen(e.sha256) != 64) {
+    int fields = sscanf(line, "%63s %64s %" SCNu64 " %o %u %u %" SCNu64,
+                        e.name, e.sha256, &e.size, &mode, &uid, &gid, &e.ino);
+    /* Six fields: a manifest from before inodes were recorded. */
+    if (fields < 6 || strlen(e.sha256) != 64) {
       free(*out);
       *out = NULL;
       return sl_error(EINVAL, "%s:%u: malformed manifest line", path, lineno);
@@ -150,12 +153,12 @@ static int write_manifest(const struct sl_module_entry *e, size_t n)
     return sl_error(ENOMEM, "out of memory");
   }
   fchmod(fd, 0644);
-  fprintf(f, "# sluice filter manifest: NAME SHA256 SIZE MODE UID GID\n"
+  fprintf(f, "# sluice filter manifest: NAME SHA256 SIZE MODE UID GID INODE\n"
           "# written by `sluice filter install`; do not edit\n");
   for (size_t i = 0; i < n; i++)
-    fprintf(f, "%s %s %" PRIu64 " %04o %u %u\n", e[i].name, e[i].sha256,
-            e[i].size, (unsigned)e[i].mode, (unsigned)e[i].uid,
-            (unsigned)e[i].gid);
+    fprintf(f, "%s %s %" PRIu64 " %04o %u %u %" PRIu64 "\n", e[i].name,
+            e[i].sha256, e[i].size, (unsigned)e[i].mode, (unsigned)e[i].uid,
+            (unsigned)e[i].gid, e[i].ino);
   int bad = fflush(f) != 0 || fsync(fd) != 0;
   if (fclose(f) != 0 || bad || rename(tmp, path) < 0) {
     int er = errno ? errno : EIO;
@@ -209,8 +212,75 @@ static int find_entry(const char *name, struct sl_module_entry *out)
 
 /* ---- verification into a sealed memfd ----------------------------------- */
 
+/* Copy SIZE bytes of FD, read once, into a memfd sealed against any change,
+ * and hash the sealed bytes: these and only these are what dlopen maps.
+ * Returns the memfd or -errno. */
+static int sealed_copy(const char *name, const char *path, int fd,
+                       uint64_t size, char digest[65])
+{
+  int mfd = memfd_create(name, MFD_ALLOW_SEALING | MFD_CLOEXEC);
+  if (mfd < 0)
+    return sl_error(errno, "filter %s: memfd_create: %s", name, strerror(errno));
+  int r = 0;
+  void *map = MAP_FAILED;
+  if (ftruncate(mfd, (off_t)size) < 0 ||
+      (map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0)) ==
+          MAP_FAILED)
+    r = sl_error(errno, "filter %s: memfd: %s", name, strerror(errno));
+  /* One read of the file; anything appended later is simply not loaded,
+   * and a file that shrank fails here. */
+  size_t got = 0;
+  while (r == 0 && got < size) {
+    ssize_t n = pread(fd, (char *)map + got, size - got, (off_t)got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    got += (size_t)n;
+  }
+  if (map != MAP_FAILED)
+    munmap(map, size);
+  if (r == 0 && got != size)
+    r = sl_error(EPERM, "filter %s: untrusted: %s changed size while being "
+                 "read", name, path);
+  if (r == 0 && fcntl(mfd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW |
+                      F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
+    r = sl_error(errno, "filter %s: sealing the memfd: %s", name,
+                 strerror(errno));
+  if (r == 0) {
+    void *ro = mmap(NULL, size, PROT_READ, MAP_SHARED, mfd, 0);
+    if (ro == MAP_FAILED)
+      r = sl_error(errno, "filter %s: mmap: %s", name, strerror(errno));
+    else {
+      r = sha256_hex(ro, size, digest);
+      munmap(ro, size);
+    }
+  }
+  if (r < 0) {
+    close(mfd);
+    return r;
+  }
+  return mfd;
+}
+
+/* Append "; WHAT" to the list of differences DIFF (of CAP bytes). */
+__attribute__((format(printf, 3, 4)))
+static void note_difference(char *diff, size_t cap, const char *fmt, ...)
+{
+  size_t used = strlen(diff);
+  if (used && used + 2 < cap) {
+    memcpy(diff + used, "; ", 3);
+    used += 2;
+  }
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(diff + used, cap - used, fmt, ap);
+  va_end(ap);
+}
+
 /* Read NAME.so once into a sealed memfd and check it against the manifest.
- * Returns the memfd (>= 0) or -errno with a message naming what differs. */
+ * Returns the memfd (>= 0), or -errno with a message that names the module
+ * and lists everything that differs from what was installed. */
 static int verified_memfd(const char *name)
 {
   struct sl_module_entry e;
@@ -222,81 +292,48 @@ static int verified_memfd(const char *name)
     return sl_error(ENOMEM, "out of memory");
   CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0)
-    return sl_error(errno, "filter %s: %s: %s", name, path, strerror(errno));
+    return sl_error(errno, "filter %s: untrusted: %s: %s", name, path,
+                    errno == ELOOP ? "is a symbolic link" : strerror(errno));
   struct stat st;
   if (fstat(fd, &st) < 0)
     return sl_error(errno, "filter %s: %s: %s", name, path, strerror(errno));
   if (!S_ISREG(st.st_mode))
-    return sl_error(EPERM, "filter %s: %s is not a regular file", name, path);
+    return sl_error(EPERM, "filter %s: untrusted: %s is not a regular file",
+                    name, path);
+  if (e.size == 0 || e.size > MAX_MODULE_SIZE)
+    return sl_error(EPERM, "filter %s: implausible module size %" PRIu64
+                    " in the manifest", name, e.size);
+
+  char diff[1024] = "";
   if ((st.st_mode & 07777) != e.mode)
-    return sl_error(EPERM, "filter %s: untrusted: mode of %s is %04o, the "
-                    "manifest says %04o", name, path,
+    note_difference(diff, sizeof diff, "mode is %04o, was %04o",
                     (unsigned)(st.st_mode & 07777), (unsigned)e.mode);
   if (st.st_uid != e.uid || st.st_gid != e.gid)
-    return sl_error(EPERM, "filter %s: untrusted: owner of %s is %u:%u, the "
-                    "manifest says %u:%u", name, path, (unsigned)st.st_uid,
-                    (unsigned)st.st_gid, (unsigned)e.uid, (unsigned)e.gid);
-  if ((uint64_t)st.st_size != e.size)
-    return sl_error(EPERM, "filter %s: untrusted: size of %s is %" PRIu64
-                    " bytes, the manifest says %" PRIu64, name, path,
-                    (uint64_t)st.st_size, e.size);
-  if (e.size == 0 || e.size > MAX_MODULE_SIZE)
-    return sl_error(EPERM, "filter %s: implausible module size %" PRIu64,
-                    name, e.size);
-
-  int mfd = memfd_create(name, MFD_ALLOW_SEALING | MFD_CLOEXEC);
-  if (mfd < 0)
-    return sl_error(errno, "filter %s: memfd_create: %s", name, strerror(errno));
-  if (ftruncate(mfd, (off_t)e.size) < 0) {
-    close(mfd);
-    return sl_error(errno, "filter %s: memfd: %s", name, strerror(errno));
+    note_difference(diff, sizeof diff, "owner is %u:%u, was %u:%u",
+                    (unsigned)st.st_uid, (unsigned)st.st_gid,
+                    (unsigned)e.uid, (unsigned)e.gid);
+  if (e.ino && (uint64_t)st.st_ino != e.ino)
+    note_difference(diff, sizeof diff, "the file was replaced (inode %" PRIu64
+                    ", installed as inode %" PRIu64 ")",
+                    (uint64_t)st.st_ino, e.ino);
+  int mfd = -1;
+  if ((uint64_t)st.st_size != e.size) {
+    note_difference(diff, sizeof diff, "size is %" PRIu64 " bytes, was %"
+                    PRIu64, (uint64_t)st.st_size, e.size);
+  } else {
+    char digest[65];
+    if ((mfd = sealed_copy(name, path, fd, e.size, digest)) < 0)
+      return mfd;
+    if (strcmp(digest, e.sha256) != 0)
+      note_difference(diff, sizeof diff, "content changed (SHA-256 %.16s..., "
+                      "was %.16s...)", digest, e.sha256);
   }
-  void *map = mmap(NULL, e.size, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
-  if (map == MAP_FAILED) {
-    close(mfd);
-    return sl_error(errno, "filter %s: mmap: %s", name, strerror(errno));
-  }
-  /* One read of the file; anything appended later is simply not loaded,
-   * and a file that shrank fails here. */
-  size_t got = 0;
-  while (got < e.size) {
-    ssize_t n = pread(fd, (char *)map + got, e.size - got, (off_t)got);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      break;
-    got += (size_t)n;
-  }
-  munmap(map, e.size);
-  if (got != e.size) {
-    close(mfd);
-    return sl_error(EPERM, "filter %s: untrusted: %s changed size while "
-                    "being read", name, path);
-  }
-  if (fcntl(mfd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK |
-            F_SEAL_SEAL) < 0) {
-    close(mfd);
-    return sl_error(errno, "filter %s: sealing the memfd: %s", name,
-                    strerror(errno));
-  }
-  /* Hash the sealed bytes: these and only these are what dlopen maps. */
-  void *ro = mmap(NULL, e.size, PROT_READ, MAP_SHARED, mfd, 0);
-  if (ro == MAP_FAILED) {
-    close(mfd);
-    return sl_error(errno, "filter %s: mmap: %s", name, strerror(errno));
-  }
-  char digest[65];
-  r = sha256_hex(ro, e.size, digest);
-  munmap(ro, e.size);
-  if (r < 0) {
-    close(mfd);
-    return r;
-  }
-  if (strcmp(digest, e.sha256) != 0) {
-    close(mfd);
-    return sl_error(EPERM, "filter %s: untrusted: SHA-256 of %s is %.16s..., "
-                    "the manifest says %.16s... (the file changed after "
-                    "install)", name, path, digest, e.sha256);
+  if (diff[0]) {
+    if (mfd >= 0)
+      close(mfd);
+    return sl_error(EPERM, "filter %s: untrusted: %s differs from what was "
+                    "installed: %s (if the change is intended, install it "
+                    "again with 'sluice filter install')", name, path, diff);
   }
   return mfd;
 }
@@ -331,11 +368,10 @@ const struct sl_filter *sl_module_filter(const struct sl_module *m)
   return &m->filter;
 }
 
-static int load_module(const char *name, struct sl_module **out)
+/* dlopen the module in MFD (which it then owns, also on failure) and check
+ * that it is a sluice filter called NAME. */
+static int load_from_memfd(const char *name, int mfd, struct sl_module **out)
 {
-  int mfd = verified_memfd(name);
-  if (mfd < 0)
-    return mfd;
   char procpath[64];
   snprintf(procpath, sizeof procpath, "/proc/self/fd/%d", mfd);
   void *dl = dlopen(procpath, RTLD_NOW | RTLD_LOCAL);
@@ -383,6 +419,21 @@ static int load_module(const char *name, struct sl_module **out)
   return 0;
 }
 
+static void unload_module(struct sl_module *m)
+{
+  if (m->filter.unload)
+    m->filter.unload();
+  dlclose(m->dl);
+  close(m->memfd);
+  free(m);
+}
+
+static int load_module(const char *name, struct sl_module **out)
+{
+  int mfd = verified_memfd(name);
+  return mfd < 0 ? mfd : load_from_memfd(name, mfd, out);
+}
+
 int sl_module_get(const char *name, struct sl_module **out)
 {
   if (!valid_module_name(name))
@@ -414,11 +465,7 @@ void sl_module_put(struct sl_module *m)
       *p = m->next;
       break;
     }
-  if (m->filter.unload)
-    m->filter.unload();
-  dlclose(m->dl);
-  close(m->memfd);
-  free(m);
+  unload_module(m);
 }
 
 /* ---- install and remove ------------------------------------------------- */
@@ -445,27 +492,44 @@ static int module_name_from_path(const char *path, char name[64])
   return 0;
 }
 
-static int read_whole(const char *path, char **data, size_t *len)
+/* Copy the sealed module in MFD to DST (via a temporary file and rename, so
+ * a reader never sees half a module) and fill E's file metadata. */
+static int write_module_file(const char *dir, const char *name, int mfd,
+                             uint64_t size, struct sl_module_entry *e)
 {
-  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
-  struct stat st;
-  if (fd < 0 || fstat(fd, &st) < 0)
-    return sl_error(errno, "%s: %s", path, strerror(errno));
-  if (!S_ISREG(st.st_mode) || st.st_size <= 0 ||
-      (uint64_t)st.st_size > MAX_MODULE_SIZE)
-    return sl_error(EINVAL, "%s: not a plausible module file", path);
-  *len = (size_t)st.st_size;
-  *data = malloc(*len);
-  if (!*data)
+  CLEANUP_FREE char *dst = NULL, *tmp = NULL;
+  if (asprintf(&dst, "%s/%s.so", dir, name) < 0 ||
+      asprintf(&tmp, "%s/.%s.so.tmp%d", dir, name, (int)getpid()) < 0)
     return sl_error(ENOMEM, "out of memory");
-  int r = sl_pread_full(fd, *data, *len, 0);
+  void *data = mmap(NULL, size, PROT_READ, MAP_SHARED, mfd, 0);
+  if (data == MAP_FAILED)
+    return sl_error(errno, "filter %s: mmap: %s", name, strerror(errno));
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+  int r = fd < 0 ? -errno : sl_pwrite_full(fd, data, size, 0);
+  munmap(data, size);
+  struct stat st;
+  if (r == 0 && (fchmod(fd, 0644) < 0 || fsync(fd) < 0 || fstat(fd, &st) < 0))
+    r = -errno;
+  if (fd >= 0)
+    close(fd);
+  if (r == 0 && rename(tmp, dst) < 0)
+    r = -errno;
   if (r < 0) {
-    free(*data);
-    return sl_error(-r, "%s: read: %s", path, strerror(-r));
+    unlink(tmp);
+    return sl_error(-r, "%s: %s", dst, strerror(-r));
   }
+  e->size = size;
+  e->mode = st.st_mode & 07777;
+  e->uid = st.st_uid;
+  e->gid = st.st_gid;
+  e->ino = (uint64_t)st.st_ino;   /* rename keeps the inode */
   return 0;
 }
 
+/* Install: everything that can refuse is checked before anything in the
+ * module directory changes (a refused install leaves the old module
+ * trusted), and the bytes installed are the bytes that were hashed and
+ * test-loaded. */
 int sl_module_install(const char *src, struct sl_module_entry *entry)
 {
   char name[64];
@@ -475,74 +539,51 @@ int sl_module_install(const char *src, struct sl_module_entry *entry)
   const char *dir = sl_filter_dir();
   if (mkdir(dir, 0755) < 0 && errno != EEXIST)
     return sl_error(errno, "%s: %s", dir, strerror(errno));
-  if ((r = check_not_shared_writable(dir, true)) < 0)
-    return r;
-  CLEANUP_FREE char *data = NULL;
-  size_t len = 0;
-  if ((r = read_whole(src, &data, &len)) < 0)
-    return r;
-  struct sl_module_entry e = {0};
-  snprintf(e.name, sizeof e.name, "%s", name);
-  if ((r = sha256_hex(data, len, e.sha256)) < 0)
-    return r;
-  CLEANUP_FREE char *dst = NULL, *tmp = NULL;
-  if (asprintf(&dst, "%s/%s.so", dir, name) < 0 ||
-      asprintf(&tmp, "%s/.%s.so.tmp%d", dir, name, (int)getpid()) < 0)
-    return sl_error(ENOMEM, "out of memory");
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return sl_error(errno, "%s: %s", tmp, strerror(errno));
-  struct stat st;
-  r = sl_pwrite_full(fd, data, len, 0);
-  if (r == 0 && (fchmod(fd, 0644) < 0 || fsync(fd) < 0 || fstat(fd, &st) < 0))
-    r = -errno;
-  close(fd);
-  if (r == 0 && rename(tmp, dst) < 0)
-    r = -errno;
-  if (r < 0) {
-    unlink(tmp);
-    return sl_error(-r, "%s: %s", dst, strerror(-r));
-  }
-  e.size = len;
-  e.mode = st.st_mode & 07777;
-  e.uid = st.st_uid;
-  e.gid = st.st_gid;
-
   struct sl_module_entry *all;
   size_t n;
-  if ((r = read_manifest(&all, &n)) < 0)
+  if ((r = read_manifest(&all, &n)) < 0)   /* also checks dir and manifest */
     return r;
+  CLEANUP_CLOSE int fd = open(src, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) < 0)
+    r = sl_error(errno, "%s: %s", src, strerror(errno));
+  else if (!S_ISREG(st.st_mode) || st.st_size <= 0 ||
+           (uint64_t)st.st_size > MAX_MODULE_SIZE)
+    r = sl_error(EINVAL, "%s: not a plausible module file", src);
+  struct sl_module_entry e = {0};
+  snprintf(e.name, sizeof e.name, "%s", name);
+  int mfd = r < 0 ? r : sealed_copy(name, src, fd, (uint64_t)st.st_size,
+                                    e.sha256);
+  /* Prove it is a sluice filter called NAME by loading the sealed copy. */
+  struct sl_module *m = NULL;
+  if (mfd >= 0 && (r = load_from_memfd(name, mfd, &m)) < 0)
+    r = sl_error_prefix(-r, "%s (not installed)", src);
+  if (mfd < 0)
+    r = mfd;
+  if (r == 0)
+    r = write_module_file(dir, name, m->memfd, (uint64_t)st.st_size, &e);
+  if (m)
+    unload_module(m);
   size_t i;
-  for (i = 0; i < n && strcmp(all[i].name, name) != 0; i++)
+  for (i = 0; r == 0 && i < n && strcmp(all[i].name, name) != 0; i++)
     ;
-  if (i == n) {
+  if (r == 0 && i == n) {
     struct sl_module_entry *na = realloc(all, (n + 1) * sizeof *na);
-    if (!na) {
-      free(all);
-      return sl_error(ENOMEM, "out of memory");
+    if (!na)
+      r = sl_error(ENOMEM, "out of memory");
+    else {
+      all = na;
+      n++;
     }
-    all = na;
-    n++;
   }
-  all[i] = e;
-  r = write_manifest(all, n);
+  if (r == 0) {
+    all[i] = e;
+    r = write_manifest(all, n);
+  }
   free(all);
-  if (r < 0)
-    return r;
-
-  /* Prove it is a sluice filter by loading it the way a disk will. */
-  struct sl_module *m;
-  if ((r = sl_module_get(name, &m)) < 0) {
-    int saved = -r;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", sl_last_error());
-    sl_module_remove(name);
-    return sl_error(saved, "%s (not installed)", msg);
-  }
-  sl_module_put(m);
-  if (entry)
+  if (r == 0 && entry)
     *entry = e;
-  return 0;
+  return r;
 }
 
 int sl_module_remove(const char *name)

@@ -20,6 +20,7 @@ struct sl_module_entry {
   mode_t mode;
   uid_t uid;
   gid_t gid;
+  uint64_t ino;          /* the installed file's inode; 0 = not recorded */
 };
 
 /* Copy MODULE.so into the module directory as NAME.so (NAME from the file

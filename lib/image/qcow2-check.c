@@ -12,6 +12,12 @@
  * everything with SL_CHECK_REPAIR_ALL) and COPIED flags, then the image is
  * checked again: corruptions/leaks report what remains, *_fixed what was
  * repaired.
+ *
+ * When the refcount structure itself is broken (a refcount table entry
+ * misaligned or past the end of the file, or a referenced cluster with no
+ * refcount block), single updates cannot repair it: `-r all` then writes
+ * a whole new table and blocks from the walk's counts, as qemu-img's
+ * rebuild does (rebuild_refcounts()).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +38,8 @@ struct check {
   uint32_t *ref;      /* expected refcount per cluster */
   uint64_t nref;
   uint64_t file_clusters;
+  bool rebuild;       /* the refcount structure itself is broken */
+  uint64_t bad_rt_entries;
 };
 
 static int inc_refs(struct check *c, uint64_t off, uint64_t bytes)
@@ -241,12 +249,16 @@ static int check_refcount_structures(struct check *c)
               "aligned; refcount table entry corrupted\n", i);
       c->res->corruptions++;
       s->rt[i] = 0; /* do not use it below */
+      c->rebuild = true;
+      c->bad_rt_entries++;
       continue;
     }
     if (!in_file(c, off, s->cluster_size)) {
       fprintf(stderr, "ERROR refcount block %" PRIu64 " is outside image\n", i);
       c->res->corruptions++;
       s->rt[i] = 0;
+      c->rebuild = true;
+      c->bad_rt_entries++;
       continue;
     }
     r = inc_refs(c, off, s->cluster_size);
@@ -287,10 +299,12 @@ static int compare_refcounts(struct check *c, unsigned repair, bool *fixed_any)
       c->res->corruptions++;
     if (!fix)
       continue;
-    uint64_t idx = i >> s->rb_bits;
-    if (!leak && (idx >= s->rt_size || s->rt[idx] == 0)) {
-      fprintf(stderr, "ERROR cluster %" PRIu64 " has no refcount block; the "
-              "refcount structure would need a rebuild\n", i);
+    if (c->rebuild && (repair & SL_CHECK_REPAIR_ALL)) {
+      /* rebuild_refcounts() writes every count afresh. */
+      if (leak)
+        c->res->leaks_fixed++;
+      else
+        c->res->corruptions_fixed++;
       continue;
     }
     r = qcow2_update_refcount(s, i, (int64_t)want - (int64_t)disk);
@@ -308,6 +322,133 @@ static int compare_refcounts(struct check *c, unsigned repair, bool *fixed_any)
   }
   c->res->image_end_offset = any ? (highest + 1) << s->cluster_bits : 0;
   return 0;
+}
+
+/* Does a referenced cluster lack a refcount block?  Then no update can
+ * repair it: the structure is rebuilt. */
+static bool needs_rebuild(struct check *c)
+{
+  struct qcow2_state *s = c->s;
+  for (uint64_t i = 0; i < c->nref; i++) {
+    uint64_t idx = i >> s->rb_bits;
+    if (c->ref[i] && (idx >= s->rt_size || s->rt[idx] == 0))
+      return true;
+  }
+  return false;
+}
+
+/* Write a new refcount table and blocks from the counts the walk found,
+ * after the last cluster in use, and switch the header to them.
+ *
+ * Why at the end, whole: the old structure cannot be trusted to say which
+ * clusters are free, and the walk's counts are the truth.  The new blocks
+ * count every cluster still referenced plus themselves; the old table and
+ * blocks are not counted, so they become free clusters.  The header
+ * switch is one write after the new structure is durable, so a crash in
+ * between leaves the old (broken, unchanged) structure in place. */
+static int rebuild_refcounts(struct check *c)
+{
+  struct qcow2_state *s = c->s;
+  const char *fn = s->img->filename;
+  uint64_t cs = s->cluster_size;
+  /* Uncount the old structure: the new one replaces it. */
+  uint64_t rt_first = s->rt_offset >> s->cluster_bits;
+  for (uint64_t i = 0; i < s->rt_clusters && rt_first + i < c->nref; i++)
+    if (c->ref[rt_first + i])
+      c->ref[rt_first + i]--;
+  for (uint64_t i = 0; i < s->rt_size; i++) {
+    uint64_t b = (s->rt[i] & QCOW2_OFFSET_MASK) >> s->cluster_bits;
+    if (s->rt[i] && b < c->nref && c->ref[b])
+      c->ref[b]--;
+  }
+  uint64_t used = 0;
+  for (uint64_t i = 0; i < c->nref; i++)
+    if (c->ref[i])
+      used = i + 1;
+  uint64_t start = SL_MAX(used, c->file_clusters);
+  /* Blocks for everything up to the end of the new structure, and a table
+   * with an entry per block: grow both until they cover themselves. */
+  uint64_t nblocks = 1, tclusters = 1;
+  for (;;) {
+    uint64_t total = start + nblocks + tclusters;
+    uint64_t nb = SL_DIV_ROUND_UP(total, s->rb_entries);
+    uint64_t tc = SL_DIV_ROUND_UP(nb * 8, cs);
+    if (nb <= nblocks && tc <= tclusters)
+      break;
+    nblocks = SL_MAX(nb, nblocks);
+    tclusters = SL_MAX(tc, tclusters);
+  }
+  if (tclusters * cs > QCOW2_MAX_REFTABLE_BYTES)
+    return sl_error(EFBIG, "%s: a rebuilt refcount table would exceed 8 MiB",
+                    fn);
+  uint64_t total = start + nblocks + tclusters;
+  if (total > c->nref) {
+    uint32_t *nr = realloc(c->ref, total * sizeof *nr);
+    if (!nr)
+      return sl_error(ENOMEM, "%s: out of memory", fn);
+    memset(nr + c->nref, 0, (total - c->nref) * sizeof *nr);
+    c->ref = nr;
+    c->nref = total;
+  }
+  for (uint64_t i = start; i < total; i++)
+    c->ref[i] = 1;
+  uint64_t max = s->refcount_bits == 64 ? UINT64_MAX
+                                        : (1ull << s->refcount_bits) - 1;
+  uint64_t rt_entries = tclusters * cs / 8;
+  uint64_t *nt = calloc(rt_entries, 8);
+  uint8_t *buf = calloc(1, cs * SL_MAX(tclusters, 1));
+  int r = 0;
+  if (!nt || !buf)
+    r = sl_error(ENOMEM, "%s: out of memory", fn);
+  for (uint64_t b = 0; r == 0 && b < nblocks; b++) {
+    memset(buf, 0, cs);
+    for (uint64_t j = 0; j < s->rb_entries; j++) {
+      uint64_t cl = b * s->rb_entries + j;
+      uint64_t v = cl < c->nref ? c->ref[cl] : 0;
+      if (v > max) {
+        r = sl_error(ERANGE, "%s: cluster %" PRIu64 " has %" PRIu64
+                     " references, more than %u-bit refcounts hold", fn, cl,
+                     v, s->refcount_bits);
+        break;
+      }
+      qcow2_rc_set_entry(s, buf, j, v);
+    }
+    nt[b] = (start + b) * cs;
+    if (r == 0)
+      r = qcow2_io_write(s, buf, cs, (start + b) * cs);
+  }
+  uint64_t toff = (start + nblocks) * cs;
+  if (r == 0) {
+    memset(buf, 0, cs * tclusters);
+    for (uint64_t i = 0; i < rt_entries; i++)
+      qcow2_put_be64(buf + i * 8, nt[i]);
+    r = qcow2_io_write(s, buf, tclusters * cs, toff);
+  }
+  free(buf);
+  if (r == 0)
+    r = qcow2_sync(s);
+  if (r < 0) {
+    free(nt);
+    return r;
+  }
+  free(s->rt);
+  s->rt = nt;
+  s->rt_size = rt_entries;
+  s->rt_offset = toff;
+  s->rt_clusters = (uint32_t)tclusters;
+  /* The cache holds blocks of the old structure. */
+  for (size_t i = 0; i < s->rb_cache.nslots; i++) {
+    s->rb_cache.slots[i].offset = 0;
+    s->rb_cache.slots[i].dirty = false;
+  }
+  c->file_clusters = SL_MAX(c->file_clusters, total);
+  r = qcow2_write_header_fields(s);
+  if (r == 0)
+    r = qcow2_sync(s);
+  fprintf(stderr, "Rebuilt the refcount structure: %" PRIu64 " block(s) and "
+          "a %" PRIu64 "-cluster table at 0x%" PRIx64 "\n", nblocks, tclusters,
+          toff);
+  return r;
 }
 
 /* COPIED must be set exactly when the refcount is 1. */
@@ -419,8 +560,17 @@ static int check_once(const char *path, unsigned repair,
     r = check_snapshots(&c);
   if (r == 0)
     r = check_refcount_structures(&c);
+  if (r == 0 && (repair & SL_CHECK_REPAIR_ALL) && !c.rebuild)
+    c.rebuild = needs_rebuild(&c);
   if (r == 0)
     r = compare_refcounts(&c, repair, fixed_any);
+  if (r == 0 && c.rebuild && (repair & SL_CHECK_REPAIR_ALL)) {
+    fprintf(stderr, "Rebuilding refcount structure\n");
+    r = rebuild_refcounts(&c);
+    if (r == 0)
+      res->corruptions_fixed += (int64_t)c.bad_rt_entries;
+    *fixed_any = true;
+  }
   if (r == 0 && *fixed_any)
     r = qcow2_flush_refcounts(s);
   if (r == 0)

@@ -14,7 +14,9 @@
  * refcounts decremented only after the tables are on disk.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -393,6 +395,68 @@ static int write_span(struct qcow2_state *s, uint64_t host, uint64_t span_off,
   return r;
 }
 
+/* What the guest reads, in this layer, where a new cluster for entry E is
+ * not overwritten: zeros (no copy needed, only zeroing), old data to copy,
+ * or whatever the backing layer holds there. */
+enum fill_kind { FILL_ZERO, FILL_COPY, FILL_BACKING };
+
+static enum fill_kind fill_kind(const struct qcow2_state *s, uint64_t e)
+{
+  if (e & QCOW2_OFLAG_COMPRESSED)
+    return FILL_COPY;
+  if (!s->extended_l2 && (e & QCOW2_OFLAG_ZERO) && s->version >= 3)
+    return FILL_ZERO;
+  if (e & QCOW2_OFFSET_MASK)
+    return FILL_COPY; /* old data (a shared cluster) */
+  return s->img->backing ? FILL_BACKING : FILL_ZERO;
+}
+
+/* Does the backing chain read as zeros over guest [off, off+len)?  Asked
+ * through block status, which costs far less than reading the bytes; a
+ * zero answer is only given when every layer below says so. */
+static bool backing_reads_zero(struct qcow2_state *s, uint64_t off,
+                               uint64_t len)
+{
+  struct sl_image *b = s->img->backing;
+  uint64_t end = off + len;
+  while (b && off < end) {
+    if (off >= b->size)
+      return true; /* past the backing file's end: zeros */
+    struct sl_extent ext;
+    uint64_t n = SL_MIN(end, b->size) - off;
+    if (sl_image_block_status(b, off, n, &ext) < 0 || ext.length == 0 ||
+        ext.type == SL_EXTENT_DATA)
+      return false;
+    off += ext.length;
+  }
+  return true;
+}
+
+/* Write the request's part of [span_off, span_off+span_len) to HOST, the
+ * rest being zeros: the file system zeroes the span (FALLOC_FL_ZERO_RANGE,
+ * metadata only: no zero bytes cross the bus, as qemu does for new
+ * clusters) and only the request's bytes are written.  Where the file
+ * system cannot, zeros are written like any other fill. */
+static int write_span_zero_fill(struct qcow2_state *s, uint64_t host,
+                                uint64_t span_off, uint64_t span_len,
+                                const uint8_t *data, uint64_t off, uint64_t len)
+{
+  uint64_t dlo = SL_MAX(off, span_off);
+  uint64_t dhi = SL_MIN(off + len, span_off + span_len);
+  if (!atomic_load_explicit(&s->no_zero_range, memory_order_relaxed)) {
+    if (fallocate(s->img->fd, FALLOC_FL_ZERO_RANGE, (off_t)host,
+                  (off_t)span_len) == 0)
+      return qcow2_io_write(s, data + (dlo - off), dhi - dlo,
+                            host + (dlo - span_off));
+    if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
+      return sl_error(errno, "%s: zeroing %" PRIu64 " bytes at 0x%" PRIx64
+                      ": %s", s->img->filename, span_len, host,
+                      strerror(errno));
+    atomic_store_explicit(&s->no_zero_range, true, memory_order_relaxed);
+  }
+  return write_span(s, host, span_off, span_len, data, off, len, false);
+}
+
 static inline uint32_t sc_mask(unsigned lo, unsigned hi) /* [lo, hi] */
 {
   uint64_t m = ((2ull << hi) - 1) & ~((1ull << lo) - 1);
@@ -503,6 +567,8 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
       b = (b | m) & ~((uint64_t)m << 32);
       l2_set(s, tbl, l2i0, e, b);
       qcow2_cache_mark_dirty(&s->l2_cache, tbl);
+      /* The new bitmap bits must not reach the disk before the data. */
+      s->l2_needs_refcount_flush = true;
     }
     *done = n;
     goto out;
@@ -542,12 +608,27 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
     span_lo = gc0 * cs + in0 / scs * scs;
     span_hi = SL_ROUND_UP(wend, scs);
   }
+  /* Only the first and last clusters can need a fill; the request covers
+   * those between. */
+  enum fill_kind head = fill_kind(s, e);
+  enum fill_kind tail = fill_kind(s, l2_get(s, tbl, l2i0 + n - 1));
   /* The data goes out without the lock: the clusters are ours (counted,
    * unreferenced) and the guest range is marked in flight. */
   qcow2_cache_put(&s->l2_cache, tbl);
   pthread_mutex_unlock(&s->lock);
-  r = write_span(s, host + (span_lo - gc0 * cs), span_lo, span_hi - span_lo,
-                 data, off, len, false);
+  uint64_t span_host = host + (span_lo - gc0 * cs);
+  uint64_t dlo = SL_MAX(off, span_lo), dhi = SL_MIN(off + len, span_hi);
+  bool covered = dlo == span_lo && dhi == span_hi;
+  bool zero_fill = !covered && head != FILL_COPY && tail != FILL_COPY;
+  if (zero_fill && (head == FILL_BACKING || tail == FILL_BACKING))
+    zero_fill = backing_reads_zero(s, span_lo, dlo - span_lo) &&
+                backing_reads_zero(s, dhi, span_hi - dhi);
+  if (zero_fill)
+    r = write_span_zero_fill(s, span_host, span_lo, span_hi - span_lo, data,
+                             off, len);
+  else
+    r = write_span(s, span_host, span_lo, span_hi - span_lo, data, off, len,
+                   false);
   pthread_mutex_lock(&s->lock);
   if (r == 0)
     r = l2_table_for_write(s, l1i, &tbl);

@@ -7,9 +7,11 @@
  * allocating writes hold the lock, which serialises allocation.
  *
  * Crash ordering (a SIGKILL at any instant leaves at worst leaked
- * clusters): refcount increments reach the file (and are fdatasync'd)
- * before any L2/L1 entry that references the new cluster is written
- * (s->l2_needs_refcount_flush), and a reference is removed on disk before
+ * clusters): refcount increments and the new cluster's data reach the
+ * file (and are fdatasync'd) before any L2/L1 entry that references the
+ * new cluster is written (s->l2_needs_refcount_flush; tables stay dirty in
+ * their caches until a flush or an eviction, so one sync covers a batch),
+ * and a reference is removed on disk before
  * the refcount is decremented (decrements are queued in s->pending_free
  * and applied only after the L2/L1 tables are written).
  */
@@ -18,6 +20,7 @@
 
 #include <endian.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -127,7 +130,11 @@ struct qcow2_state {
 
   struct qcow2_cache l2_cache;
   struct qcow2_cache rb_cache;
-  bool l2_needs_refcount_flush; /* refcount increments not yet on disk */
+  /* Set when a dirty L2 table refers to something not yet durable: new
+   * refcounts, or data just written into a new cluster or subcluster.
+   * Writing that table back first writes the refcount blocks and
+   * fdatasyncs (one sync per batch, as qemu's cache dependency). */
+  bool l2_needs_refcount_flush;
   uint64_t free_hint;           /* lowest cluster index that may be free */
 
   /* Guest clusters whose new host clusters are being written outside the
@@ -139,6 +146,7 @@ struct qcow2_state {
   struct qcow2_free *pending_free;
   size_t npending, pending_cap;
   int64_t file_clusters_hint;
+  atomic_bool no_zero_range;    /* the file system lacks FALLOC_FL_ZERO_RANGE */
 };
 
 /* qcow2.c */

@@ -315,6 +315,105 @@ static void test_direct_io(void **state)
   free(buf);
 }
 
+/* A partial write that allocates a cluster must read zeros around the
+ * request even when the allocator hands out a freed cluster that still
+ * holds old bytes: the zero fill (FALLOC_FL_ZERO_RANGE, or written zeros
+ * where the file system lacks it) has to cover the whole new cluster. */
+static void zero_fill_reused(const char *p, bool direct)
+{
+  const uint64_t cs = 65536;
+  struct sl_image_create_opts co = {.size = 4 << 20, .cluster_size = cs};
+  assert_int_equal(sl_image_create(p, &co), 0);
+  struct sl_image *im;
+  struct sl_image_open_opts oo = {.direct = direct};
+  if (sl_image_open(p, &oo, &im) < 0)
+    fail_msg("open %s: %s", p, sl_last_error());
+  uint8_t *junk = aligned_alloc(4096, 4 * cs), *got = aligned_alloc(4096, 4 * cs);
+  assert_true(junk && got);
+  memset(junk, 0xee, 4 * cs);
+  assert_int_equal(sl_image_pwrite(im, junk, 4 * cs, 0, 0), 0);
+  assert_int_equal(sl_image_flush(im), 0);
+  assert_int_equal(sl_image_discard(im, 0, 4 * cs), 0);
+  assert_int_equal(sl_image_flush(im), 0);
+  /* Four single-block writes into unallocated clusters: each takes one of
+   * the freed host clusters. */
+  memset(junk, 0x11, 4096);
+  for (uint64_t i = 0; i < 4; i++)
+    assert_int_equal(sl_image_pwrite(im, junk, 4096, (8 + i) * cs + i * 8192, 0), 0);
+  struct sl_extent ext;
+  assert_int_equal(sl_image_block_status(im, 8 * cs, cs, &ext), 0);
+  assert_true(ext.file_offset < 8 * cs); /* really a reused cluster */
+  assert_int_equal(sl_image_pread(im, got, 4 * cs, 8 * cs), 0);
+  for (uint64_t i = 0; i < 4 * cs; i++) {
+    uint64_t in = i % cs, c = i / cs;
+    uint8_t want = in >= c * 8192 && in < c * 8192 + 4096 ? 0x11 : 0;
+    if (got[i] != want)
+      fail_msg("%s: byte %" PRIu64 " of cluster %" PRIu64 " is 0x%02x, want "
+               "0x%02x", p, in, 8 + c, got[i], want);
+  }
+  assert_int_equal(sl_image_close(im), 0);
+  check_qemu_clean(p);
+  free(junk);
+  free(got);
+}
+
+/* In an overlay, a partial write zero-fills only where the backing chain
+ * reads as zeros; where the backing holds data that data is copied in. */
+static void zero_fill_overlay(void)
+{
+  const uint64_t cs = 65536;
+  const char *base = path_in("zfb.qcow2"), *top = path_in("zft.qcow2");
+  struct sl_image_create_opts co = {.size = 2 << 20, .cluster_size = cs};
+  assert_int_equal(sl_image_create(base, &co), 0);
+  struct sl_image *im;
+  assert_int_equal(sl_image_open(base, NULL, &im), 0);
+  uint8_t *buf = malloc(4 * cs), *want = calloc(1, 4 * cs);
+  memset(buf, 0x77, cs);
+  /* Base: cluster 1 data, cluster 2 a zero cluster, 0 and 3 unallocated;
+   * the overlay's clusters 0-3 reuse none of it. */
+  assert_int_equal(sl_image_pwrite(im, buf, cs, cs, 0), 0);
+  assert_int_equal(sl_image_write_zeroes(im, 2 * cs, cs, 0), 0);
+  assert_int_equal(sl_image_close(im), 0);
+  memcpy(want + cs, buf, cs);
+  struct sl_image_create_opts oc = {.cluster_size = cs, .backing_file = "zfb.qcow2"};
+  assert_int_equal(sl_image_create(top, &oc), 0);
+  assert_int_equal(sl_image_open(top, NULL, &im), 0);
+  memset(buf, 0x12, 4096);
+  for (uint64_t c = 0; c < 4; c++) {
+    assert_int_equal(sl_image_pwrite(im, buf, 4096, c * cs + 8192, 0), 0);
+    memset(want + c * cs + 8192, 0x12, 4096);
+  }
+  assert_int_equal(sl_image_pread(im, buf, 4 * cs, 0), 0);
+  for (uint64_t i = 0; i < 4 * cs; i++)
+    if (buf[i] != want[i])
+      fail_msg("overlay byte %" PRIu64 " is 0x%02x, want 0x%02x", i, buf[i],
+               want[i]);
+  assert_int_equal(sl_image_close(im), 0);
+  check_qemu_clean(top);
+  free(buf);
+  free(want);
+}
+
+static void test_zero_fill_reused_cluster(void **state)
+{
+  (void)state;
+  zero_fill_overlay();
+  zero_fill_reused(path_in("zf.qcow2"), false);
+  int fd = open(path_in("probe"), O_RDWR | O_CREAT | O_DIRECT, 0644);
+  if (fd >= 0) {
+    close(fd);
+    zero_fill_reused(path_in("zf-direct.qcow2"), true);
+  }
+  /* tmpfs has no FALLOC_FL_ZERO_RANGE: the fallback writes zeros. */
+  char shm[] = "/dev/shm/sluice-zf-XXXXXX";
+  if (mkdtemp(shm)) {
+    char p[64];
+    snprintf(p, sizeof p, "%s/zf.qcow2", shm);
+    zero_fill_reused(p, false);
+    sh("rm -rf '%s'", shm);
+  }
+}
+
 static uint8_t *make_base(const char *name, uint64_t size, enum sl_format fmt)
 {
   const char *p = path_in(name);
@@ -724,6 +823,7 @@ int main(void)
     cmocka_unit_test(test_refcount_growth),
     cmocka_unit_test(test_bad_input),
     cmocka_unit_test(test_direct_io),
+    cmocka_unit_test(test_zero_fill_reused_cluster),
     cmocka_unit_test(test_check_agrees_with_qemu),
     cmocka_unit_test(test_feature_bits),
   };
