@@ -5,9 +5,13 @@
 # arc_OLTP, arc_P3) at 1, 5, 10, 20 and 40% of the footprint, the mean over
 # all sizes, and the worst single point; then the per-trace miss ratios.
 #
-# usage: bench/policy-quality.sh [--lirs] [--policy P1,P2,...] [SLUICE]
-#   --lirs   also print per-trace tables for the LIRS traces (not scored)
-#   SLUICE   the binary (default build/sluice)
+# usage: bench/policy-quality.sh [--lirs-traces] [--policy P1,P2,...] [SLUICE]
+#   --lirs-traces  (or --lirs) also print per-trace tables for the traces
+#                  of the LIRS paper (shared/traces/lirs; not scored)
+#   --policy       only these policies (default: all that --help lists,
+#                  the lirs policy among them); lru is added if missing,
+#                  as everything is scored against it
+#   SLUICE         the binary (default build/sluice)
 # Traces run two at a time (the CI machine has two cores).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,9 +20,9 @@ lirs=0
 policies=
 while [[ $# -gt 0 ]]; do
   case $1 in
-    --lirs) lirs=1; shift ;;
+    --lirs|--lirs-traces) lirs=1; shift ;;
     --policy) policies=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -29,6 +33,7 @@ if [[ -z $policies ]]; then
   policies=$("$sluice" sim --help | awk '/^Policies/ {on=1; next} on && NF {print $1}' |
              paste -sd, -)
 fi
+[[ ,$policies, == *,lru,* ]] || policies=lru,$policies
 sizes=0.01,0.05,0.1,0.2,0.4
 out=$(mktemp -d /tmp/policy-quality.XXXXXX)
 trap 'rm -rf "$out"' EXIT

@@ -94,22 +94,33 @@ static int list_stack(const char *path)
   return 0;
 }
 
+static int class_of(const struct sl_desc_filter *f)
+{
+  struct sl_module *m;
+  if (sl_module_get(f->module, &m) < 0)
+    return SL_FILTER_CLASS_ANY;   /* the trial open below reports it */
+  int c = sl_module_filter(m)->filter_class;
+  sl_module_put(m);
+  return c;
+}
+
 /* Where a filter of class C goes by default: above the first classed filter
- * that belongs below it; unclassed filters go to the bottom. */
+ * that belongs below it; unclassed filters go to the bottom, and stay
+ * there: a classed filter with nothing of its kind below goes above the
+ * unclassed ones at the bottom. */
 static size_t default_position(const struct sl_descriptor *d, int c)
 {
   if (c == SL_FILTER_CLASS_ANY)
     return d->n_filters;
   for (size_t i = 0; i < d->n_filters; i++) {
-    struct sl_module *m;
-    if (sl_module_get(d->filters[i].module, &m) < 0)
-      continue;     /* the trial open below reports it */
-    int ci = sl_module_filter(m)->filter_class;
-    sl_module_put(m);
+    int ci = class_of(&d->filters[i]);
     if (ci != SL_FILTER_CLASS_ANY && ci > c)
       return i;
   }
-  return d->n_filters;
+  size_t pos = d->n_filters;
+  while (pos > 0 && class_of(&d->filters[pos - 1]) == SL_FILTER_CLASS_ANY)
+    pos--;
+  return pos;
 }
 
 static int do_attach(int argc, char **argv)

@@ -41,18 +41,34 @@ static void usage(FILE *f)
     fprintf(f, "  %-8s %s\n", (*p)->name, (*p)->description);
 }
 
+/* Append WORD to the space-separated list in BUF (for "valid: ..."). */
+static void append_word(char *buf, size_t len, const char *word)
+{
+  size_t used = strlen(buf);
+  snprintf(buf + used, len - used, "%s%s", used ? " " : "", word);
+}
+
 static void list_policies(char *buf, size_t len)
 {
   buf[0] = '\0';
-  for (const struct sl_sim_policy *const *p = sl_sim_policies(); *p; p++) {
-    if (buf[0])
-      strncat(buf, " ", len - strlen(buf) - 1);
-    strncat(buf, (*p)->name, len - strlen(buf) - 1);
-  }
+  for (const struct sl_sim_policy *const *p = sl_sim_policies(); *p; p++)
+    append_word(buf, len, (*p)->name);
 }
 
-static int parse_policies(const char *arg, const struct sl_sim_policy **out,
-                          unsigned *n)
+/* A comma-separated option value and how to parse one of its items. */
+struct list_option {
+  const char *option;   /* "--policy" */
+  const char *item;     /* "policy", as in "--policy names no policy" */
+  const char *items;    /* "policies", as in "too many policies" */
+  unsigned max;
+  /* Parse ITEM into slot I of OUT: 0, or 1 after a message. */
+  int (*parse)(const char *item, void *out, unsigned i);
+};
+
+/* Parse every item of ARG into OUT; *N is how many.  0, or 1 after a
+ * message. */
+static int parse_list(const struct list_option *lo, const char *arg,
+                      void *out, unsigned *n)
 {
   CLEANUP_FREE char *copy = strdup(arg);
   char *save = NULL;
@@ -61,46 +77,49 @@ static int parse_policies(const char *arg, const struct sl_sim_policy **out,
     return cli_fail("sim", "out of memory");
   for (char *tok = strtok_r(copy, ",", &save); tok;
        tok = strtok_r(NULL, ",", &save)) {
-    const struct sl_sim_policy *p = sl_sim_policy_find(tok);
-    if (!p) {
-      char valid[512];
-      list_policies(valid, sizeof valid);
-      if (strcmp(tok, "twophase") == 0)
-        return cli_fail("sim", "policy twophase is not built into this "
-                        "sluice (valid: %s)", valid);
-      return cli_fail("sim", "unknown policy \"%s\" (valid: %s)", tok, valid);
-    }
-    if (*n == MAX_POLICIES)
-      return cli_fail("sim", "too many policies (at most %d)", MAX_POLICIES);
-    out[(*n)++] = p;
+    if (*n == lo->max)
+      return cli_fail("sim", "too many %s (at most %u)", lo->items, lo->max);
+    if (lo->parse(tok, out, *n))
+      return 1;
+    (*n)++;
   }
   if (*n == 0)
-    return cli_fail("sim", "--policy names no policy");
+    return cli_fail("sim", "%s names no %s", lo->option, lo->item);
   return 0;
 }
 
-static int parse_sizes(const char *arg, double *out, unsigned *n)
+static int parse_policy(const char *name, void *out, unsigned i)
 {
-  CLEANUP_FREE char *copy = strdup(arg);
-  char *save = NULL;
-  *n = 0;
-  if (!copy)
-    return cli_fail("sim", "out of memory");
-  for (char *tok = strtok_r(copy, ",", &save); tok;
-       tok = strtok_r(NULL, ",", &save)) {
-    char *end;
-    errno = 0;
-    double f = strtod(tok, &end);
-    if (errno || end == tok || *end || !(f > 0) || f > 1)
-      return cli_fail("sim", "size \"%s\" is not a fraction in (0, 1]", tok);
-    if (*n == MAX_SIZES)
-      return cli_fail("sim", "too many sizes (at most %d)", MAX_SIZES);
-    out[(*n)++] = f;
+  const struct sl_sim_policy *p = sl_sim_policy_find(name);
+  if (!p) {
+    char valid[512];
+    list_policies(valid, sizeof valid);
+    if (strcmp(name, "twophase") == 0)
+      return cli_fail("sim", "policy twophase is not built into this "
+                      "sluice (valid: %s)", valid);
+    return cli_fail("sim", "unknown policy \"%s\" (valid: %s)", name, valid);
   }
-  if (*n == 0)
-    return cli_fail("sim", "--sizes names no size");
+  ((const struct sl_sim_policy **)out)[i] = p;
   return 0;
 }
+
+static int parse_size(const char *text, void *out, unsigned i)
+{
+  char *end;
+  errno = 0;
+  double f = strtod(text, &end);
+  if (errno || end == text || *end || !(f > 0) || f > 1)
+    return cli_fail("sim", "size \"%s\" is not a fraction in (0, 1]", text);
+  ((double *)out)[i] = f;
+  return 0;
+}
+
+static const struct list_option policy_list = {
+  "--policy", "policy", "policies", MAX_POLICIES, parse_policy,
+};
+static const struct list_option size_list = {
+  "--sizes", "size", "sizes", MAX_SIZES, parse_size,
+};
 
 static void json_string(FILE *f, const char *s)
 {
@@ -266,16 +285,15 @@ int cmd_sim(int argc, char **argv)
   if (!sl_trace_format_description(format)) {
     char valid[256] = "";
     for (const char *const *n = sl_trace_formats(); *n; n++)
-      snprintf(valid + strlen(valid), sizeof valid - strlen(valid), "%s%s",
-               valid[0] ? " " : "", *n);
+      append_word(valid, sizeof valid, *n);
     return cli_fail("sim", "unknown format \"%s\" (valid: %s)", format, valid);
   }
 
   const struct sl_sim_policy *policies[MAX_POLICIES];
   double sizes[MAX_SIZES];
   unsigned npol, nsizes;
-  if (parse_policies(policy_arg, policies, &npol) ||
-      parse_sizes(sizes_arg, sizes, &nsizes))
+  if (parse_list(&policy_list, policy_arg, policies, &npol) ||
+      parse_list(&size_list, sizes_arg, sizes, &nsizes))
     return 1;
 
   struct sl_trace t;

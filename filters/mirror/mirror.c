@@ -8,6 +8,13 @@
  * dirty bitmap (DESCRIPTOR.mirror-dirty, next to the descriptor) before the
  * request completes, so a crash cannot lose the knowledge.
  *
+ * Writes that overlap must reach the two disks in the same order, or each
+ * could end up holding a different one's data.  A write holds the locks of
+ * the regions it touches (striped: region index modulo STRIPES, taken in
+ * ascending order so two writes cannot deadlock) from its primary write to
+ * its target write.  Writes to unrelated regions still run in parallel;
+ * reads take no lock.
+ *
  * Whenever the disk is opened writable, dirty regions are copied from the
  * primary to the target (`sluice mirror resync DESC` does just that).  A
  * missing bitmap means the two were never known to be in sync, so the first
@@ -28,6 +35,7 @@
 
 #define HDR 32
 #define MAGIC "SLMIRBM1"
+#define STRIPES 64
 
 struct mirror {
   char *target_arg, *target_path, *bitmap_path;
@@ -37,6 +45,7 @@ struct mirror {
   int fd;                    /* bitmap file, -1 when read-only */
   unsigned char *bits;
   pthread_mutex_t lock;
+  pthread_mutex_t stripe[STRIPES];   /* orders overlapping writes */
   bool lock_ready, warned;
 };
 
@@ -72,6 +81,8 @@ static int mi_config_complete(void *inst, const struct sl_filter_env *env)
   if (!m->target_path || asprintf(&m->bitmap_path, "%s.mirror-dirty", owner) < 0)
     return host->error(ENOMEM, "out of memory");
   pthread_mutex_init(&m->lock, NULL);
+  for (int i = 0; i < STRIPES; i++)
+    pthread_mutex_init(&m->stripe[i], NULL);
   m->lock_ready = true;
   return 0;
 }
@@ -220,12 +231,45 @@ static void mi_close(void *inst, struct sl_next *next)
     degrade(m, host->last_error());
   if (m->fd >= 0)
     close(m->fd);
-  if (m->lock_ready)
+  if (m->lock_ready) {
     pthread_mutex_destroy(&m->lock);
+    for (int i = 0; i < STRIPES; i++)
+      pthread_mutex_destroy(&m->stripe[i]);
+  }
   free(m->bits);
   free(m->target_arg);
   free(m->target_path);
   free(m->bitmap_path);
+}
+
+/* The stripes of the regions [off, off + len) touches, as a bit mask. */
+static uint64_t stripes_of(const struct mirror *m, uint64_t off, uint64_t len)
+{
+  if (len == 0)
+    return 0;
+  uint64_t first = off / m->gran, last = (off + len - 1) / m->gran;
+  if (last - first >= STRIPES)
+    return UINT64_MAX;
+  uint64_t mask = 0;
+  for (uint64_t b = first; b <= last; b++)
+    mask |= 1ull << (b % STRIPES);
+  return mask;
+}
+
+static uint64_t lock_regions(struct mirror *m, uint64_t off, uint64_t len)
+{
+  uint64_t mask = stripes_of(m, off, len);
+  for (int i = 0; i < STRIPES; i++)
+    if (mask >> i & 1)
+      pthread_mutex_lock(&m->stripe[i]);
+  return mask;
+}
+
+static void unlock_regions(struct mirror *m, uint64_t mask)
+{
+  for (int i = STRIPES - 1; i >= 0; i--)
+    if (mask >> i & 1)
+      pthread_mutex_unlock(&m->stripe[i]);
 }
 
 /* After the primary succeeded: replicate, or remember the region. */
@@ -242,35 +286,45 @@ static int mi_pwrite(void *inst, struct sl_next *next, const void *buf,
                      size_t len, uint64_t off, uint32_t flags)
 {
   struct mirror *m = inst;
+  uint64_t held = lock_regions(m, off, len);
   int r = sl_next_pwrite(next, buf, len, off, flags);
-  if (r < 0)
-    return r;
-  int t = m->target ? sl_next_pwrite(m->target, buf, len, off, flags) : 0;
-  return replicate(m, t, off, len);
+  if (r == 0) {
+    int t = m->target ? sl_next_pwrite(m->target, buf, len, off, flags) : 0;
+    r = replicate(m, t, off, len);
+  }
+  unlock_regions(m, held);
+  return r;
 }
 
 static int mi_zero(void *inst, struct sl_next *next, uint64_t off,
                    uint64_t len, uint32_t flags)
 {
   struct mirror *m = inst;
+  uint64_t held = lock_regions(m, off, len);
   int r = sl_next_write_zeroes(next, off, len, flags);
-  if (r < 0)
-    return r;
-  int t = m->target ? sl_next_write_zeroes(m->target, off, len, flags) : 0;
-  return replicate(m, t, off, len);
+  if (r == 0) {
+    int t = m->target ? sl_next_write_zeroes(m->target, off, len, flags) : 0;
+    r = replicate(m, t, off, len);
+  }
+  unlock_regions(m, held);
+  return r;
 }
 
 static int mi_discard(void *inst, struct sl_next *next, uint64_t off,
                       uint64_t len, uint32_t flags)
 {
   struct mirror *m = inst;
+  uint64_t held = lock_regions(m, off, len);
   int r = sl_next_discard(next, off, len, flags);
-  if (r < 0)
-    return r;
-  /* Discarded data is unspecified, but the replica must read the same as
-   * the primary: copy by marking it dirty if the target cannot follow. */
-  int t = m->target ? sl_next_discard(m->target, off, len, flags) : 0;
-  return replicate(m, t, off, len);
+  if (r == 0) {
+    /* Discarded data is unspecified, but the replica must read the same
+     * as the primary: copy by marking it dirty if the target cannot
+     * follow. */
+    int t = m->target ? sl_next_discard(m->target, off, len, flags) : 0;
+    r = replicate(m, t, off, len);
+  }
+  unlock_regions(m, held);
+  return r;
 }
 
 static int mi_flush(void *inst, struct sl_next *next, uint32_t flags)

@@ -18,16 +18,21 @@
 #include "common/util.h"
 #include "disk/descriptor.h"
 
+/* Any "sluice-disk " header counts, whatever its version: a descriptor of
+ * a version this sluice does not know must be refused as such, not opened
+ * (and written to) as a raw image. */
+#define DESC_PREFIX "sluice-disk "
+
 bool sl_is_descriptor(const char *path)
 {
-  char buf[sizeof SL_DESC_MAGIC];
+  char buf[sizeof DESC_PREFIX];
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return false;
   ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
   close(fd);
   return n == (ssize_t)sizeof buf - 1 &&
-         memcmp(buf, SL_DESC_MAGIC, sizeof buf - 1) == 0;
+         memcmp(buf, DESC_PREFIX, sizeof buf - 1) == 0;
 }
 
 void sl_desc_filter_clear(struct sl_desc_filter *f)
@@ -252,8 +257,15 @@ int sl_descriptor_load(const char *path, struct sl_descriptor **out)
     lineno++;
     if (n > 0 && line[n - 1] == '\n')
       line[--n] = '\0';
+    if (n > 0 && line[n - 1] == '\r')   /* edited on another system */
+      line[--n] = '\0';
     if (lineno == 1) {
-      if (strcmp(line, SL_DESC_MAGIC) != 0)
+      if (strncmp(line, DESC_PREFIX, strlen(DESC_PREFIX)) == 0 &&
+          strcmp(line, SL_DESC_MAGIC) != 0)
+        r = sl_error(ENOTSUP, "%s: disk descriptor version '%s' is not "
+                     "supported (this sluice reads '%s')", path,
+                     line + strlen(DESC_PREFIX), SL_DESC_MAGIC);
+      else if (strcmp(line, SL_DESC_MAGIC) != 0)
         r = sl_error(EINVAL, "%s: not a disk descriptor (first line must be "
                      "'%s')", path, SL_DESC_MAGIC);
       continue;

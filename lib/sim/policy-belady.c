@@ -13,10 +13,11 @@
  * admitted, even when its own next use is the furthest.
  */
 #include "sim/policy.h"
-#include "sim/simhash.h"
-#include "sim/simlist.h"
+#include "sim/policy-common.h"
 
 #define STALE (UINT64_MAX - 1)
+
+enum { FREE, RESIDENT };
 
 struct heap_entry {
   uint64_t next_use;
@@ -24,140 +25,119 @@ struct heap_entry {
 };
 
 struct belady {
-  uint64_t capacity, resident;
-  struct sl_pool pool;
+  struct sl_simcache c;     /* first: see policy-common.h */
   uint64_t *node_next_use;
-  struct sl_simhash index;
   struct heap_entry *heap;
   uint64_t heap_len, heap_cap;
 };
 
 static void belady_destroy(void *state)
 {
-  struct belady *c = state;
-  if (!c)
+  struct belady *b = state;
+  if (!b)
     return;
-  sl_pool_free(&c->pool);
-  sl_simhash_free(&c->index);
-  free(c->node_next_use);
-  free(c->heap);
-  free(c);
+  free(b->node_next_use);
+  free(b->heap);
+  sl_simcache_destroy(b);
 }
 
 static void *belady_create(uint64_t capacity)
 {
-  struct belady *c = calloc(1, sizeof *c);
-  if (!c)
+  struct belady *b = sl_simcache_create(sizeof *b, capacity, capacity + 1);
+  if (!b)
     return NULL;
-  c->capacity = capacity;
-  c->heap_cap = 2 * capacity + 64;
-  c->heap = malloc(c->heap_cap * sizeof *c->heap);
-  c->node_next_use = malloc((capacity + 1) * sizeof *c->node_next_use);
-  if (!c->heap || !c->node_next_use ||
-      sl_pool_init(&c->pool, capacity + 1) < 0) {
-    free(c->heap);
-    free(c->node_next_use);
-    free(c);
+  b->heap_cap = 2 * capacity + 64;
+  b->heap = malloc(b->heap_cap * sizeof *b->heap);
+  b->node_next_use = malloc((capacity + 1) * sizeof *b->node_next_use);
+  if (!b->heap || !b->node_next_use) {
+    belady_destroy(b);
     return NULL;
   }
-  if (sl_simhash_init(&c->index, capacity + 1) < 0) {
-    sl_pool_free(&c->pool);
-    free(c->heap);
-    free(c->node_next_use);
-    free(c);
-    return NULL;
-  }
-  return c;
+  return b;
 }
 
-static void heap_sift_up(struct belady *c, uint64_t i)
+static void heap_sift_up(struct belady *b, uint64_t i)
 {
-  struct heap_entry e = c->heap[i];
+  struct heap_entry e = b->heap[i];
   while (i > 0) {
     uint64_t parent = (i - 1) / 2;
-    if (c->heap[parent].next_use >= e.next_use)
+    if (b->heap[parent].next_use >= e.next_use)
       break;
-    c->heap[i] = c->heap[parent];
+    b->heap[i] = b->heap[parent];
     i = parent;
   }
-  c->heap[i] = e;
+  b->heap[i] = e;
 }
 
-static void heap_sift_down(struct belady *c, uint64_t i)
+static void heap_sift_down(struct belady *b, uint64_t i)
 {
-  struct heap_entry e = c->heap[i];
+  struct heap_entry e = b->heap[i];
   for (;;) {
     uint64_t child = 2 * i + 1;
-    if (child >= c->heap_len)
+    if (child >= b->heap_len)
       break;
-    if (child + 1 < c->heap_len &&
-        c->heap[child + 1].next_use > c->heap[child].next_use)
+    if (child + 1 < b->heap_len &&
+        b->heap[child + 1].next_use > b->heap[child].next_use)
       child++;
-    if (c->heap[child].next_use <= e.next_use)
+    if (b->heap[child].next_use <= e.next_use)
       break;
-    c->heap[i] = c->heap[child];
+    b->heap[i] = b->heap[child];
     i = child;
   }
-  c->heap[i] = e;
+  b->heap[i] = e;
 }
 
 /* Drop the stale entries: rebuild from the residents' current next use. */
-static void heap_rebuild(struct belady *c)
+static void heap_rebuild(struct belady *b)
 {
-  c->heap_len = 0;
-  for (uint32_t n = 0; n < c->pool.size; n++)
-    if (c->pool.where[n])
-      c->heap[c->heap_len++] = (struct heap_entry){ c->node_next_use[n], n };
-  for (uint64_t i = c->heap_len / 2; i-- > 0;)
-    heap_sift_down(c, i);
+  b->heap_len = 0;
+  for (uint32_t n = 0; n < b->c.pool.size; n++)
+    if (b->c.pool.where[n] == RESIDENT)
+      b->heap[b->heap_len++] = (struct heap_entry){ b->node_next_use[n], n };
+  for (uint64_t i = b->heap_len / 2; i-- > 0;)
+    heap_sift_down(b, i);
 }
 
-static void heap_push(struct belady *c, uint64_t next_use, uint32_t node)
+static void heap_push(struct belady *b, uint64_t next_use, uint32_t node)
 {
-  if (c->heap_len == c->heap_cap)
-    heap_rebuild(c);
-  c->heap[c->heap_len] = (struct heap_entry){ next_use, node };
-  heap_sift_up(c, c->heap_len++);
+  if (b->heap_len == b->heap_cap)
+    heap_rebuild(b);
+  b->heap[b->heap_len] = (struct heap_entry){ next_use, node };
+  heap_sift_up(b, b->heap_len++);
 }
 
-static void belady_evict(struct belady *c)
+static void belady_evict(struct belady *b)
 {
   for (;;) {
-    struct heap_entry top = c->heap[0];
-    c->heap[0] = c->heap[--c->heap_len];
-    if (c->heap_len > 0)
-      heap_sift_down(c, 0);
+    struct heap_entry top = b->heap[0];
+    b->heap[0] = b->heap[--b->heap_len];
+    if (b->heap_len > 0)
+      heap_sift_down(b, 0);
     uint32_t n = top.node;
-    if (!c->pool.where[n] || c->node_next_use[n] != top.next_use)
+    if (b->c.pool.where[n] != RESIDENT || b->node_next_use[n] != top.next_use)
       continue; /* stale */
-    sl_simhash_del(&c->index, c->pool.key[n]);
-    c->pool.where[n] = 0;
-    c->node_next_use[n] = STALE;
-    sl_pool_release(&c->pool, n);
-    c->resident--;
+    b->node_next_use[n] = STALE;
+    sl_simcache_forget(&b->c, n);
     return;
   }
 }
 
 static bool belady_access(void *state, uint64_t block, uint64_t next_use)
 {
-  struct belady *c = state;
-  uint32_t hit = sl_simhash_get(&c->index, block);
-  if (hit != SL_SIMHASH_EMPTY) {
-    c->node_next_use[hit] = next_use;
-    heap_push(c, next_use, hit);
+  struct belady *b = state;
+  uint32_t hit = sl_simcache_find(&b->c, block);
+  if (hit != SL_NIL) {
+    b->node_next_use[hit] = next_use;
+    heap_push(b, next_use, hit);
     return true;
   }
-  if (c->capacity == 0)
+  if (b->c.capacity == 0)
     return false;
-  if (c->resident >= c->capacity)
-    belady_evict(c);
-  uint32_t n = sl_pool_alloc(&c->pool, block);
-  c->pool.where[n] = 1;
-  c->node_next_use[n] = next_use;
-  sl_simhash_put(&c->index, block, n);
-  c->resident++;
-  heap_push(c, next_use, n);
+  if (b->c.list[RESIDENT].len >= b->c.capacity)
+    belady_evict(b);
+  uint32_t n = sl_simcache_admit(&b->c, RESIDENT, block);
+  b->node_next_use[n] = next_use;
+  heap_push(b, next_use, n);
   return false;
 }
 

@@ -14,7 +14,7 @@ extern const struct sl_sim_policy sl_sim_policy_arc;
 extern const struct sl_sim_policy sl_sim_policy_s3fifo;
 extern const struct sl_sim_policy sl_sim_policy_s3fifo1;
 extern const struct sl_sim_policy sl_sim_policy_sieve;
-extern const struct sl_sim_policy sl_sim_policy_lirs __attribute__((weak));
+extern const struct sl_sim_policy sl_sim_policy_lirs;
 extern const struct sl_sim_policy sl_sim_policy_belady;
 extern const struct sl_sim_policy sl_sim_policy_twophase;
 

@@ -80,40 +80,71 @@ static inline void sl_list_init(struct sl_list *l)
   l->len = 0;
 }
 
-static inline void sl_list_push_head(struct sl_pool *p, struct sl_list *l,
-                                     uint32_t n)
+/* The list operations work on any pair of link arrays, so a policy can
+ * thread a node through a second list as well (LIRS keeps a block in its
+ * stack S and its queue Q at once); the pool's own links are the usual
+ * case. */
+struct sl_links {
+  uint32_t *prev, *next;
+};
+
+static inline struct sl_links sl_pool_links(const struct sl_pool *p)
 {
-  p->prev[n] = SL_NIL;
-  p->next[n] = l->head;
+  return (struct sl_links){ p->prev, p->next };
+}
+
+static inline void sl_links_push_head(struct sl_links k, struct sl_list *l,
+                                      uint32_t n)
+{
+  k.prev[n] = SL_NIL;
+  k.next[n] = l->head;
   if (l->head != SL_NIL)
-    p->prev[l->head] = n;
+    k.prev[l->head] = n;
   else
     l->tail = n;
   l->head = n;
   l->len++;
 }
 
+static inline void sl_links_remove(struct sl_links k, struct sl_list *l,
+                                   uint32_t n)
+{
+  if (k.prev[n] != SL_NIL)
+    k.next[k.prev[n]] = k.next[n];
+  else
+    l->head = k.next[n];
+  if (k.next[n] != SL_NIL)
+    k.prev[k.next[n]] = k.prev[n];
+  else
+    l->tail = k.prev[n];
+  l->len--;
+}
+
+static inline void sl_links_move_head(struct sl_links k, struct sl_list *l,
+                                      uint32_t n)
+{
+  if (l->head == n)
+    return;
+  sl_links_remove(k, l, n);
+  sl_links_push_head(k, l, n);
+}
+
+static inline void sl_list_push_head(struct sl_pool *p, struct sl_list *l,
+                                     uint32_t n)
+{
+  sl_links_push_head(sl_pool_links(p), l, n);
+}
+
 static inline void sl_list_remove(struct sl_pool *p, struct sl_list *l,
                                   uint32_t n)
 {
-  if (p->prev[n] != SL_NIL)
-    p->next[p->prev[n]] = p->next[n];
-  else
-    l->head = p->next[n];
-  if (p->next[n] != SL_NIL)
-    p->prev[p->next[n]] = p->prev[n];
-  else
-    l->tail = p->prev[n];
-  l->len--;
+  sl_links_remove(sl_pool_links(p), l, n);
 }
 
 static inline void sl_list_move_head(struct sl_pool *p, struct sl_list *l,
                                      uint32_t n)
 {
-  if (l->head == n)
-    return;
-  sl_list_remove(p, l, n);
-  sl_list_push_head(p, l, n);
+  sl_links_move_head(sl_pool_links(p), l, n);
 }
 
 #endif

@@ -8,6 +8,11 @@
  * whole requests and stay one access each.  Every parser checks what it
  * reads, and a bad line or a cut-off record stops the read with a message
  * naming the file, the line or record, and what is wrong.
+ *
+ * The loops are written once: next_record() steps through fixed-size
+ * binary records, read_lines() through text lines (skipping blank ones and
+ * keeping a copy of each for messages), and the per-format code only
+ * decodes one record or line.
  */
 #include "sim/trace.h"
 
@@ -37,23 +42,38 @@ static int push(struct sl_trace *t, uint64_t block)
   return 0;
 }
 
+/* Where a reader is, for messages: "trace.vscsi: record 12". */
+struct pos {
+  struct sl_input *in;
+  const char *unit;     /* "record", "entry", "line" */
+  uint64_t no;
+};
+
 /* Blocks FIRST..LAST inclusive.  Refuses absurd ranges (a corrupt length)
  * rather than allocating without bound. */
 static int push_range(struct sl_trace *t, uint64_t first, uint64_t last,
-                      const char *where)
+                      const struct pos *at)
 {
   if (last < first)
     last = first;
   if (last - first >= (1u << 24))
-    return sl_error(EINVAL, "%s: request spans %" PRIu64
-                    " blocks; the length looks corrupt", where,
-                    last - first + 1);
+    return sl_error(EINVAL, "%s: %s %" PRIu64 ": request spans %" PRIu64
+                    " blocks; the length looks corrupt", sl_input_name(at->in),
+                    at->unit, at->no, last - first + 1);
   for (uint64_t b = first; b <= last; b++) {
     int r = push(t, b);
     if (r < 0)
       return r;
   }
   return 0;
+}
+
+/* Bytes [off, off+size) as 4 KiB blocks; a zero size touches one block. */
+static int push_bytes(struct sl_trace *t, uint64_t base, uint64_t off,
+                      uint64_t size, const struct pos *at)
+{
+  uint64_t last = size ? (off + size - 1) / 4096 : off / 4096;
+  return push_range(t, base + off / 4096, base + last, at);
 }
 
 static inline uint16_t le16(const uint8_t *p) { return p[0] | p[1] << 8; }
@@ -69,41 +89,61 @@ static inline uint64_t le64(const uint8_t *p)
 
 /* ---- binary formats ---- */
 
+/* Record AT->no, REC bytes, at *P: 1, 0 at the end of the input, or
+ * -errno (a record cut short by the end of the file is an error). */
+static int next_record(const struct pos *at, size_t rec, const uint8_t **p)
+{
+  int64_t n = sl_input_peek(at->in, rec, p);
+  if (n < 0)
+    return (int)n;
+  if (n == 0)
+    return 0;
+  if ((size_t)n < rec)
+    return sl_error(EINVAL, "%s: %s %" PRIu64 " is truncated (%" PRId64
+                    " of %zu bytes)", sl_input_name(at->in), at->unit, at->no,
+                    n, rec);
+  return 1;
+}
+
 static bool scsi_is_read(uint16_t cmd)
 {
   return cmd == 0x08 || cmd == 0x28 || cmd == 0x88 || cmd == 0xa8;
+}
+
+/* v1: 32-byte records, version at 14; v2: 40-byte, version at 2.  The
+ * first two records must agree.  Returns 1, 2, 0 for neither, or -errno. */
+static int vscsi_version(struct sl_input *in)
+{
+  const uint8_t *p;
+  int64_t n = sl_input_peek(in, 80, &p);
+  if (n < 0)
+    return (int)n;
+  if (n >= 32 && le16(p + 14) >> 8 == 1 && (n < 64 || le16(p + 46) >> 8 == 1))
+    return 1;
+  if (n >= 40 && le16(p + 2) >> 8 == 2 && (n < 80 || le16(p + 42) >> 8 == 2))
+    return 2;
+  return 0;
 }
 
 static int read_vscsi(struct sl_input *in, const struct sl_trace_options *o,
                       struct sl_trace *t)
 {
   const uint8_t *p;
-  int64_t n = sl_input_peek(in, 80, &p);
-  if (n < 0)
+  int64_t n = sl_input_peek(in, 1, &p);
+  if (n <= 0)
     return (int)n;
-  if (n == 0)
-    return 0;
-  /* v1: 32-byte records, version at 14; v2: 40-byte, version at 2. */
-  int version = 0;
-  if (n >= 32 && le16(p + 14) >> 8 == 1 && (n < 64 || le16(p + 46) >> 8 == 1))
-    version = 1;
-  else if (n >= 40 && le16(p + 2) >> 8 == 2 &&
-           (n < 80 || le16(p + 42) >> 8 == 2))
-    version = 2;
+  int version = vscsi_version(in);
+  if (version < 0)
+    return version;
   if (!version)
     return sl_error(EINVAL, "%s: not a VSCSI trace (no v1 or v2 version "
                     "field in the first records)", sl_input_name(in));
   size_t rec = version == 1 ? 32 : 40;
-  char where[256];
-  for (uint64_t i = 0;; i++) {
-    n = sl_input_peek(in, rec, &p);
-    if (n < 0)
-      return (int)n;
-    if (n == 0)
-      return 0;
-    if ((size_t)n < rec)
-      return sl_error(EINVAL, "%s: record %" PRIu64 " is truncated (%" PRId64
-                      " of %zu bytes)", sl_input_name(in), i, n, rec);
+  struct pos at = { in, "record", 0 };
+  for (;; at.no++) {
+    int r = next_record(&at, rec, &p);
+    if (r <= 0)
+      return r;
     uint32_t len;
     uint16_t cmd, ver;
     uint64_t lbn;
@@ -120,34 +160,32 @@ static int read_vscsi(struct sl_input *in, const struct sl_trace_options *o,
     }
     if (ver >> 8 != version)
       return sl_error(EINVAL, "%s: record %" PRIu64 " has version %u in a "
-                      "v%d trace", sl_input_name(in), i, ver >> 8, version);
+                      "v%d trace", sl_input_name(in), at.no, ver >> 8,
+                      version);
     sl_input_consume(in, rec);
     if (o->reads_only && !scsi_is_read(cmd))
       continue;
-    uint64_t sectors = (len + 511) / 512;
+    uint64_t sectors = ((uint64_t)len + 511) / 512; /* len may be ~4 GiB */
     if (sectors == 0)
       sectors = 1;
-    snprintf(where, sizeof where, "%s: record %" PRIu64, sl_input_name(in), i);
-    int r = push_range(t, lbn / 8, (lbn + sectors - 1) / 8, where);
+    r = push_range(t, lbn / 8, (lbn + sectors - 1) / 8, &at);
     if (r < 0)
       return r;
   }
 }
 
+/* One block id per REC-byte record: a uint32 (u32) or the uint64 at
+ * offset 4 (oracleGeneral's obj_id). */
 static int read_fixed(struct sl_input *in, struct sl_trace *t, size_t rec,
                       const char *what)
 {
-  for (uint64_t i = 0;; i++) {
+  struct pos at = { in, what, 0 };
+  for (;; at.no++) {
     const uint8_t *p;
-    int64_t n = sl_input_peek(in, rec, &p);
-    if (n < 0)
-      return (int)n;
-    if (n == 0)
-      return 0;
-    if ((size_t)n < rec)
-      return sl_error(EINVAL, "%s: %s %" PRIu64 " is truncated (%" PRId64
-                      " of %zu bytes)", sl_input_name(in), what, i, n, rec);
-    int r = push(t, rec == 4 ? le32(p) : le64(p + 4));
+    int r = next_record(&at, rec, &p);
+    if (r <= 0)
+      return r;
+    r = push(t, rec == 4 ? le32(p) : le64(p + 4));
     if (r < 0)
       return r;
     sl_input_consume(in, rec);
@@ -170,6 +208,15 @@ static int read_u32(struct sl_input *in, const struct sl_trace_options *o,
 
 /* ---- text formats ---- */
 
+/* One non-blank line handed to a format's parser. */
+struct line {
+  struct pos at;
+  const struct sl_trace_options *o;
+  struct sl_trace *t;
+  char *text;           /* the line; parsers may split it in place */
+  char copy[128];       /* the line as read, for messages */
+};
+
 /* Parse an unsigned decimal field ending at a separator or the end. */
 static bool parse_u64(const char *s, char **end, uint64_t *v)
 {
@@ -189,11 +236,10 @@ static bool at_field_end(const char *s, char sep)
   return *s == sep || *s == '\0';
 }
 
-static int bad_line(struct sl_input *in, uint64_t lineno, const char *why,
-                    const char *line)
+static int bad_line(const struct line *l, const char *why)
 {
   return sl_error(EINVAL, "%s: line %" PRIu64 ": %s: \"%.60s\"",
-                  sl_input_name(in), lineno, why, line);
+                  sl_input_name(l->at.in), l->at.no, why, l->copy);
 }
 
 static bool blank(const char *s)
@@ -203,54 +249,47 @@ static bool blank(const char *s)
   return *s == '\0';
 }
 
-static int read_txt(struct sl_input *in, const struct sl_trace_options *o,
-                    struct sl_trace *t)
+/* Hand every non-blank line to PARSE (0 or -errno); stop at the end or
+ * the first error. */
+static int read_lines(struct sl_input *in, const struct sl_trace_options *o,
+                      struct sl_trace *t, int (*parse)(struct line *))
 {
-  (void)o;
-  char *line, *end;
-  for (uint64_t lineno = 1;; lineno++) {
-    int64_t n = sl_input_line(in, &line);
+  struct line l = { .at = { in, "line", 0 }, .o = o, .t = t };
+  for (l.at.no = 1;; l.at.no++) {
+    int64_t n = sl_input_line(in, &l.text);
     if (n == -1)
       return 0;
     if (n < 0)
       return (int)n;
-    if (blank(line) || strcmp(line, "*") == 0)
+    if (blank(l.text))
       continue;
-    uint64_t b;
-    if (!parse_u64(line, &end, &b) || !at_field_end(end, '\0'))
-      return bad_line(in, lineno, "expected one block number", line);
-    int r = push(t, b);
+    snprintf(l.copy, sizeof l.copy, "%s", l.text);
+    int r = parse(&l);
     if (r < 0)
       return r;
   }
 }
 
-static int read_lis(struct sl_input *in, const struct sl_trace_options *o,
-                    struct sl_trace *t)
+static int parse_txt(struct line *l)
 {
-  (void)o;
-  char *line, *end;
-  char where[256];
-  for (uint64_t lineno = 1;; lineno++) {
-    int64_t n = sl_input_line(in, &line);
-    if (n == -1)
-      return 0;
-    if (n < 0)
-      return (int)n;
-    if (blank(line))
-      continue;
-    uint64_t start, count;
-    if (!parse_u64(line, &end, &start) || !parse_u64(end, &end, &count))
-      return bad_line(in, lineno, "expected \"start count ignored reqno\"",
-                      line);
-    if (count == 0)
-      continue;
-    snprintf(where, sizeof where, "%s: line %" PRIu64, sl_input_name(in),
-             lineno);
-    int r = push_range(t, start, start + count - 1, where);
-    if (r < 0)
-      return r;
-  }
+  char *end;
+  uint64_t b;
+  if (strcmp(l->text, "*") == 0)
+    return 0;
+  if (!parse_u64(l->text, &end, &b) || !at_field_end(end, '\0'))
+    return bad_line(l, "expected one block number");
+  return push(l->t, b);
+}
+
+static int parse_lis(struct line *l)
+{
+  char *end;
+  uint64_t start, count;
+  if (!parse_u64(l->text, &end, &start) || !parse_u64(end, &end, &count))
+    return bad_line(l, "expected \"start count ignored reqno\"");
+  if (count == 0)
+    return 0;
+  return push_range(l->t, start, start + count - 1, &l->at);
 }
 
 /* Split a CSV line in place into at most MAX fields; returns the count. */
@@ -272,138 +311,88 @@ static bool field_u64(const char *s, uint64_t *v)
   return parse_u64(s, &end, v) && at_field_end(end, '\0');
 }
 
-/* Bytes [off, off+size) as 4 KiB blocks; a zero size touches one block. */
-static int push_bytes(struct sl_trace *t, uint64_t base, uint64_t off,
-                      uint64_t size, const char *where)
+static int parse_msr(struct line *l)
 {
-  uint64_t last = size ? (off + size - 1) / 4096 : off / 4096;
-  return push_range(t, base + off / 4096, base + last, where);
-}
-
-static int read_msr(struct sl_input *in, const struct sl_trace_options *o,
-                    struct sl_trace *t)
-{
-  char *line, *f[8];
-  char where[256];
-  for (uint64_t lineno = 1;; lineno++) {
-    int64_t n = sl_input_line(in, &line);
-    if (n == -1)
-      return 0;
-    if (n < 0)
-      return (int)n;
-    if (blank(line) || (lineno == 1 && strncmp(line, "Timestamp", 9) == 0))
-      continue;
-    char copy[128];
-    snprintf(copy, sizeof copy, "%s", line);
-    uint64_t off, size;
-    if (split_csv(line, f, 8) != 7 || !field_u64(f[4], &off) ||
-        !field_u64(f[5], &size))
-      return bad_line(in, lineno, "expected \"timestamp,host,disk,type,"
-                      "offset,size,latency\"", copy);
-    bool is_read = strcasecmp(f[3], "Read") == 0;
-    if (!is_read && strcasecmp(f[3], "Write") != 0)
-      return bad_line(in, lineno, "type is neither Read nor Write", copy);
-    if (o->reads_only && !is_read)
-      continue;
-    snprintf(where, sizeof where, "%s: line %" PRIu64, sl_input_name(in),
-             lineno);
-    int r = push_bytes(t, 0, off, size, where);
-    if (r < 0)
-      return r;
-  }
+  char *f[8];
+  uint64_t off, size;
+  if (l->at.no == 1 && strncmp(l->text, "Timestamp", 9) == 0)
+    return 0;
+  if (split_csv(l->text, f, 8) != 7 || !field_u64(f[4], &off) ||
+      !field_u64(f[5], &size))
+    return bad_line(l, "expected \"timestamp,host,disk,type,offset,size,"
+                    "latency\"");
+  bool is_read = strcasecmp(f[3], "Read") == 0;
+  if (!is_read && strcasecmp(f[3], "Write") != 0)
+    return bad_line(l, "type is neither Read nor Write");
+  if (l->o->reads_only && !is_read)
+    return 0;
+  return push_bytes(l->t, 0, off, size, &l->at);
 }
 
 /* Tencent CBS: volumes are separate disks, so the volume id goes into the
  * top bits of the block id to keep their blocks apart. */
-static int read_tencent(struct sl_input *in, const struct sl_trace_options *o,
-                        struct sl_trace *t)
+static int parse_tencent(struct line *l)
 {
-  char *line, *f[6];
-  char where[256];
-  for (uint64_t lineno = 1;; lineno++) {
-    int64_t n = sl_input_line(in, &line);
-    if (n == -1)
-      return 0;
-    if (n < 0)
-      return (int)n;
-    if (blank(line))
-      continue;
-    char copy[128];
-    snprintf(copy, sizeof copy, "%s", line);
-    uint64_t ts, off, size, op, vol;
-    if (split_csv(line, f, 6) != 5 || !field_u64(f[0], &ts) ||
-        !field_u64(f[1], &off) || !field_u64(f[2], &size) ||
-        !field_u64(f[3], &op) || !field_u64(f[4], &vol) || op > 1)
-      return bad_line(in, lineno, "expected \"timestamp,offset,size,"
-                      "iotype(0|1),volume\"", copy);
-    if (o->reads_only && op != 0)
-      continue;
-    if (off >= (1ULL << 40) / 8 * 512 || vol >= (1ULL << 24))
-      return bad_line(in, lineno, "offset or volume out of range", copy);
-    snprintf(where, sizeof where, "%s: line %" PRIu64, sl_input_name(in),
-             lineno);
-    int r = push_bytes(t, vol << 40, off * 512, size * 512, where);
-    if (r < 0)
-      return r;
-  }
+  char *f[6];
+  uint64_t ts, off, size, op, vol;
+  if (split_csv(l->text, f, 6) != 5 || !field_u64(f[0], &ts) ||
+      !field_u64(f[1], &off) || !field_u64(f[2], &size) ||
+      !field_u64(f[3], &op) || !field_u64(f[4], &vol) || op > 1)
+    return bad_line(l, "expected \"timestamp,offset,size,iotype(0|1),"
+                    "volume\"");
+  if (l->o->reads_only && op != 0)
+    return 0;
+  if (off >= (1ULL << 40) / 8 * 512 || vol >= (1ULL << 24))
+    return bad_line(l, "offset or volume out of range");
+  return push_bytes(l->t, vol << 40, off * 512, size * 512, &l->at);
 }
 
 /* SYSTOR'17: Timestamp,Response,IOType(R/W),LUN,Offset(bytes),Size(bytes). */
-static int read_systor(struct sl_input *in, const struct sl_trace_options *o,
-                       struct sl_trace *t)
+static int parse_systor(struct line *l)
 {
-  char *line, *f[7];
-  char where[256];
-  for (uint64_t lineno = 1;; lineno++) {
-    int64_t n = sl_input_line(in, &line);
-    if (n == -1)
-      return 0;
-    if (n < 0)
-      return (int)n;
-    if (blank(line) || strncmp(line, "Timestamp", 9) == 0)
-      continue;
-    char copy[128];
-    snprintf(copy, sizeof copy, "%s", line);
-    uint64_t lun, off, size;
-    if (split_csv(line, f, 7) != 6 || !field_u64(f[3], &lun) ||
-        !field_u64(f[4], &off) || !field_u64(f[5], &size) ||
-        (strcmp(f[2], "R") != 0 && strcmp(f[2], "W") != 0))
-      return bad_line(in, lineno, "expected \"timestamp,response,R|W,lun,"
-                      "offset,size\"", copy);
-    if (o->reads_only && f[2][0] != 'R')
-      continue;
-    if (lun >= (1ULL << 16) || off >= (1ULL << 58))
-      return bad_line(in, lineno, "LUN or offset out of range", copy);
-    snprintf(where, sizeof where, "%s: line %" PRIu64, sl_input_name(in),
-             lineno);
-    int r = push_bytes(t, lun << 48, off, size, where);
-    if (r < 0)
-      return r;
-  }
+  char *f[7];
+  uint64_t lun, off, size;
+  if (strncmp(l->text, "Timestamp", 9) == 0)
+    return 0;
+  if (split_csv(l->text, f, 7) != 6 || !field_u64(f[3], &lun) ||
+      !field_u64(f[4], &off) || !field_u64(f[5], &size) ||
+      (strcmp(f[2], "R") != 0 && strcmp(f[2], "W") != 0))
+    return bad_line(l, "expected \"timestamp,response,R|W,lun,offset,"
+                    "size\"");
+  if (l->o->reads_only && f[2][0] != 'R')
+    return 0;
+  if (lun >= (1ULL << 16) || off >= (1ULL << 58))
+    return bad_line(l, "LUN or offset out of range");
+  return push_bytes(l->t, lun << 48, off, size, &l->at);
 }
 
 /* ---- dispatch ---- */
 
+/* A binary format has a reader of its own; a text format only parses one
+ * line and read_lines() does the rest. */
 struct format {
   const char *name;
   const char *description;
   int (*read)(struct sl_input *, const struct sl_trace_options *,
               struct sl_trace *);
+  int (*parse_line)(struct line *);
 };
 
 static const struct format formats[] = {
   { "vscsi", "VMware vscsiStats v1/v2 binary, expanded to 4 KiB blocks",
-    read_vscsi },
+    read_vscsi, NULL },
   { "oracle", "libCacheSim oracleGeneral binary, one access per record",
-    read_oracle },
+    read_oracle, NULL },
   { "lis", "ARC traces: \"start n _ reqno\" lines, n page accesses each",
-    read_lis },
-  { "txt", "one block number per line, \"*\" lines skipped", read_txt },
-  { "u32", "flat little-endian uint32 block numbers", read_u32 },
-  { "msr", "MSR Cambridge CSV, expanded to 4 KiB blocks", read_msr },
-  { "tencent", "Tencent CBS CSV (sectors), 4 KiB blocks per volume",
-    read_tencent },
-  { "systor", "SYSTOR'17 VDI CSV, 4 KiB blocks per LUN", read_systor },
+    NULL, parse_lis },
+  { "txt", "one block number per line, \"*\" lines skipped", NULL,
+    parse_txt },
+  { "u32", "flat little-endian uint32 block numbers", read_u32, NULL },
+  { "msr", "MSR Cambridge CSV, expanded to 4 KiB blocks", NULL, parse_msr },
+  { "tencent", "Tencent CBS CSV (sectors), 4 KiB blocks per volume", NULL,
+    parse_tencent },
+  { "systor", "SYSTOR'17 VDI CSV, 4 KiB blocks per LUN", NULL,
+    parse_systor },
 };
 
 #define N_FORMATS (sizeof formats / sizeof formats[0])
@@ -459,7 +448,14 @@ int sl_trace_read(const char *path, const char *format,
   if (r < 0)
     return r;
   t->name = strdup(path);
-  r = t->name ? f->read(in, opts ? opts : &defaults, t) : -ENOMEM;
+  if (!opts)
+    opts = &defaults;
+  if (!t->name)
+    r = -ENOMEM;
+  else if (f->read)
+    r = f->read(in, opts, t);
+  else
+    r = read_lines(in, opts, t, f->parse_line);
   sl_input_close(in);
   if (r < 0) {
     sl_trace_free(t);

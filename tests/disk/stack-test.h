@@ -24,7 +24,7 @@
 static char test_dir[256];
 
 /* DIR/NAME in a static ring of buffers, so a call can use several. */
-static const char *tpath(const char *name)
+static inline const char *tpath(const char *name)
 {
   static char ring[8][512];
   static unsigned next;
@@ -33,7 +33,7 @@ static const char *tpath(const char *name)
   return p;
 }
 
-static void test_die(const char *what)
+static inline void test_die(const char *what)
 {
   fprintf(stderr, "test setup: %s: %s\n", what, sl_last_error());
   exit(1);
@@ -41,7 +41,7 @@ static void test_die(const char *what)
 
 /* Make the private directory, point SLUICE_FILTER_DIR into it and install
  * the modules of this build (NULL-terminated list). */
-static void stack_test_setup(const char *prefix, const char *const *modules)
+static inline void stack_test_setup(const char *prefix, const char *const *modules)
 {
   snprintf(test_dir, sizeof test_dir, "/tmp/%s.XXXXXX", prefix);
   if (!mkdtemp(test_dir))
@@ -64,7 +64,7 @@ static void stack_test_setup(const char *prefix, const char *const *modules)
   }
 }
 
-static void stack_test_teardown(void)
+static inline void stack_test_teardown(void)
 {
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", test_dir);
@@ -74,7 +74,7 @@ static void stack_test_teardown(void)
 
 /* Write a descriptor NAME for IMAGE with the given filter lines (top
  * first, each "MODULE k=v ..."), NULL-terminated varargs. */
-static const char *write_descriptor(const char *name, const char *image, ...)
+static inline const char *write_descriptor(const char *name, const char *image, ...)
 {
   const char *path = tpath(name);
   FILE *f = fopen(path, "w");
@@ -92,7 +92,7 @@ static const char *write_descriptor(const char *name, const char *image, ...)
 }
 
 /* A raw image of SIZE bytes filled with zeros (sparse). */
-static void make_raw(const char *name, uint64_t size)
+static inline void make_raw(const char *name, uint64_t size)
 {
   int fd = open(tpath(name), O_RDWR | O_CREAT | O_TRUNC, 0644);
   if (fd < 0 || ftruncate(fd, (off_t)size) < 0)
@@ -101,7 +101,7 @@ static void make_raw(const char *name, uint64_t size)
 }
 
 /* The whole content of a file, NUL-terminated; caller frees. */
-static char *slurp(const char *path, size_t *len_out)
+static inline char *slurp(const char *path, size_t *len_out)
 {
   FILE *f = fopen(path, "rb");
   if (!f) {
@@ -123,7 +123,7 @@ static char *slurp(const char *path, size_t *len_out)
 }
 
 /* PATH's content, then empty it (appenders keep appending at the new end). */
-static char *take_log(const char *path)
+static inline char *take_log(const char *path)
 {
   char *s = slurp(path, NULL);
   if (truncate(path, 0) < 0 && errno != ENOENT)
@@ -131,7 +131,7 @@ static char *take_log(const char *path)
   return s;
 }
 
-static struct sl_disk *open_disk(const char *path, bool read_only)
+static inline struct sl_disk *open_disk(const char *path, bool read_only)
 {
   struct sl_disk *d = NULL;
   struct sl_disk_open_opts o = {.read_only = read_only};

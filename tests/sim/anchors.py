@@ -4,6 +4,10 @@
 The expected values are parsed from ANCHORS.md at run time, so the test
 follows the file rather than a copy of it.  FIFO, LRU and Belady must agree
 to four decimals; ARC and both S3-FIFO variants within 0.5% relative.
+LIRS, written from the paper rather than after libCacheSim, must agree
+within 2% relative wherever the cache holds at least 10 blocks (below
+that the HIR share of 2 blocks, or libCacheSim's 1, dominates; see
+ANCHORS.md's caveat on tiny caches).
 
 usage: anchors.py SLUICE ANCHORS.md TRACES_DIR all|fast|TRACE_NAME...
 (fast: every table except the two large ARC traces)
@@ -18,6 +22,9 @@ import sys
 EXACT = {"FIFO": "fifo", "LRU": "lru", "Belady": "belady"}
 CLOSE = {"ARC": "arc", "S3FIFO(t=2)": "s3fifo", "S3FIFO(t=1)": "s3fifo1"}
 REL_TOL = 0.005
+LOOSE = {"LIRS": "lirs"}
+LOOSE_TOL = 0.02
+LOOSE_MIN_BLOCKS = 10
 
 
 def trace_spec(name, tdir):
@@ -76,7 +83,8 @@ def main():
             raise SystemExit(f"anchors.py: {name} is not in {anchors_md}")
         requests, sizes, rows = tables[name]
         spec = trace_spec(name, tdir)
-        algos = {a: p for a, p in {**EXACT, **CLOSE}.items() if a in rows}
+        algos = {a: p for a, p in {**EXACT, **CLOSE, **LOOSE}.items()
+                 if a in rows}
         cmd = [sluice, "sim", "--trace", spec[0], "--format", spec[1],
                *spec[2:], "--policy", ",".join(algos.values()),
                "--sizes", ",".join(repr(s) for s in sizes), "--output=json"]
@@ -87,8 +95,11 @@ def main():
                             f"ANCHORS.md says {requests}")
         got = {(r["policy"], r["size_fraction"]): r["miss_ratio"]
                for r in out["results"]}
+        blocks = {r["size_fraction"]: r["cache_blocks"] for r in out["results"]}
         for algo, pol in algos.items():
             for size, want in zip(sizes, rows[algo]):
+                if algo in LOOSE and blocks[size] < LOOSE_MIN_BLOCKS:
+                    continue
                 have = got[(pol, size)]
                 dev = abs(have - want)
                 rel = dev / want if want else dev
@@ -98,6 +109,8 @@ def main():
                 w[2] += 1
                 if algo in EXACT:
                     ok = f"{have:.4f}" == f"{want:.4f}"
+                elif algo in LOOSE:
+                    ok = rel <= LOOSE_TOL
                 else:
                     ok = rel <= REL_TOL
                 if not ok:

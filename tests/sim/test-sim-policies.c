@@ -1,8 +1,9 @@
 /* Unit tests of the comparison policies on tiny sequences: LRU and FIFO
  * differ where they should, Belady reaches the textbook optimum, S3-FIFO
- * promotes a ghost hit to main, and every policy stays within the bounds
- * any cache must respect (no better than Belady, only compulsory misses
- * when everything fits). */
+ * promotes a ghost hit to main, LIRS follows the paper's rules step by
+ * step and keeps a loop resident where LRU thrashes, and every policy
+ * stays within the bounds any cache must respect (no better than Belady,
+ * only compulsory misses when everything fits). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,7 +18,8 @@
 #include "sim/trace.h"
 
 static const char *const mine[] = { "fifo", "lru", "clock", "2q", "arc",
-                                    "s3fifo", "s3fifo1", "sieve", "belady" };
+                                    "s3fifo", "s3fifo1", "sieve", "lirs",
+                                    "belady" };
 
 static uint64_t misses(const char *name, const uint64_t *seq, uint64_t n,
                        uint64_t capacity)
@@ -124,6 +126,134 @@ static void test_sieve_keeps_visited(void **s)
   assert_int_equal(misses("fifo", seq, 7, 3), 6);
 }
 
+/* Replay SEQ against a fresh NAME cache of CAPACITY blocks and write 'H'
+ * or 'M' per access into OUT (a string of N characters). */
+static void hit_pattern(const char *name, const uint64_t *seq, size_t n,
+                        uint64_t capacity, char *out)
+{
+  const struct sl_sim_policy *p = sl_sim_policy_find(name);
+  assert_non_null(p);
+  void *state = p->create(capacity);
+  assert_non_null(state);
+  for (size_t i = 0; i < n; i++)
+    out[i] = p->access(state, seq[i], UINT64_MAX) ? 'H' : 'M';
+  out[n] = '\0';
+  p->destroy(state);
+}
+
+static void test_lirs_by_hand(void **s)
+{
+  /* A cache of 4 blocks: 2 for LIR blocks, 2 for resident HIR blocks
+   * (the minimum).  Worked through with the paper's rules, S listed top
+   * first, Q listed end first, g = non-resident:
+   *  1 2       miss, fill the LIR set           S=2 1
+   *  3 4       miss, resident HIR               S=4 3 2 1      Q=4 3
+   *  5         miss, evicts 3 (stays in S)      S=5 4 3g 2 1   Q=5 4
+   *  3         miss but in S: 4 evicted, 3 LIR, 1 demoted to Q
+   *                                             S=3 5 4g 2     Q=1 5
+   *  1         hit, HIR not in S: to top of S   S=1 3 5 4g 2   Q=1 5
+   *  2         hit, LIR at the bottom: pruning drops 4g and 5
+   *                                             S=2 1 3        Q=1 5
+   *  4         miss, 4 was forgotten; 5 (not in S) evicted outright
+   *                                             S=4 2 1 3      Q=4 1
+   *  5         miss, evicts 1 (stays in S)      S=5 4 2 1g 3   Q=5 4
+   *  1         miss but in S: 4 evicted, 1 LIR, 3 demoted
+   *                                             S=1 5 4g 2     Q=3 5
+   *  3         hit, HIR not in S                S=3 1 5 4g 2   Q=3 5
+   *  4         miss but in S: 5 evicted, 4 LIR, 2 demoted; prune drops 5g
+   *                                             S=4 3 1        Q=2 3
+   *  2         hit, HIR not in S                S=2 4 3 1      Q=2 3
+   *  5         miss, evicts 3 (stays in S)      S=5 2 4 3g 1   Q=5 2
+   * LRU with 4 blocks hits 3 times where LIRS hits 4. */
+  uint64_t seq[] = { 1, 2, 3, 4, 5, 3, 1, 2, 4, 5, 1, 3, 4, 2, 5 };
+  char got[32];
+  hit_pattern("lirs", seq, 15, 4, got);
+  assert_string_equal(got, "MMMMMMHHMMMHMHM");
+  hit_pattern("lru", seq, 15, 4, got);
+  assert_string_equal(got, "MMMMMHMMMMHMHMM");
+}
+
+static void test_lirs_loop(void **s)
+{
+  /* A loop over 110 blocks with a cache of 100: LRU always evicts the
+   * block needed next and misses every access.  LIRS keeps its 98 LIR
+   * blocks (100 minus 2 for HIR blocks) and after the first passes misses
+   * only the other 12 per pass. */
+  enum { LOOP = 110, CAP = 100, PASSES = 30, LIR = CAP - 2 };
+  uint64_t seq[LOOP * PASSES];
+  for (size_t i = 0; i < LOOP * PASSES; i++)
+    seq[i] = 1000 + i % LOOP;
+  assert_int_equal(misses("lru", seq, LOOP * PASSES, CAP), LOOP * PASSES);
+  uint64_t early = misses("lirs", seq, LOOP * (PASSES - 1), CAP);
+  uint64_t all = misses("lirs", seq, LOOP * PASSES, CAP);
+  assert_int_equal(all - early, LOOP - LIR);
+  assert_true(all < LOOP * PASSES / 5);
+}
+
+static void test_lirs_scan_resistance(void **s)
+{
+  /* Blocks 1..8 used twice fill the LIR set of a 10-block cache; a
+   * one-pass scan of 100 new blocks goes through the 2 HIR slots only, so
+   * 1..8 all hit afterwards.  LRU has lost them all to the scan. */
+  uint64_t seq[256];
+  size_t n = 0;
+  for (int pass = 0; pass < 2; pass++)
+    for (uint64_t b = 1; b <= 8; b++)
+      seq[n++] = b;
+  for (uint64_t b = 100; b < 200; b++)
+    seq[n++] = b;
+  size_t before = n;
+  for (uint64_t b = 1; b <= 8; b++)
+    seq[n++] = b;
+  assert_int_equal(misses("lirs", seq, n, 10),
+                   misses("lirs", seq, before, 10));
+  assert_int_equal(misses("lru", seq, n, 10),
+                   misses("lru", seq, before, 10) + 8);
+}
+
+static void test_lirs_remembers_a_cache_worth(void **s)
+{
+  /* Non-resident blocks are remembered in S, at most as many as the cache
+   * holds.  With 10 blocks (8 LIR), stream 1000 new blocks past a full
+   * LIR set: 1095 is still remembered, so its miss makes it LIR and it
+   * survives the next stream; 150 was forgotten long ago, comes back as
+   * a HIR block and is evicted again. */
+  uint64_t seq[2200];
+  size_t n = 0;
+  for (int pass = 0; pass < 2; pass++)
+    for (uint64_t b = 1; b <= 8; b++)
+      seq[n++] = b;
+  for (uint64_t b = 100; b < 1100; b++)
+    seq[n++] = b;
+  seq[n++] = 1095;
+  seq[n++] = 150;
+  for (uint64_t b = 2000; b < 2050; b++)
+    seq[n++] = b;
+  seq[n++] = 1095;
+  seq[n++] = 150;
+  char got[2200];
+  hit_pattern("lirs", seq, n, 10, got);
+  assert_int_equal(got[n - 4 - 50], 'M'); /* 1095: non-resident */
+  assert_int_equal(got[n - 3 - 50], 'M'); /* 150: forgotten */
+  assert_int_equal(got[n - 2], 'H');      /* 1095: LIR now */
+  assert_int_equal(got[n - 1], 'M');      /* 150: HIR, evicted */
+}
+
+static void test_lirs_tiny_caches(void **s)
+{
+  /* One block: no LIR set, the single slot acts as LRU. */
+  uint64_t seq[] = { 1, 1, 2, 2, 1, 3, 3 };
+  char got[8];
+  hit_pattern("lirs", seq, 7, 1, got);
+  assert_string_equal(got, "MHMHMMH");
+  /* Two and three blocks keep a LIR block through a stream. */
+  uint64_t seq2[] = { 1, 1, 5, 6, 7, 8, 1 };
+  hit_pattern("lirs", seq2, 7, 2, got);
+  assert_string_equal(got, "MHMMMMH");
+  hit_pattern("lirs", seq2, 7, 3, got);
+  assert_string_equal(got, "MHMMMMH");
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -133,6 +263,11 @@ int main(void)
     cmocka_unit_test(test_s3fifo_ghost_promotion),
     cmocka_unit_test(test_bounds_all_policies),
     cmocka_unit_test(test_sieve_keeps_visited),
+    cmocka_unit_test(test_lirs_by_hand),
+    cmocka_unit_test(test_lirs_loop),
+    cmocka_unit_test(test_lirs_scan_resistance),
+    cmocka_unit_test(test_lirs_remembers_a_cache_worth),
+    cmocka_unit_test(test_lirs_tiny_caches),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -94,6 +94,26 @@ static void test_vscsi_v2(void **s)
   expect_blocks(&t, (uint64_t[]){ 0, 0, 1, 2, 2, 3, 4 }, 7);
 }
 
+static void test_vscsi_huge_length(void **s)
+{
+  /* A 4 GiB - 1 byte request at sector 0 touches 2^20 blocks of 4 KiB;
+   * the length must not wrap round to a one-block request. */
+  uint8_t buf[2 * 32] = { 0 };
+  for (int i = 0; i < 2; i++) {
+    uint8_t *p = buf + 32 * i;
+    put32(p + 4, i == 0 ? 0xffffffffu : 512);
+    put16(p + 12, 0x28);
+    put16(p + 14, 0x0100);
+  }
+  struct sl_trace t;
+  write_file(buf, sizeof buf);
+  read_ok("vscsi", false, &t);
+  assert_int_equal(t.len, (1u << 20) + 1);
+  assert_int_equal(t.blocks[(1u << 20) - 1], (1u << 20) - 1);
+  assert_int_equal(t.blocks[1u << 20], 0);
+  sl_trace_free(&t);
+}
+
 static void test_vscsi_bad(void **s)
 {
   uint8_t buf[64] = { 0 };
@@ -253,6 +273,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_vscsi_v1),
     cmocka_unit_test(test_vscsi_v2),
+    cmocka_unit_test(test_vscsi_huge_length),
     cmocka_unit_test(test_vscsi_bad),
     cmocka_unit_test(test_txt_skips_stars),
     cmocka_unit_test(test_lis_expands),
