@@ -145,16 +145,20 @@ static int open_bitmap(struct mirror *m)
   return persist(m, 0, nbytes);
 }
 
-static void mark_dirty(struct mirror *m, uint64_t off, uint64_t len)
+/* Record [off, off + len) as differing, durably.  If that cannot be made
+ * durable the caller's request fails: succeeding would let a crash forget
+ * that the mirror is stale. */
+static int mark_dirty(struct mirror *m, uint64_t off, uint64_t len)
 {
   if (len == 0)
-    return;
+    return 0;
   uint64_t first = off / m->gran, last = (off + len - 1) / m->gran;
   pthread_mutex_lock(&m->lock);
   for (uint64_t b = first; b <= last; b++)
     m->bits[b / 8] |= (unsigned char)(1u << (b % 8));
-  persist(m, first / 8, last / 8 + 1);
+  int r = persist(m, first / 8, last / 8 + 1);
   pthread_mutex_unlock(&m->lock);
+  return r;
 }
 
 /* Copy every dirty region from the primary; stops at the first failure. */
@@ -278,7 +282,7 @@ static int replicate(struct mirror *m, int r, uint64_t off, uint64_t len)
   if (r < 0)
     degrade(m, host->last_error());
   if (r < 0 || !m->target)
-    mark_dirty(m, off, len);
+    return mark_dirty(m, off, len);
   return 0;
 }
 

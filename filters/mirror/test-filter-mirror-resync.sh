@@ -69,6 +69,9 @@ run() {
   assert_eq "$(dirty d.disk.mirror-dirty)" "" "dirty regions after resync"
   same "$p" "$t"
 
+  # The rest does not depend on the image format: raw only, for time.
+  [[ $fmt == raw ]] || return 0
+
   # Again, but this time a plain writable reopen does the resync.
   target_faulty "$t"
   sluice io d.disk write -P 0x77 $((3 << 19)) 64K >/dev/null 2>&1
