@@ -135,6 +135,12 @@ struct __attribute__((packed)) nbd_structured_reply {
   uint32_t length;
 };
 
+/* The payload of NBD_REPLY_TYPE_ERROR, before the message. */
+struct __attribute__((packed)) nbd_error_payload {
+  uint32_t error;
+  uint16_t msg_len;
+};
+
 struct __attribute__((packed)) nbd_extent {
   uint32_t length;
   uint32_t flags;

@@ -43,6 +43,11 @@ static inline void test_die(const char *what)
  * the modules of this build (NULL-terminated list). */
 static inline void stack_test_setup(const char *prefix, const char *const *modules)
 {
+  const char *build = getenv("BUILDDIR");
+  if (!build) {
+    fprintf(stderr, "BUILDDIR is not set: run through meson test\n");
+    exit(1);
+  }
   snprintf(test_dir, sizeof test_dir, "/tmp/%s.XXXXXX", prefix);
   if (!mkdtemp(test_dir))
     abort();
@@ -51,11 +56,6 @@ static inline void stack_test_setup(const char *prefix, const char *const *modul
   if (mkdir(tpath("mods"), 0755) < 0)
     abort();
   setenv("SLUICE_FILTER_DIR", tpath("mods"), 1);
-  const char *build = getenv("BUILDDIR");
-  if (!build) {
-    fprintf(stderr, "BUILDDIR is not set: run through meson test\n");
-    exit(1);
-  }
   for (size_t i = 0; modules[i]; i++) {
     char so[1024];
     snprintf(so, sizeof so, "%s/filters/%s.so", build, modules[i]);

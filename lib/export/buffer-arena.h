@@ -1,0 +1,52 @@
+/* The buffer arena: request payload buffers carved out of one memfd.
+ *
+ * DESIGN.md ("Constraints from what comes later: Buffers") asks that
+ * request buffers in the export path come from an arena that can be backed
+ * by a memfd, so that the cache daemon can later fill and drain them
+ * through a memory handle (mechanisms 2 and 3) with no extra copy.  An
+ * arena is therefore one memfd, sealed so its size never changes
+ * (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL: a peer that maps it can never
+ * be cut short), mapped once, and every buffer is a (offset, length) range
+ * of it: sl_arena_fd() and sl_arena_offset() are what a memory handle will
+ * name.
+ *
+ * Bounded: the arena never grows.  An allocation that does not fit waits
+ * until enough is freed, which is the export's back-pressure (a client that
+ * floods requests stops being read, it does not make the process grow).
+ * Reusable: freed buffers coalesce with their neighbours (a binary buddy
+ * allocator over blocks of SL_ARENA_MIN_BLOCK, last freed first), so a
+ * busy connection recycles the same few pages and never faults them in
+ * again.  Pages are only ever touched by payload, so resident memory is the
+ * high-water mark of payload in flight, never more than the arena's size.
+ */
+#ifndef SLUICE_EXPORT_BUFFER_ARENA_H
+#define SLUICE_EXPORT_BUFFER_ARENA_H
+
+#include <stddef.h>
+
+#define SL_ARENA_MIN_BLOCK 4096u
+
+struct sl_arena;
+
+/* An arena of SIZE bytes (a power of two, >= SL_ARENA_MIN_BLOCK); NAME
+ * labels the memfd (/proc/PID/fd shows "memfd:NAME"). */
+int sl_arena_create(const char *name, size_t size, struct sl_arena **out);
+void sl_arena_destroy(struct sl_arena *a);
+
+/* A buffer of at least LEN bytes (LEN may be 0), aligned to
+ * SL_ARENA_MIN_BLOCK.  Waits while the arena is full.  NULL (with a
+ * message) if LEN can never fit, or once sl_arena_close() was called. */
+void *sl_arena_alloc(struct sl_arena *a, size_t len);
+/* As sl_arena_alloc, but NULL instead of waiting. */
+void *sl_arena_try_alloc(struct sl_arena *a, size_t len);
+void sl_arena_free(struct sl_arena *a, void *buf);
+/* Wake every waiter with NULL from now on (shutdown). */
+void sl_arena_close(struct sl_arena *a);
+
+/* The memfd and where BUF lies in it: what a memory handle names. */
+int sl_arena_fd(const struct sl_arena *a);
+size_t sl_arena_offset(const struct sl_arena *a, const void *buf);
+/* Bytes handed out and not yet freed (rounded up to blocks). */
+size_t sl_arena_in_use(struct sl_arena *a);
+
+#endif
