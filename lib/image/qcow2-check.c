@@ -396,7 +396,7 @@ static int rebuild_refcounts(struct check *c)
                                         : (1ull << s->refcount_bits) - 1;
   uint64_t rt_entries = tclusters * cs / 8;
   uint64_t *nt = calloc(rt_entries, 8);
-  uint8_t *buf = calloc(1, cs * SL_MAX(tclusters, 1));
+  uint8_t *buf = calloc(1, cs);
   int r = 0;
   if (!nt || !buf)
     r = sl_error(ENOMEM, "%s: out of memory", fn);
@@ -418,36 +418,22 @@ static int rebuild_refcounts(struct check *c)
       r = qcow2_io_write(s, buf, cs, (start + b) * cs);
   }
   uint64_t toff = (start + nblocks) * cs;
-  if (r == 0) {
-    memset(buf, 0, cs * tclusters);
-    for (uint64_t i = 0; i < rt_entries; i++)
-      qcow2_put_be64(buf + i * 8, nt[i]);
-    r = qcow2_io_write(s, buf, tclusters * cs, toff);
-  }
   free(buf);
-  if (r == 0)
-    r = qcow2_sync(s);
   if (r < 0) {
     free(nt);
     return r;
   }
-  free(s->rt);
-  s->rt = nt;
-  s->rt_size = rt_entries;
-  s->rt_offset = toff;
-  s->rt_clusters = (uint32_t)tclusters;
   /* The cache holds blocks of the old structure. */
   for (size_t i = 0; i < s->rb_cache.nslots; i++) {
     s->rb_cache.slots[i].offset = 0;
     s->rb_cache.slots[i].dirty = false;
   }
   c->file_clusters = SL_MAX(c->file_clusters, total);
-  r = qcow2_write_header_fields(s);
+  r = qcow2_install_reftable(s, nt, tclusters, toff);
   if (r == 0)
-    r = qcow2_sync(s);
-  fprintf(stderr, "Rebuilt the refcount structure: %" PRIu64 " block(s) and "
-          "a %" PRIu64 "-cluster table at 0x%" PRIx64 "\n", nblocks, tclusters,
-          toff);
+    fprintf(stderr, "Rebuilt the refcount structure: %" PRIu64 " block(s) and "
+            "a %" PRIu64 "-cluster table at 0x%" PRIx64 "\n", nblocks, tclusters,
+            toff);
   return r;
 }
 

@@ -132,33 +132,49 @@ static int grow_table(struct qcow2_state *s, uint64_t range)
     nt[range + j] = (start + j) * cs;
     r = write_new_block(s, range + j, start + j, start, nblocks + tclusters);
   }
-  uint64_t toff = (start + nblocks) * cs;
-  uint8_t *buf = NULL;
-  if (r == 0 && posix_memalign((void **)&buf, 4096, tclusters * cs))
-    r = sl_error(ENOMEM, "%s: out of memory", fn);
-  if (r == 0) {
-    for (uint64_t i = 0; i < entries; i++)
-      qcow2_put_be64(buf + i * 8, nt[i]);
-    r = qcow2_io_write(s, buf, tclusters * cs, toff);
-  }
-  free(buf);
-  if (r == 0)
-    r = qcow2_sync(s);
   if (r < 0) {
     free(nt);
     return r;
   }
   uint64_t old_off = s->rt_offset, old_clusters = s->rt_clusters;
+  r = qcow2_install_reftable(s, nt, tclusters, (start + nblocks) * cs);
+  if (r == 0)
+    r = qcow2_queue_free(s, old_off, old_clusters * cs);
+  return r;
+}
+
+/* Write TABLE (CLUSTERS clusters of entries) at OFF and make it durable
+ * before the header points at it, so a crash leaves either the old table
+ * or the new one, never a header naming a half-written table.  Takes
+ * ownership of TABLE. */
+int qcow2_install_reftable(struct qcow2_state *s, uint64_t *table,
+                           uint64_t clusters, uint64_t off)
+{
+  uint64_t bytes = clusters * s->cluster_size, entries = bytes / 8;
+  uint8_t *buf = NULL;
+  int r = 0;
+  if (posix_memalign((void **)&buf, 4096, bytes))
+    r = sl_error(ENOMEM, "%s: out of memory", s->img->filename);
+  if (r == 0) {
+    for (uint64_t i = 0; i < entries; i++)
+      qcow2_put_be64(buf + i * 8, table[i]);
+    r = qcow2_io_write(s, buf, bytes, off);
+  }
+  free(buf);
+  if (r == 0)
+    r = qcow2_sync(s);
+  if (r < 0) {
+    free(table);
+    return r;
+  }
   free(s->rt);
-  s->rt = nt;
+  s->rt = table;
   s->rt_size = entries;
-  s->rt_offset = toff;
-  s->rt_clusters = (uint32_t)tclusters;
+  s->rt_offset = off;
+  s->rt_clusters = (uint32_t)clusters;
   r = qcow2_write_header_fields(s);
   if (r == 0)
     r = qcow2_sync(s);
-  if (r == 0)
-    r = qcow2_queue_free(s, old_off, old_clusters * cs);
   return r;
 }
 

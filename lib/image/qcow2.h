@@ -184,6 +184,8 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t cluster, int64_t delta
 int qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n, uint64_t *offset,
                          uint64_t *got);
 int qcow2_queue_free(struct qcow2_state *s, uint64_t offset, uint64_t bytes);
+int qcow2_install_reftable(struct qcow2_state *s, uint64_t *table,
+                           uint64_t clusters, uint64_t off);
 int qcow2_apply_pending_frees(struct qcow2_state *s);
 int qcow2_flush_refcounts(struct qcow2_state *s);
 uint64_t qcow2_rc_get_entry(const struct qcow2_state *s, const uint8_t *blk,
