@@ -286,49 +286,57 @@ static int replicate(struct mirror *m, int r, uint64_t off, uint64_t len)
   return 0;
 }
 
-static int mi_pwrite(void *inst, struct sl_next *next, const void *buf,
-                     size_t len, uint64_t off, uint32_t flags)
+/* The three ways a write reaches the disk, so that one function holds the
+ * ordering all of them need: regions locked, primary first, then the
+ * target, and a region the target missed recorded before the reply. */
+enum mirror_write { MW_DATA, MW_ZERO, MW_DISCARD };
+
+static int issue_write(struct sl_next *n, enum mirror_write kind,
+                       const void *buf, uint64_t len, uint64_t off,
+                       uint32_t flags)
 {
-  struct mirror *m = inst;
+  switch (kind) {
+  case MW_DATA: return sl_next_pwrite(n, buf, len, off, flags);
+  case MW_ZERO: return sl_next_write_zeroes(n, off, len, flags);
+  case MW_DISCARD: return sl_next_discard(n, off, len, flags);
+  }
+  return -EINVAL;
+}
+
+/* Discarded data is unspecified, but the replica must read the same as
+ * the primary: if the target cannot follow, replicate() marks the region
+ * dirty so that resync copies it. */
+static int mirrored_write(struct mirror *m, struct sl_next *next,
+                          enum mirror_write kind, const void *buf,
+                          uint64_t len, uint64_t off, uint32_t flags)
+{
   uint64_t held = lock_regions(m, off, len);
-  int r = sl_next_pwrite(next, buf, len, off, flags);
+  int r = issue_write(next, kind, buf, len, off, flags);
   if (r == 0) {
-    int t = m->target ? sl_next_pwrite(m->target, buf, len, off, flags) : 0;
+    int t = m->target ? issue_write(m->target, kind, buf, len, off, flags)
+                      : 0;
     r = replicate(m, t, off, len);
   }
   unlock_regions(m, held);
   return r;
+}
+
+static int mi_pwrite(void *inst, struct sl_next *next, const void *buf,
+                     size_t len, uint64_t off, uint32_t flags)
+{
+  return mirrored_write(inst, next, MW_DATA, buf, len, off, flags);
 }
 
 static int mi_zero(void *inst, struct sl_next *next, uint64_t off,
                    uint64_t len, uint32_t flags)
 {
-  struct mirror *m = inst;
-  uint64_t held = lock_regions(m, off, len);
-  int r = sl_next_write_zeroes(next, off, len, flags);
-  if (r == 0) {
-    int t = m->target ? sl_next_write_zeroes(m->target, off, len, flags) : 0;
-    r = replicate(m, t, off, len);
-  }
-  unlock_regions(m, held);
-  return r;
+  return mirrored_write(inst, next, MW_ZERO, NULL, len, off, flags);
 }
 
 static int mi_discard(void *inst, struct sl_next *next, uint64_t off,
                       uint64_t len, uint32_t flags)
 {
-  struct mirror *m = inst;
-  uint64_t held = lock_regions(m, off, len);
-  int r = sl_next_discard(next, off, len, flags);
-  if (r == 0) {
-    /* Discarded data is unspecified, but the replica must read the same
-     * as the primary: copy by marking it dirty if the target cannot
-     * follow. */
-    int t = m->target ? sl_next_discard(m->target, off, len, flags) : 0;
-    r = replicate(m, t, off, len);
-  }
-  unlock_regions(m, held);
-  return r;
+  return mirrored_write(inst, next, MW_DISCARD, NULL, len, off, flags);
 }
 
 static int mi_flush(void *inst, struct sl_next *next, uint32_t flags)
