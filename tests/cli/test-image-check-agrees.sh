@@ -45,18 +45,7 @@ elif kind == "l2-past-eof":                       # a data pointer past the end
 PY
 }
 
-counts() { # TOOL IMAGE -> "exit leaks corruptions"
-  local rc=0 out
-  if [[ $1 == qemu ]]; then
-    out=$(qemu-img check --output=json "$2" 2>/dev/null) || rc=$?
-  else
-    out=$("$SLUICE" check --output=json "$2" 2>/dev/null) || rc=$?
-  fi
-  python3 -c "
-import json, sys
-d = json.loads(sys.argv[1]) if sys.argv[1].strip() else {}
-print($rc, d.get('leaks', 0), d.get('corruptions', 0))" "$out"
-}
+counts() { check_counts "$1" "$2" leaks corruptions; }  # TOOL IMAGE -> "exit leaks corruptions"
 
 for kind in clean leak leak2 refcount-low shared l2-past-eof; do
   make_base "$kind.qcow2"

@@ -30,18 +30,7 @@ with open(path, "r+b") as f:
 PY
 }
 
-corruptions() { # TOOL IMAGE -> "exit corruptions"
-  local rc=0 out
-  if [[ $1 == qemu ]]; then
-    out=$(qemu-img check --output=json "$2" 2>/dev/null) || rc=$?
-  else
-    out=$("$SLUICE" check --output=json "$2" 2>/dev/null) || rc=$?
-  fi
-  python3 -c "
-import json, sys
-d = json.loads(sys.argv[1]) if sys.argv[1].strip() else {}
-print($rc, d.get('corruptions', 0))" "$out"
-}
+corruptions() { check_counts "$1" "$2" corruptions; }  # TOOL IMAGE -> "exit corruptions"
 
 # case NAME CLUSTER INDEX VALUE QEMU_REPAIRS
 case_() {

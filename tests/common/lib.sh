@@ -51,3 +51,19 @@ wait_for_path() {
 }
 
 sluice() { "$SLUICE" "$@"; }
+
+# check_counts TOOL IMAGE FIELD...: run `qemu-img check` (TOOL=qemu) or
+# `sluice check` on IMAGE and print its exit code, then each FIELD of its
+# JSON output (0 when absent), so the two tools' verdicts compare as text.
+check_counts() {
+  local tool=$1 image=$2 rc=0 out; shift 2
+  if [[ $tool == qemu ]]; then
+    out=$(qemu-img check --output=json "$image" 2>/dev/null) || rc=$?
+  else
+    out=$("$SLUICE" check --output=json "$image" 2>/dev/null) || rc=$?
+  fi
+  python3 -c "
+import json, sys
+d = json.loads(sys.argv[1]) if sys.argv[1].strip() else {}
+print(' '.join([sys.argv[2]] + [str(d.get(f, 0)) for f in sys.argv[3:]]))" "$out" "$rc" "$@"
+}
