@@ -64,6 +64,19 @@ static inline void stack_test_setup(const char *prefix, const char *const *modul
   }
 }
 
+/* A 64-byte AES-XTS key file NAME in the test directory; the bytes follow
+ * i * MUL + ADD so each test's key differs from the others'. */
+static inline void write_test_key(const char *name, int mul, int add)
+{
+  unsigned char key[64];
+  for (int i = 0; i < 64; i++)
+    key[i] = (unsigned char)(i * mul + add);
+  int fd = open(tpath(name), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (fd < 0 || write(fd, key, sizeof key) != (ssize_t)sizeof key)
+    test_die(name);
+  close(fd);
+}
+
 static inline void stack_test_teardown(void)
 {
   char cmd[600];

@@ -172,13 +172,7 @@ static int setup(void **state)
   stack_test_setup("test-disk-stack-threads", modules);
   make_raw("p.raw", 2 * MiB);
   make_raw("m.raw", 2 * MiB);
-  int fd = open(tpath("t.key"), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  unsigned char key[64];
-  for (int i = 0; i < 64; i++)
-    key[i] = (unsigned char)(i * 13 + 5);
-  if (fd < 0 || write(fd, key, 64) != 64)
-    abort();
-  close(fd);
+  write_test_key("t.key", 13, 5);
   return 0;
 }
 

@@ -434,13 +434,7 @@ static int setup(void **state)
   static char log[512];
   snprintf(log, sizeof log, "%s", tpath("trace.log"));
   trace_log = log;
-  int kfd = open(tpath("c.key"), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  unsigned char key[64];
-  for (int i = 0; i < 64; i++)
-    key[i] = (unsigned char)(i * 7 + 1);
-  if (kfd < 0 || write(kfd, key, 64) != 64)
-    abort();
-  close(kfd);
+  write_test_key("c.key", 7, 1);
   return 0;
 }
 
