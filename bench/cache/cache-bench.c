@@ -10,16 +10,20 @@
  * plus the metadata bytes per resident block and per ghost entry of
  * twophase.
  *   cache-bench [--seconds S] [--reps N] [--footprint N] [--keys N]
- *               [--workloads abc] [--policies 0123]
- * (policies: 0 twophase, 1 LRU, 2 CLOCK, 3 S3-FIFO) */
+ *               [--workloads abc] [--policies 0123] [--pin]
+ * (policies: 0 twophase, 1 LRU, 2 CLOCK, 3 S3-FIFO; --pin binds worker i
+ * to CPU i modulo the CPU count, so that the scheduler cannot move a lone
+ * worker between cores and cool its private caches mid-run) */
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cache/slot-index.h"
 #include "cache/twophase.h"
@@ -299,6 +303,7 @@ struct worker {
   _Alignas(64) enum policy p; /* each worker on its own cache lines */
   struct sl_twophase *tp;
   struct locked *lk;
+  int cpu_index; /* -1: let the scheduler place this worker */
   const uint64_t *keys;
   uint64_t nkeys;
   pthread_barrier_t *start;
@@ -346,6 +351,12 @@ static void *worker_main(void *opaque)
   struct sl_twophase *tp = w->tp;
   struct locked *lk = w->lk;
   uint64_t ops = 0, hits = 0, pos = 0;
+  if (w->cpu_index >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(w->cpu_index, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+  }
   pthread_barrier_wait(w->start);
   double cpu0 = now(CLOCK_THREAD_CPUTIME_ID);
   while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
@@ -401,6 +412,8 @@ struct cell {
   double hit_ratio;
 };
 
+static bool pin_workers;
+
 static struct cell measure(enum policy p, uint64_t cap, int threads, uint64_t **keys,
                            uint64_t nkeys, enum warm warm, double seconds)
 {
@@ -430,7 +443,9 @@ static struct cell measure(enum policy p, uint64_t cap, int threads, uint64_t **
   atomic_bool stop = false;
   pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
   for (int i = 0; i < threads; i++) {
+    int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
     w[i] = (struct worker){.p = p, .tp = tp, .lk = lk, .keys = keys[i], .nkeys = nkeys,
+                           .cpu_index = pin_workers && ncpu > 0 ? i % ncpu : -1,
                            .start = &start, .stop = &stop};
     if (pthread_create(&tid[i], NULL, worker_main, &w[i]) != 0)
       abort();
@@ -463,6 +478,23 @@ static struct cell measure(enum policy p, uint64_t cap, int threads, uint64_t **
                        .hit_ratio = (double)hits / (double)ops};
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* The 2T/1T column is the median over repetitions of the ratio of the two
+ * cells measured back to back in the same repetition: the host's noise
+ * moves on a scale of seconds, so a pair measured a second apart sees the
+ * same machine, where best-1T against best-2T may pair a lucky cell with
+ * an unlucky one. */
+static double median(double *v, int n)
+{
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 static double loadavg(void)
 {
   double l = -1;
@@ -478,7 +510,7 @@ static double loadavg(void)
 static void usage(void)
 {
   fprintf(stderr, "usage: cache-bench [--seconds S] [--reps N] [--footprint N] [--keys N]\n"
-                  "                   [--workloads abc] [--policies 0123]\n");
+                  "                   [--workloads abc] [--policies 0123] [--pin]\n");
   exit(2);
 }
 
@@ -489,6 +521,11 @@ int main(int argc, char **argv)
   int reps = 3;
   const char *workloads = "abc", *policies = "0123";
   for (int i = 1; i < argc; i += 2) {
+    if (strcmp(argv[i], "--pin") == 0) {
+      pin_workers = true;
+      i--;
+      continue;
+    }
     if (i + 1 >= argc)
       usage();
     if (strcmp(argv[i], "--seconds") == 0)
@@ -526,8 +563,8 @@ int main(int argc, char **argv)
     {'c', "c: scan, all misses", footprint / 10, scan, WARM_NONE},
   };
   printf("cache-bench: footprint %" PRIu64 " keys, %" PRIu64 " keys per thread stream, "
-         "%.2f s per cell, best of %d, load average %.2f at start\n\n",
-         footprint, nkeys, seconds, reps, loadavg());
+         "%.2f s per cell, best of %d, workers %s, load average %.2f at start\n\n",
+         footprint, nkeys, seconds, reps, pin_workers ? "pinned" : "unpinned", loadavg());
   printf("| workload | policy | 1 thread | 2 threads | 4 threads | 2T/1T "
          "| CPU ns/op 1T | 2T | hit ratio | load |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|\n");
@@ -539,7 +576,12 @@ int main(int argc, char **argv)
      * the shared machine then hits every policy and thread count alike
      * instead of whichever cells happened to run during it. */
     struct cell best[P_COUNT][3] = {{{0}}};
-    for (int rep = 0; rep < reps; rep++)
+    double *pair_ratio[P_COUNT];
+    for (int p = 0; p < P_COUNT; p++)
+      if (!(pair_ratio[p] = calloc((size_t)reps, sizeof(double))))
+        abort();
+    for (int rep = 0; rep < reps; rep++) {
+      double rep_mops[P_COUNT][3] = {{0}};
       for (int ti = 0; ti < 3; ti++)
         for (int p = 0; p < P_COUNT; p++) {
           if (!strchr(policies, '0' + p))
@@ -547,25 +589,34 @@ int main(int argc, char **argv)
           struct cell c = measure((enum policy)p, work[wi].cap, thread_counts[ti],
                                   work[wi].keys, nkeys, work[wi].warm, seconds);
           struct cell *b = &best[p][ti];
+          rep_mops[p][ti] = c.mops;
           if (c.mops > b->mops)
             b->mops = c.mops, b->hit_ratio = c.hit_ratio;
           if (b->cpu_ns == 0 || c.cpu_ns < b->cpu_ns)
             b->cpu_ns = c.cpu_ns;
         }
+      for (int p = 0; p < P_COUNT; p++)
+        if (rep_mops[p][0] > 0)
+          pair_ratio[p][rep] = rep_mops[p][1] / rep_mops[p][0];
+    }
     for (int p = 0; p < P_COUNT; p++) {
       if (!strchr(policies, '0' + p))
         continue;
       struct cell *b = best[p];
       if (p == P_LRU) lru2[wi] = b[1].mops;
       if (p == P_TWOPHASE) tp2[wi] = b[1].mops;
-      if (p == P_TWOPHASE && wi == 0) tp_scale_a = b[1].mops / b[0].mops;
+      double scale = median(pair_ratio[p], reps);
+      if (p == P_TWOPHASE && wi == 0) tp_scale_a = scale;
       printf("| %s | %s | %.2f M/s | %.2f M/s | %.2f M/s | %.2fx | %.1f | %.1f | %.3f | %.1f |\n",
              work[wi].name, policy_names[p], b[0].mops, b[1].mops, b[2].mops,
-             b[1].mops / b[0].mops, b[0].cpu_ns, b[1].cpu_ns, b[1].hit_ratio, loadavg());
+             scale, b[0].cpu_ns, b[1].cpu_ns, b[1].hit_ratio, loadavg());
     }
+    for (int p = 0; p < P_COUNT; p++)
+      free(pair_ratio[p]);
     fflush(stdout);
   }
-  printf("\ntwophase / global-lock LRU at 2 threads: a %.2fx, b %.2fx, c %.2fx "
+  printf("\n2T/1T: median over the %d repetitions of 2-thread / 1-thread measured back to back\n", reps);
+  printf("twophase / global-lock LRU at 2 threads: a %.2fx, b %.2fx, c %.2fx "
          "(goal: b >= 2x)\n", lru2[0] ? tp2[0] / lru2[0] : 0, lru2[1] ? tp2[1] / lru2[1] : 0,
          lru2[2] ? tp2[2] / lru2[2] : 0);
   printf("twophase a, 2 threads / 1 thread: %.2fx (goal: >= 1.6x)\n", tp_scale_a);

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Throughput of twophase vs lock-based LRU, CLOCK and S3-FIFO at 1, 2 and 4
 # threads (issue 3).  One command: builds if needed, prints a markdown table.
-#   bench/cache/run.sh [--seconds S] [--reps N] [--footprint N] [--keys N]
+#   bench/cache/run.sh [--seconds S] [--reps N] [--footprint N] [--keys N] [--pin]
 #                      [--workloads abc] [--policies 0123]
-# Each cell runs S seconds (default 0.5) after a start barrier; best of N (3).
+# Each cell runs S seconds (default 0.5) after a start barrier; best of N (3);
+# the 2T/1T column is the median of the N back-to-back 2-thread/1-thread pairs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/build.sh build
