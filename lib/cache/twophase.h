@@ -8,7 +8,12 @@
  *
  * Thread safety: lookups and hits are lock-free (at most one atomic
  * compare-and-swap on a hit, none when the reference level is saturated);
- * inserts, pins and removes take the structure's eviction lock. */
+ * inserts, pins and removes take an eviction lock.  A large cache is split
+ * into shards by key (params.shards), each a complete twophase structure
+ * over its own range of slots with its own lock, so that misses on
+ * different cores rarely wait for each other; a small cache is one shard.
+ * Each shard evicts only among its own blocks: replacement is per shard,
+ * and the shards' slot ranges partition [0, capacity). */
 #ifndef SLUICE_CACHE_TWOPHASE_H
 #define SLUICE_CACHE_TWOPHASE_H
 
@@ -23,12 +28,28 @@ enum sl_cold_hit {
   SL_COLD_HIT_IGNORE,       /* cold hits are not remembered: only ghost hits reach hot */
 };
 
+/* Shards of at least this many slots when params.shards is 0: large
+ * enough that each behaves like the whole cache (the simulator sees no
+ * difference worth the name, docs/cache-policy.md), and at most
+ * SL_TWOPHASE_MAX_SHARDS of them, so that two to a few dozen threads
+ * rarely meet on one lock. */
+#define SL_TWOPHASE_SHARD_MIN 4096
+#define SL_TWOPHASE_MAX_SHARDS 64
+
 struct sl_twophase_params {
-  uint64_t capacity;        /* resident blocks, cold + hot */
+  uint64_t capacity;        /* resident blocks, cold + hot; below 2^30 */
   double cold_fraction;     /* cold's (initial) share of capacity; 0 = 0.10 */
   double ghost_fraction;    /* ghost entries per resident block; 0 = 1.0 */
   bool adaptive;            /* resize cold online from ghost hits (default off) */
   enum sl_cold_hit cold_hit;
+  /* Shards (each with its own lock); 0 = automatic: capacity /
+   * SL_TWOPHASE_SHARD_MIN, at least 1 and at most SL_TWOPHASE_MAX_SHARDS,
+   * so every cache below 8192 blocks is one shard.  An explicit count is
+   * lowered to capacity (no empty shard); above SL_TWOPHASE_MAX_SHARDS
+   * create fails.  Shard sizes differ by at most one slot and add up to
+   * capacity exactly.  The fractions, adaptive and cold_hit apply within
+   * each shard. */
+  unsigned shards;
 };
 
 struct sl_twophase_stats {
@@ -42,13 +63,15 @@ struct sl_twophase_stats {
                                  * calling thread (all structures): a per-thread
                                  * counter, so that hits share no cache line */
   uint64_t resident, cold, hot, pinned;
-  uint64_t cold_target;
+  uint64_t cold_target;         /* summed over shards, as are all the counts */
   double bytes_per_resident;    /* metadata per resident block */
   double bytes_per_ghost;       /* metadata per ghost entry */
 };
 
 #define SL_TWOPHASE_NONE UINT32_MAX
 
+/* NULL if P is invalid (capacity 0 or >= 2^30, too many shards) or out of
+ * memory. */
 struct sl_twophase *sl_twophase_create(const struct sl_twophase_params *p);
 void sl_twophase_destroy(struct sl_twophase *t);
 
@@ -58,7 +81,8 @@ uint32_t sl_twophase_lookup(struct sl_twophase *t, uint64_t key);
 /* Make KEY resident after a miss and return its slot (the existing one if
  * another thread inserted it first).  If a block had to go, its key is
  * stored in *EVICTED and *DID_EVICT set.  With PIN the new entry is
- * returned pinned.  SL_TWOPHASE_NONE if every slot is pinned. */
+ * returned pinned.  SL_TWOPHASE_NONE if every slot of KEY's shard is
+ * pinned (with one shard: every slot), even if other shards have room. */
 uint32_t sl_twophase_insert(struct sl_twophase *t, uint64_t key, bool pin,
                             uint64_t *evicted, bool *did_evict);
 
@@ -79,14 +103,20 @@ char sl_twophase_where(struct sl_twophase *t, uint32_t slot);
 uint64_t sl_twophase_slot_key(struct sl_twophase *t, uint32_t slot);
 bool sl_twophase_in_ghost(struct sl_twophase *t, uint64_t key);
 
-/* For tests: one step of the clock hand over the slot array (a freed slot
- * stays free).  Returns the slot it freed, or SL_TWOPHASE_NONE. */
+/* For tests: one step of a clock hand over its shard's slots (a freed slot
+ * stays free).  Returns the slot it freed, or SL_TWOPHASE_NONE.  With
+ * several shards, successive calls step the shards in turn (shard 0, 1,
+ * ..., n-1, 0, ...), so capacity calls take each hand about once round. */
 uint32_t sl_twophase_test_hand_step(struct sl_twophase *t, uint64_t *evicted,
                                     bool *did_evict);
 
+/* Counts are summed over the shards, each read under its own lock, one
+ * shard after the other (a consistent total only when T is idle). */
 void sl_twophase_get_stats(struct sl_twophase *t, struct sl_twophase_stats *s);
-/* Check every invariant (call when no other thread is using T); 0 if all
- * hold, else -1 with a description in MSG. */
+/* Check every invariant of every shard, that the shards' slot ranges
+ * partition [0, capacity) and that each resident key is in its own shard
+ * (call when no other thread is using T); 0 if all hold, else -1 with a
+ * description in MSG. */
 int sl_twophase_check(struct sl_twophase *t, char *msg, size_t len);
 
 #endif

@@ -1,0 +1,579 @@
+/* twophase shard: cold FIFO + ghost FIFO + a hot ring served by a clock
+ * hand with two-phase eviction (DESIGN.md mechanism 1;
+ * docs/cache-policy.md).  This is the whole replacement engine for one
+ * share of the cache, behind one eviction lock.  twophase.c splits the key
+ * space over several of these (one for small caches), so that misses on
+ * different cores mostly take different locks; everything here sees only
+ * its own slots, numbered from 0, and its own keys.
+ *
+ * Layout, all preallocated, no per-entry pointers:
+ *   slots      key (8 B), state (1 B), pin count (1 B) per resident block.
+ *              The slot array itself is the hot ring: the hand walks the
+ *              slot numbers and skips cold ones, so promoting a block from
+ *              cold to hot flips a bit and its data never moves.
+ *   index      slot-index.h: open addressing of (32-bit hash, slot) cells,
+ *              1.5 per slot, read without locks.
+ *   cold ring  FIFO of slot numbers: new blocks enter at the tail.
+ *   ghost      4-byte fingerprints of evicted blocks in 8-entry buckets,
+ *              each bucket a small FIFO kept in age order (a new entry
+ *              shifts the others along, the oldest falls off): together an
+ *              approximate FIFO that costs 4 bytes per remembered block.
+ *              The top bit records whether the block left from cold or
+ *              from hot.
+ *
+ * A hit raises the slot's two-bit reference level by one (one atomic
+ * compare-and-swap), and stores nothing once the level is saturated: a hit
+ * on a saturated block writes no shared memory at all, so hits scale with
+ * cores.  A miss takes the eviction lock: a ghost hit enters hot directly,
+ * anything else enters cold.  To free a slot, either cold's head leaves
+ * (to hot if it was referenced while cold, otherwise to the ghost) or the
+ * hand advances over hot: a referenced slot is demoted a level (phase one)
+ * and only evicted if still unreferenced when the hand comes round again
+ * (phase two); a block hit often survives up to three passes, as in
+ * S3-FIFO's main queue.  A scan therefore only churns cold and the ghost.
+ *
+ * Adaptation (opt-in, params.adaptive): a ghost hit on a block that left from cold
+ * says cold was too small; one that left from hot says hot was.  Each moves
+ * cold's target by a step, as ARC moves its split between recency and
+ * frequency.  On the shipped traces it loses to the fixed 10% split (see
+ * docs/benchmarks.md), so it is off by default.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/slot-index.h"
+#include "cache/twophase-shard.h"
+#include "common/util.h"
+
+#define ST_FREE 0u
+#define ST_COLD 1u
+#define ST_HOT 2u
+#define ST_WHERE 3u
+#define ST_REF 4u           /* one reference level */
+#define ST_LEVEL 12u        /* two bits: reference level 0..3 */
+#define ST_DEAD 16u         /* removed while cold: freed when cold pops it */
+
+#define GHOST_WAYS 8
+#define GHOST_HOT (1u << 31)
+#define NONE SL_TWOPHASE_NONE
+
+struct sl_tp_shard {
+  /* Read by every lookup, written only at creation: kept apart from the
+   * fields the miss path writes, so hits on other cores never lose this
+   * cache line to an insert. */
+  uint32_t n;                       /* slots: this shard's capacity */
+  enum sl_cold_hit cold_hit;
+  _Atomic uint64_t *keys;
+  _Atomic uint8_t *state;
+  _Atomic uint8_t *pins;
+  struct sl_slot_index ix;
+  uint32_t *cold_ring;
+  uint32_t *ghost;
+  uint32_t ghost_mask;              /* buckets - 1 */
+  uint64_t ghost_nominal;
+  bool fixed;
+
+  _Alignas(64) pthread_mutex_t lock; /* everything below */
+  uint32_t cold_head, cold_count;
+  uint32_t hot_count, bump, hand;
+  uint32_t cold_target, cold_min, cold_max, step;
+  struct sl_twophase_stats st;
+};
+
+/* Hits that had to store a reference level, counted per thread: a shared
+ * counter would be a cache line every hitting core writes, which is what
+ * kept hits from scaling.  get_stats reports the calling thread's count,
+ * which covers every shard of every structure. */
+static _Thread_local uint64_t ref_stores_here;
+
+#define mix sl_mix64
+
+static uint32_t pow2_at_least(uint64_t v)
+{
+  uint64_t p = 1;
+  while (p < v)
+    p <<= 1;
+  return p > UINT32_MAX ? 0 : (uint32_t)p;
+}
+
+struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint32_t capacity)
+{
+  if (!p || capacity == 0 || capacity >= (1u << 30))
+    return NULL;
+  /* Whole cache lines: the lock of one shard never shares a line with
+   * another shard's (or anything else's) data. */
+  size_t tsize = (sizeof(struct sl_tp_shard) + 63) & ~(size_t)63;
+  struct sl_tp_shard *t = aligned_alloc(64, tsize);
+  if (!t)
+    return NULL;
+  memset(t, 0, tsize);
+  t->n = capacity;
+  double cf = p->cold_fraction > 0 ? p->cold_fraction : 0.10;
+  double gf = p->ghost_fraction > 0 ? p->ghost_fraction : 1.0;
+  t->fixed = !p->adaptive;
+  t->cold_hit = p->cold_hit;
+  t->cold_target = (uint32_t)(cf * t->n);
+  if (t->cold_target < 1)
+    t->cold_target = 1;
+  t->cold_min = t->fixed ? t->cold_target : (t->n >= 100 ? t->n / 100 : 1);
+  t->cold_max = t->fixed ? t->cold_target : t->n - t->n / 10;
+  if (t->cold_max < t->cold_min)
+    t->cold_max = t->cold_min;
+  t->step = t->n >= 1000 ? t->n / 1000 : 1;
+  t->ghost_nominal = (uint64_t)(gf * t->n) + 1;
+  uint32_t buckets = pow2_at_least(t->ghost_nominal / GHOST_WAYS + 1);
+  if (!buckets)
+    goto fail;
+  t->ghost_mask = buckets - 1;
+  t->keys = calloc(t->n, sizeof *t->keys);
+  t->state = calloc(t->n, sizeof *t->state);
+  t->pins = calloc(t->n, sizeof *t->pins);
+  t->cold_ring = calloc(t->n, sizeof *t->cold_ring);
+  t->ghost = calloc((size_t)buckets * GHOST_WAYS, sizeof *t->ghost);
+  if (!t->keys || !t->state || !t->pins || !sl_slot_index_init(&t->ix, t->n) ||
+      !t->cold_ring || !t->ghost)
+    goto fail;
+  /* The miss path holds the lock for a few hundred nanoseconds: spinning
+   * briefly beats sleeping in the kernel when another core holds it. */
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+  pthread_mutex_init(&t->lock, &attr);
+  pthread_mutexattr_destroy(&attr);
+  return t;
+fail:
+  sl_tp_shard_destroy(t);
+  return NULL;
+}
+
+void sl_tp_shard_destroy(struct sl_tp_shard *t)
+{
+  if (!t)
+    return;
+  if (t->keys)
+    pthread_mutex_destroy(&t->lock);
+  free(t->keys);
+  free(t->state);
+  free(t->pins);
+  sl_slot_index_fini(&t->ix);
+  free(t->cold_ring);
+  free(t->ghost);
+  free(t);
+}
+
+/* ---- index (slot-index.h) --------------------------------------------- */
+
+static uint32_t index_find(struct sl_tp_shard *t, uint64_t key, uint32_t *pos)
+{
+  return sl_slot_index_find(&t->ix, t->keys, key, sl_slot_index_hash(key), pos);
+}
+
+static void index_remove(struct sl_tp_shard *t, uint64_t key)
+{
+  uint32_t pos;
+  if (index_find(t, key, &pos) != NONE)
+    sl_slot_index_remove_at(&t->ix, pos);
+}
+
+/* ---- ghost ------------------------------------------------------------- */
+
+static uint32_t ghost_fp(uint64_t key)
+{
+  return (uint32_t)(mix(key) >> 33) | 1u; /* 31 bits, never 0 */
+}
+
+static uint32_t *ghost_bucket(struct sl_tp_shard *t, uint64_t key)
+{
+  uint32_t b = (uint32_t)(mix(key ^ 0x5bd1e995u)) & t->ghost_mask;
+  return &t->ghost[(size_t)b * GHOST_WAYS];
+}
+
+/* Newest first: the entry added GHOST_WAYS adds ago falls off the end.
+ * Entries taken meanwhile leave holes that age out the same way. */
+static void ghost_add(struct sl_tp_shard *t, uint64_t key, bool from_hot)
+{
+  uint32_t *b = ghost_bucket(t, key);
+  uint32_t old[GHOST_WAYS]; /* fixed-size copies: inlined, no memmove call */
+  memcpy(old, b, sizeof old);
+  memcpy(b + 1, old, (GHOST_WAYS - 1) * sizeof *b);
+  b[0] = ghost_fp(key) | (from_hot ? GHOST_HOT : 0);
+}
+
+/* 0 if KEY is not remembered, else 1 (left from cold) or 2 (from hot);
+ * a found entry is forgotten. */
+static int ghost_take(struct sl_tp_shard *t, uint64_t key)
+{
+  uint32_t *b = ghost_bucket(t, key), fp = ghost_fp(key);
+  for (int i = 0; i < GHOST_WAYS; i++)
+    if (b[i] && (b[i] & ~GHOST_HOT) == fp) {
+      int origin = (b[i] & GHOST_HOT) ? 2 : 1;
+      b[i] = 0;
+      return origin;
+    }
+  return 0;
+}
+
+bool sl_tp_shard_in_ghost(struct sl_tp_shard *t, uint64_t key)
+{
+  pthread_mutex_lock(&t->lock);
+  uint32_t *b = ghost_bucket(t, key), fp = ghost_fp(key);
+  bool found = false;
+  for (int i = 0; i < GHOST_WAYS; i++)
+    found |= b[i] && (b[i] & ~GHOST_HOT) == fp;
+  pthread_mutex_unlock(&t->lock);
+  return found;
+}
+
+/* ---- eviction (under the lock) ----------------------------------------- */
+
+static void cold_push(struct sl_tp_shard *t, uint32_t s)
+{
+  t->cold_ring[(t->cold_head + t->cold_count) % t->n] = s;
+  t->cold_count++;
+}
+
+static uint32_t cold_pop(struct sl_tp_shard *t)
+{
+  uint32_t s = t->cold_ring[t->cold_head];
+  t->cold_head = (t->cold_head + 1) % t->n;
+  t->cold_count--;
+  return s;
+}
+
+static bool pinned(struct sl_tp_shard *t, uint32_t s)
+{
+  return atomic_load_explicit(&t->pins[s], memory_order_acquire) != 0;
+}
+
+/* Let the block in slot S go, remembering it in the ghost. */
+static void evict(struct sl_tp_shard *t, uint32_t s, bool from_hot,
+                  uint64_t *evicted, bool *did_evict)
+{
+  uint64_t key = atomic_load_explicit(&t->keys[s], memory_order_relaxed);
+  __builtin_prefetch(ghost_bucket(t, key), 1); /* overlaps the index walk */
+  index_remove(t, key);
+  ghost_add(t, key, from_hot);
+  atomic_store_explicit(&t->state[s], ST_FREE, memory_order_release);
+  *evicted = key;
+  *did_evict = true;
+}
+
+/* Cold's head leaves: to hot if referenced, else out.  Returns a freed
+ * slot or NONE (promoted or pinned: the caller loops). */
+static uint32_t cold_step(struct sl_tp_shard *t, uint64_t *evicted, bool *did_evict)
+{
+  uint32_t s = cold_pop(t);
+  uint8_t st = atomic_load_explicit(&t->state[s], memory_order_acquire);
+  if (st & ST_DEAD) {
+    atomic_store_explicit(&t->state[s], ST_FREE, memory_order_release);
+    return s;
+  }
+  if (pinned(t, s)) {
+    cold_push(t, s);
+    return NONE;
+  }
+  if (st & ST_LEVEL) {
+    atomic_store_explicit(&t->state[s], ST_HOT, memory_order_release);
+    t->hot_count++;
+    t->st.promotions++;
+    return NONE;
+  }
+  evict(t, s, false, evicted, did_evict);
+  t->st.cold_evictions++;
+  return s;
+}
+
+/* One step of the hand over the slot array. */
+static uint32_t hand_step(struct sl_tp_shard *t, uint64_t *evicted, bool *did_evict)
+{
+  uint32_t s = t->hand;
+  t->hand = t->hand + 1 == t->n ? 0 : t->hand + 1;
+  uint8_t st = atomic_load_explicit(&t->state[s], memory_order_acquire);
+  if ((st & ST_WHERE) == ST_FREE)
+    return s; /* the hand takes a free slot */
+  if ((st & ST_WHERE) != ST_HOT || pinned(t, s))
+    return NONE;
+  if (st & ST_LEVEL) { /* phase one: demote by a level */
+    atomic_fetch_sub_explicit(&t->state[s], ST_REF, memory_order_acq_rel);
+    t->st.demotions++;
+    return NONE;
+  }
+  /* Phase two, unless a hit slipped in since we looked. */
+  uint8_t expect = st;
+  if (!atomic_compare_exchange_strong(&t->state[s], &expect, ST_HOT))
+    return NONE;
+  evict(t, s, true, evicted, did_evict);
+  t->hot_count--;
+  t->st.hot_evictions++;
+  return s;
+}
+
+static uint32_t take_slot(struct sl_tp_shard *t, uint64_t *evicted, bool *did_evict)
+{
+  if (t->bump < t->n)
+    return t->bump++;
+  /* Each slot is visited at most a few times before something gives:
+   * a referenced entry is demoted on the first visit. */
+  for (uint64_t guard = 0; guard < 4ull * t->n + 64; guard++) {
+    bool from_cold = t->cold_count > 0 &&
+                     (t->cold_count > t->cold_target || t->hot_count == 0);
+    uint32_t s = from_cold ? cold_step(t, evicted, did_evict)
+                           : hand_step(t, evicted, did_evict);
+    if (s != NONE)
+      return s;
+  }
+  return NONE; /* everything is pinned */
+}
+
+static void adapt(struct sl_tp_shard *t, int origin)
+{
+  if (t->fixed)
+    return;
+  if (origin == 1)
+    t->cold_target = t->cold_target + t->step > t->cold_max ? t->cold_max
+                                                            : t->cold_target + t->step;
+  else
+    t->cold_target = t->cold_target < t->cold_min + t->step ? t->cold_min
+                                                            : t->cold_target - t->step;
+}
+
+/* ---- operations (twophase-shard.h) ------------------------------------ */
+
+/* HASH is always sl_slot_index_hash(KEY), computed once per operation by
+ * the caller. */
+static inline uint32_t lookup_hashed(struct sl_tp_shard *t, uint64_t key, uint32_t hash)
+{
+  uint32_t s = sl_slot_index_find(&t->ix, t->keys, key, hash, NULL);
+  if (s == NONE)
+    return NONE;
+  uint8_t st = atomic_load_explicit(&t->state[s], memory_order_relaxed);
+  if ((st & ST_WHERE) == ST_FREE || (st & ST_DEAD))
+    return NONE; /* freed under us: the caller's insert sorts it out */
+  if ((st & ST_LEVEL) == ST_LEVEL)
+    return s; /* saturated: no store at all */
+  if ((st & ST_WHERE) == ST_COLD && t->cold_hit == SL_COLD_HIT_IGNORE)
+    return s;
+  /* One attempt: if the hand or another hit changed the state meanwhile,
+   * the reference is (or is about to be) recorded well enough. */
+  if (!atomic_compare_exchange_strong_explicit(&t->state[s], &st, (uint8_t)(st + ST_REF),
+                                               memory_order_relaxed, memory_order_relaxed))
+    return s;
+  ref_stores_here++;
+  return s;
+}
+
+uint32_t sl_tp_shard_lookup(struct sl_tp_shard *t, uint64_t key, uint32_t hash)
+{
+  return lookup_hashed(t, key, hash);
+}
+
+static uint32_t insert_hashed(struct sl_tp_shard *t, uint64_t key, uint32_t hash, bool pin,
+                              uint64_t *evicted, bool *did_evict)
+{
+  uint64_t ev_dummy;
+  bool did_dummy;
+  if (!evicted)
+    evicted = &ev_dummy;
+  if (!did_evict)
+    did_evict = &did_dummy;
+  *did_evict = false;
+  /* Everything below runs under the one lock, so start fetching the line
+   * it will certainly need (the key's ghost bucket) before waiting. */
+  __builtin_prefetch(ghost_bucket(t, key), 1);
+  pthread_mutex_lock(&t->lock);
+  uint32_t s = sl_slot_index_find(&t->ix, t->keys, key, hash, NULL);
+  if (s != NONE) {
+    if (pin)
+      atomic_fetch_add_explicit(&t->pins[s], 1, memory_order_acq_rel);
+    pthread_mutex_unlock(&t->lock);
+    return s;
+  }
+  int origin = ghost_take(t, key);
+  if (origin) {
+    t->st.ghost_hits++;
+    adapt(t, origin);
+  }
+  s = take_slot(t, evicted, did_evict);
+  if (s == NONE) {
+    pthread_mutex_unlock(&t->lock);
+    return NONE;
+  }
+  atomic_store_explicit(&t->keys[s], key, memory_order_relaxed);
+  atomic_store_explicit(&t->pins[s], pin ? 1 : 0, memory_order_relaxed);
+  if (origin) {
+    atomic_store_explicit(&t->state[s], ST_HOT, memory_order_release);
+    t->hot_count++;
+  } else {
+    atomic_store_explicit(&t->state[s], ST_COLD, memory_order_release);
+    cold_push(t, s);
+  }
+  sl_slot_index_insert(&t->ix, hash, s);
+  t->st.inserts++;
+  pthread_mutex_unlock(&t->lock);
+  return s;
+}
+
+uint32_t sl_tp_shard_insert(struct sl_tp_shard *t, uint64_t key, uint32_t hash, bool pin,
+                            uint64_t *evicted, bool *did_evict)
+{
+  return insert_hashed(t, key, hash, pin, evicted, did_evict);
+}
+
+bool sl_tp_shard_access(struct sl_tp_shard *t, uint64_t key, uint32_t hash)
+{
+  if (lookup_hashed(t, key, hash) != NONE)
+    return true;
+  insert_hashed(t, key, hash, false, NULL, NULL);
+  return false;
+}
+
+uint32_t sl_tp_shard_pin(struct sl_tp_shard *t, uint64_t key, uint32_t hash)
+{
+  pthread_mutex_lock(&t->lock);
+  uint32_t s = sl_slot_index_find(&t->ix, t->keys, key, hash, NULL);
+  if (s != NONE)
+    atomic_fetch_add_explicit(&t->pins[s], 1, memory_order_acq_rel);
+  pthread_mutex_unlock(&t->lock);
+  return s;
+}
+
+void sl_tp_shard_unpin(struct sl_tp_shard *t, uint32_t slot)
+{
+  if (slot < t->n)
+    atomic_fetch_sub_explicit(&t->pins[slot], 1, memory_order_acq_rel);
+}
+
+bool sl_tp_shard_remove(struct sl_tp_shard *t, uint64_t key, uint32_t hash)
+{
+  pthread_mutex_lock(&t->lock);
+  uint32_t pos, s = sl_slot_index_find(&t->ix, t->keys, key, hash, &pos);
+  bool ok = s != NONE && !pinned(t, s);
+  if (ok) {
+    sl_slot_index_remove_at(&t->ix, pos);
+    uint8_t st = atomic_load_explicit(&t->state[s], memory_order_relaxed);
+    if ((st & ST_WHERE) == ST_COLD) {
+      /* Still queued in cold: freed when cold pops it. */
+      atomic_store_explicit(&t->state[s], ST_COLD | ST_DEAD, memory_order_release);
+    } else {
+      atomic_store_explicit(&t->state[s], ST_FREE, memory_order_release);
+      t->hot_count--;
+    }
+  }
+  pthread_mutex_unlock(&t->lock);
+  return ok;
+}
+
+uint32_t sl_tp_shard_test_hand_step(struct sl_tp_shard *t, uint64_t *evicted,
+                                    bool *did_evict)
+{
+  pthread_mutex_lock(&t->lock);
+  *did_evict = false;
+  uint32_t s = hand_step(t, evicted, did_evict);
+  pthread_mutex_unlock(&t->lock);
+  return *did_evict ? s : NONE;
+}
+
+uint64_t sl_tp_shard_slot_key(struct sl_tp_shard *t, uint32_t slot)
+{
+  return slot < t->n ? atomic_load_explicit(&t->keys[slot], memory_order_acquire) : 0;
+}
+
+char sl_tp_shard_where(struct sl_tp_shard *t, uint32_t slot)
+{
+  if (slot >= t->n)
+    return 0;
+  uint8_t st = atomic_load_explicit(&t->state[slot], memory_order_relaxed);
+  if (st & ST_DEAD)
+    return 0;
+  switch (st & ST_WHERE) {
+  case ST_COLD: return 'c';
+  case ST_HOT: return 'h';
+  default: return 0;
+  }
+}
+
+size_t sl_tp_shard_meta_bytes(struct sl_tp_shard *t)
+{
+  /* key, state, pin count and cold-ring entry per slot, plus the index */
+  return (size_t)t->n * (sizeof(uint64_t) + 2 + sizeof(uint32_t)) + sl_slot_index_bytes(&t->ix);
+}
+
+uint32_t sl_tp_shard_capacity(const struct sl_tp_shard *t)
+{
+  return t->n;
+}
+
+void sl_tp_shard_get_stats(struct sl_tp_shard *t, struct sl_twophase_stats *s)
+{
+  pthread_mutex_lock(&t->lock);
+  *s = t->st;
+  s->ref_stores = ref_stores_here;
+  s->cold = t->cold_count;
+  s->hot = t->hot_count;
+  s->cold_target = t->cold_target;
+  s->resident = 0;
+  s->pinned = 0;
+  for (uint32_t i = 0; i < t->n; i++) {
+    uint8_t st = atomic_load_explicit(&t->state[i], memory_order_relaxed);
+    if ((st & ST_WHERE) != ST_FREE && !(st & ST_DEAD)) {
+      s->resident++;
+      s->pinned += pinned(t, i);
+    }
+  }
+  s->bytes_per_resident = (double)sl_tp_shard_meta_bytes(t) / t->n;
+  s->bytes_per_ghost = (double)sizeof(uint32_t); /* buckets are bare arrays */
+  pthread_mutex_unlock(&t->lock);
+}
+
+int sl_tp_shard_check(struct sl_tp_shard *t, char *msg, size_t len)
+{
+  pthread_mutex_lock(&t->lock);
+  int ret = -1;
+  uint32_t cold = 0, hot = 0, live = 0, indexed = 0;
+  for (uint32_t s = 0; s < t->n; s++) {
+    uint8_t st = atomic_load(&t->state[s]);
+    uint32_t where = st & ST_WHERE;
+    if (where == ST_COLD)
+      cold++;
+    if (where == ST_HOT)
+      hot++;
+    if (where == ST_FREE && atomic_load(&t->pins[s]) && s < t->bump) {
+      snprintf(msg, len, "slot %u is free but pinned", s);
+      goto out;
+    }
+    if (where != ST_FREE && !(st & ST_DEAD)) {
+      live++;
+      uint64_t k = atomic_load(&t->keys[s]);
+      if (index_find(t, k, NULL) != s) {
+        snprintf(msg, len, "slot %u (key %" PRIu64 ") is not found through the index", s, k);
+        goto out;
+      }
+    }
+  }
+  indexed = sl_slot_index_count(&t->ix);
+  for (uint32_t i = 0; i < t->cold_count; i++) {
+    uint32_t s = t->cold_ring[(t->cold_head + i) % t->n];
+    if ((atomic_load(&t->state[s]) & ST_WHERE) != ST_COLD) {
+      snprintf(msg, len, "cold ring holds slot %u which is not cold", s);
+      goto out;
+    }
+  }
+  if (cold != t->cold_count || hot != t->hot_count) {
+    snprintf(msg, len, "counts: %u cold and %u hot slots, recorded %u and %u",
+             cold, hot, t->cold_count, t->hot_count);
+    goto out;
+  }
+  if (indexed != live) {
+    snprintf(msg, len, "index has %u entries for %u resident blocks", indexed, live);
+    goto out;
+  }
+  ret = 0;
+out:
+  pthread_mutex_unlock(&t->lock);
+  return ret;
+}
