@@ -78,6 +78,13 @@ static unsigned shard_count(const struct sl_twophase_params *p)
     n = p->capacity / SL_TWOPHASE_SHARD_MIN;
     if (n > SL_TWOPHASE_MAX_SHARDS)
       n = SL_TWOPHASE_MAX_SHARDS;
+    /* A power of two: each shard rounds its ghost up to a power of two of
+     * buckets, so only then do the shards' ghosts add up to the ghost of
+     * one unsharded structure.  With 20 or 26 shards they held 1.25 to 1.6
+     * times as much, and cpio_4k and cpio_4k_reads at 40% of their
+     * footprint missed 5-6% more (docs/cache-policy.md). */
+    while (n & (n - 1))
+      n &= n - 1;
   }
   if (n > p->capacity)
     n = p->capacity; /* no empty shard */

@@ -44,7 +44,9 @@ struct sl_twophase_params {
   enum sl_cold_hit cold_hit;
   /* Shards (each with its own lock); 0 = automatic: capacity /
    * SL_TWOPHASE_SHARD_MIN, at least 1 and at most SL_TWOPHASE_MAX_SHARDS,
-   * so every cache below 8192 blocks is one shard.  An explicit count is
+   * rounded down to a power of two (so that the shards' ghosts, each a
+   * power of two of buckets, add up to one unsharded ghost); every cache
+   * below 8192 blocks is one shard.  An explicit count is
    * lowered to capacity (no empty shard); above SL_TWOPHASE_MAX_SHARDS
    * create fails.  Shard sizes differ by at most one slot and add up to
    * capacity exactly.  The fractions, adaptive and cold_hit apply within

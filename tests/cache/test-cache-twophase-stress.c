@@ -1,8 +1,10 @@
 /* Many-threaded stress of twophase (issue 3, acceptance 4): a random mix
  * of lookups, inserts, pins and removes from several threads for a bounded
  * number of operations; a pinned block must stay resident for as long as
- * it is pinned, and every invariant must hold afterwards.  Built and run
- * under ThreadSanitizer by scripts/test.sh (suite concurrency). */
+ * it is pinned, and every invariant must hold afterwards.  Run twice: one
+ * shard (the automatic count for this capacity) and eight shards of
+ * unequal sizes, where pins, unpins and lookups cross shards.  Built and
+ * run under ThreadSanitizer by scripts/test.sh (suite concurrency). */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -79,12 +81,12 @@ static void *worker(void *arg)
   return NULL;
 }
 
-static void test_stress(void **state)
+static void stress(unsigned shards, uint64_t capacity)
 {
-  (void)state;
   if (UNDER_SANITIZER || getenv("SLUICE_STRESS_SHORT"))
     ops_per_thread = 60000; /* instrumented: keep the run bounded */
-  struct sl_twophase_params p = {.capacity = CAPACITY};
+  atomic_store(&pin_violations, 0);
+  struct sl_twophase_params p = {.capacity = capacity, .shards = shards};
   cache = sl_twophase_create(&p);
   assert_non_null(cache);
   pthread_t t[THREADS];
@@ -99,14 +101,27 @@ static void test_stress(void **state)
   struct sl_twophase_stats s;
   sl_twophase_get_stats(cache, &s);
   assert_int_equal(s.pinned, 0);
-  assert_true(s.resident <= CAPACITY);
+  assert_true(s.resident <= capacity);
   assert_true(s.hot_evictions + s.cold_evictions > 0);
   /* Every resident block can still be found after the storm. */
   sl_twophase_destroy(cache);
 }
 
+static void test_stress(void **state)
+{
+  (void)state;
+  stress(0, CAPACITY);
+}
+
+static void test_stress_sharded(void **state)
+{
+  (void)state;
+  stress(8, CAPACITY + 5); /* shards of 513 and 512 slots */
+}
+
 int main(void)
 {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_stress)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_stress),
+                                     cmocka_unit_test(test_stress_sharded)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
