@@ -20,11 +20,12 @@
 
 #define MAX_NBD 8
 #define MAX_FILTERS 32
+#define DEFAULT_POLL_US 32
 
 static const char usage_text[] =
   "Usage: sluice serve [--nbd unix:PATH | --nbd tcp:HOST:PORT]... [--fuse FILE]\n"
   "                    [--read-only] [--filter NAME[:k=v,...]]... [--at FILTER]\n"
-  "                    [--export-name NAME] [--workers N] [-f FMT]\n"
+  "                    [--export-name NAME] [--workers N] [--poll-us N] [-f FMT]\n"
   "                    [--pidfile FILE] [--daemon] DISK\n"
   "\n"
   "Export DISK (an image, a backing chain, or a disk descriptor) over NBD\n"
@@ -69,7 +70,7 @@ static int daemonize(const char *pidfile)
 int cmd_serve(int argc, char **argv)
 {
   enum { OPT_NBD = 256, OPT_FUSE, OPT_RO, OPT_FILTER, OPT_AT, OPT_PIDFILE,
-         OPT_DAEMON, OPT_NAME, OPT_WORKERS, OPT_DESC };
+         OPT_DAEMON, OPT_NAME, OPT_WORKERS, OPT_DESC, OPT_POLL };
   static const struct option longopts[] = {
     {"help", no_argument, NULL, 'h'},
     {"nbd", required_argument, NULL, OPT_NBD},
@@ -82,6 +83,7 @@ int cmd_serve(int argc, char **argv)
     {"export-name", required_argument, NULL, OPT_NAME},
     {"description", required_argument, NULL, OPT_DESC},
     {"workers", required_argument, NULL, OPT_WORKERS},
+    {"poll-us", required_argument, NULL, OPT_POLL},
     {"format", required_argument, NULL, 'f'},
     {NULL, 0, NULL, 0},
   };
@@ -89,7 +91,7 @@ int cmd_serve(int argc, char **argv)
   size_t n_nbd = 0, n_filters = 0;
   const char *fuse_file = NULL, *at = NULL, *pidfile = NULL;
   bool daemon_mode = false;
-  struct sl_nbd_options nopts = {.export_name = ""};
+  struct sl_nbd_options nopts = {.export_name = "", .poll_us = DEFAULT_POLL_US};
   struct sl_disk_open_opts dopts = {0};
   uint64_t v;
   int c;
@@ -122,6 +124,11 @@ int cmd_serve(int argc, char **argv)
       if (sl_parse_uint("--workers", optarg, 1, 16, &v) < 0)
         return cli_fail("serve", "%s", sl_last_error());
       nopts.workers = (unsigned)v;
+      break;
+    case OPT_POLL:
+      if (sl_parse_uint("--poll-us", optarg, 0, 1000000, &v) < 0)
+        return cli_fail("serve", "%s", sl_last_error());
+      nopts.poll_us = (unsigned)v;
       break;
     case 'f':
       if (sl_format_parse(optarg, &dopts.format) < 0)

@@ -4,6 +4,7 @@
 # measured alternately, best of ROUNDS, and reported with ratios:
 #   sluice (qcow2) / qemu-nbd (qcow2) and sluice (raw) / nbdkit file (raw).
 #   bench/nbd/run.sh [--quick]       (--quick: 64 MiB image, 2 s per job)
+# Prints IOPS and throughput per server and line, and the two ratios.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -79,5 +80,7 @@ for l in "${lines[@]}"; do
   c=${best["$name|sluice-raw"]} d=${best["$name|nbdkit"]}
   python3 -c "
 a,b,c,d=$a,$b,$c,$d
-print('| $name | %d IOPS | %d IOPS | %.2fx | %d IOPS | %d IOPS | %.2fx |' % (a, b, a/max(b,1), c, d, c/max(d,1)))"
+bs={'4k': 4096, '1M': 1 << 20}['$bs']
+def cell(v): return '%d IOPS, %.1f MiB/s' % (v, v * bs / 1048576)
+print('| $name | %s | %s | %.2fx | %s | %s | %.2fx |' % (cell(a), cell(b), a/max(b,1), cell(c), cell(d), c/max(d,1)))"
 done

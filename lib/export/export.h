@@ -22,6 +22,8 @@ struct sl_nbd_options {
   const char *export_name;   /* "" by default; clients may ask for any name */
   const char *description;   /* optional, sent with NBD_INFO_DESCRIPTION */
   unsigned workers;          /* request threads per connection (default 4) */
+  unsigned poll_us;          /* most the reader polls an idle connection before
+                              * sleeping (0: never; `sluice serve` uses 32) */
 };
 
 /* Bind the listeners ("unix:PATH" or "tcp:HOST:PORT"); no thread runs yet,

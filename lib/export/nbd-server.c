@@ -112,6 +112,7 @@ struct conn {
   unsigned nworkers;
   atomic_uint busy;                 /* requests queued or executing */
   atomic_bool broken;               /* a write failed: stop */
+  uint64_t poll_ns, poll_max_ns;    /* the reader's polling window, now and at most */
 };
 
 struct listener {
@@ -846,6 +847,47 @@ static void enqueue(struct conn *c, struct request *rq)
  * larger than what is buffered is received straight into its arena buffer
  * (MSG_WAITALL), so large writes are not copied twice. */
 
+/* ---- adaptive polling ------------------------------------------------------
+ * A client at queue depth 1 sends its next request a few microseconds
+ * after our reply reaches it.  Sleeping in recv in between costs more than
+ * the request itself: the wake-up, and on a VM the halted vCPU's exit and
+ * re-entry.  So when nothing of this connection is in flight (and so no
+ * worker needs the CPU), the reader first polls the socket without
+ * sleeping, for a window that adapts as QEMU's event-loop polling does:
+ * it grows while requests keep arriving soon after the window closed, and
+ * shrinks, down to nothing, when the client goes quiet for longer than the
+ * maximum -- an idle connection costs no CPU. */
+
+#define POLL_MIN_NS 4000u
+
+static uint64_t mono_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static ssize_t recv_polled(struct conn *c, void *buf, size_t len)
+{
+  if (c->poll_max_ns == 0 || atomic_load_explicit(&c->busy, memory_order_relaxed) != 0)
+    return recv(c->fd, buf, len, 0);
+  uint64_t t0 = mono_ns();
+  while (c->poll_ns && mono_ns() - t0 < c->poll_ns) {
+    ssize_t r = recv(c->fd, buf, len, MSG_DONTWAIT);
+    if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+      return r;
+  }
+  ssize_t r = recv(c->fd, buf, len, 0);
+  uint64_t waited = mono_ns() - t0;
+  if (waited > c->poll_max_ns)
+    c->poll_ns /= 2;                   /* quiet client: poll less */
+  else if (c->poll_ns < c->poll_max_ns) /* arrived just too late: poll more */
+    c->poll_ns = SL_MIN(SL_MAX(2 * c->poll_ns, (uint64_t)POLL_MIN_NS), c->poll_max_ns);
+  if (c->poll_ns < POLL_MIN_NS / 2)
+    c->poll_ns = 0;
+  return r;
+}
+
 /* Make N (<= INBUF_SIZE) bytes available at c->in + c->in_pos. */
 static int in_fill(struct conn *c, size_t n)
 {
@@ -857,7 +899,7 @@ static int in_fill(struct conn *c, size_t n)
     c->in_pos = 0;
   }
   while (c->in_end - c->in_pos < n) {
-    ssize_t r = recv(c->fd, c->in + c->in_end, INBUF_SIZE - c->in_end, 0);
+    ssize_t r = recv_polled(c, c->in + c->in_end, INBUF_SIZE - c->in_end);
     if (r < 0 && errno == EINTR)
       continue;
     if (r <= 0)
@@ -1028,6 +1070,7 @@ static void conn_init(struct conn *c, struct sl_handle *h,
   c->h = h;
   c->opts = opts;
   c->fd = fd;
+  c->poll_max_ns = c->poll_ns = (uint64_t)opts->poll_us * 1000u;
   pthread_mutex_init(&c->out_lock, NULL);
   pthread_cond_init(&c->out_cond, NULL);
   pthread_mutex_init(&c->qlock, NULL);

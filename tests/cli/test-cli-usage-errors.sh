@@ -27,6 +27,9 @@ expect_fail "exceed the image size" sluice bench -s 2M r.raw
 expect_fail "flush-interval is only allowed with -w" sluice bench --flush-interval 4 r.raw
 sluice create -q base.qcow2 1M
 sluice create -q -b base.qcow2 top.qcow2
+expect_fail "--poll-us: 'x' is not a number" sluice serve --poll-us x --nbd unix:s.sock r.raw
+expect_fail "--poll-us: 2000000 is out of range" sluice serve --poll-us 2000000 --nbd unix:s.sock r.raw
+expect_fail "--workers: 0 is out of range" sluice serve --workers 0 --nbd unix:s.sock r.raw
 rm base.qcow2
 expect_fail "top.qcow2: backing file 'base.qcow2'.*No such file" sluice io top.qcow2 read 0 1
 echo ok
