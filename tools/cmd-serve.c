@@ -20,7 +20,7 @@
 
 #define MAX_NBD 8
 #define MAX_FILTERS 32
-#define DEFAULT_POLL_US 32
+#define DEFAULT_POLL_US 64
 
 static const char usage_text[] =
   "Usage: sluice serve [--nbd unix:PATH | --nbd tcp:HOST:PORT]... [--fuse FILE]\n"

@@ -23,7 +23,7 @@ struct sl_nbd_options {
   const char *description;   /* optional, sent with NBD_INFO_DESCRIPTION */
   unsigned workers;          /* request threads per connection (default 4) */
   unsigned poll_us;          /* most the reader polls an idle connection before
-                              * sleeping (0: never; `sluice serve` uses 32) */
+                              * sleeping (0: never; `sluice serve` uses 64) */
 };
 
 /* Bind the listeners ("unix:PATH" or "tcp:HOST:PORT"); no thread runs yet,

@@ -113,6 +113,7 @@ struct conn {
   atomic_uint busy;                 /* requests queued or executing */
   atomic_bool broken;               /* a write failed: stop */
   uint64_t poll_ns, poll_max_ns;    /* the reader's polling window, now and at most */
+  bool depth_one;                   /* the last request came alone: poll for the next */
 };
 
 struct listener {
@@ -851,9 +852,12 @@ static void enqueue(struct conn *c, struct request *rq)
  * A client at queue depth 1 sends its next request a few microseconds
  * after our reply reaches it.  Sleeping in recv in between costs more than
  * the request itself: the wake-up, and on a VM the halted vCPU's exit and
- * re-entry.  So when nothing of this connection is in flight (and so no
- * worker needs the CPU), the reader first polls the socket without
- * sleeping, for a window that adapts as QEMU's event-loop polling does:
+ * re-entry.  So when the client is at queue depth 1 (the last request
+ * arrived alone and ran in the reader), the reader first polls the socket
+ * without sleeping.  Deeper queues are left alone: there a polling reader
+ * would take the core the workers and the client need, and one wake-up
+ * serves a whole batch anyway.  The window adapts as QEMU's event-loop
+ * polling does:
  * it grows while requests keep arriving soon after the window closed, and
  * shrinks, down to nothing, when the client goes quiet for longer than the
  * maximum -- an idle connection costs no CPU. */
@@ -869,7 +873,7 @@ static uint64_t mono_ns(void)
 
 static ssize_t recv_polled(struct conn *c, void *buf, size_t len)
 {
-  if (c->poll_max_ns == 0 || atomic_load_explicit(&c->busy, memory_order_relaxed) != 0)
+  if (c->poll_max_ns == 0 || !c->depth_one)
     return recv(c->fd, buf, len, 0);
   uint64_t t0 = mono_ns();
   while (c->poll_ns && mono_ns() - t0 < c->poll_ns) {
@@ -1026,7 +1030,8 @@ static void transmission(struct conn *c)
       return;
     if (r == 0)
       continue;
-    if (atomic_load(&c->busy) == 0 && !in_pending(c))
+    c->depth_one = atomic_load(&c->busy) == 0 && !in_pending(c);
+    if (c->depth_one)
       execute(c, rq);
     else
       enqueue(c, rq);
