@@ -22,6 +22,11 @@ qemu-img create -q -f raw "$dir/disk.raw" "$size"
 fio --name=fill --filename="$dir/disk.raw" --rw=write --bs=1M --size="$size" \
     --refill_buffers --output=/dev/null
 qemu-img convert -O qcow2 "$dir/disk.raw" "$dir/disk.qcow2"
+# Start clean: without this the fill's gigabyte of dirty pages is still
+# being written back during the first rounds, and the write lines measure
+# the kernel's dirty throttling (about 25-35k IOPS for every server) rather
+# than the servers.
+sync
 
 start() { # NAME SOCK COMMAND...: start a server, wait for its socket
   local sock=$2; shift 2
