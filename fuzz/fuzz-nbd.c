@@ -65,7 +65,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   pthread_t t;
   if (pthread_create(&t, NULL, feeder, &f) != 0)
     abort();
-  struct sl_nbd_options o = {.export_name = "", .workers = 2};
+  struct sl_nbd_options o = {.export_name = "", .workers = 2,
+                             .poll_us = 2 /* exercise recv_polled, briefly */};
   sl_nbd_serve_fd(sl_disk_top(disk), &o, sv[1]); /* closes sv[1] */
   pthread_join(t, NULL);
   close(sv[0]);

@@ -8,8 +8,12 @@
  *  - the reader takes everything the socket holds in one recv (an input
  *    buffer), so at queue depth 32 one syscall brings in many requests;
  *  - a request with nothing queued behind it and nothing executing runs in
- *    the reader itself (queue depth 1 costs no hand-off); others go to the
- *    workers, which are woken only when no awake worker will get to them;
+ *    the reader itself (queue depth 1 costs no hand-off), and so do small
+ *    reads and writes while the backend serves them faster than a hand-off
+ *    costs (see cheaper_inline); others go to the workers, which are woken
+ *    only when no awake worker will get to them;
+ *  - at queue depth 1 the reader polls the socket briefly before sleeping
+ *    (see recv_polled);
  *  - replies are combined: whichever thread finishes a request while no
  *    one is sending becomes the sender and writes every queued reply,
  *    many per sendmsg; nobody waits on a reply lock.
@@ -114,6 +118,7 @@ struct conn {
   atomic_bool broken;               /* a write failed: stop */
   uint64_t poll_ns, poll_max_ns;    /* the reader's polling window, now and at most */
   bool depth_one;                   /* the last request came alone: poll for the next */
+  unsigned parsed_since_recv;       /* requests parsed from the last recv's bytes */
   _Atomic uint32_t service_ns[2];   /* recent service time of reads, plain writes */
 };
 
@@ -750,10 +755,14 @@ static void do_block_status(struct conn *c, struct request *rq)
  * less than INLINE_MAX_NS, and hands them to the workers while they are
  * slower (a cold disk, O_DIRECT, a qcow2 allocation reading its backing
  * file), where running them one at a time would serialise the I/O.  The
- * service times are an average over the last few requests of each kind,
- * measured wherever they ran, so the choice follows the backend both ways. */
+ * service times are measured wherever the requests ran, so the choice
+ * follows the backend both ways: a slow request raises its kind's estimate
+ * at once (to its own time), fast ones bring it down as an average over
+ * the last eight or so.  Requests over INLINE_MAX_LEN always go to a
+ * worker: their copying alone is worth doing in parallel. */
 
 #define INLINE_MAX_NS 20000u
+#define INLINE_MAX_LEN (64u << 10) /* larger transfers always go to a worker */
 
 /* 0: read, 1: write without FUA, -1: anything else (never timed). */
 static int service_class(const struct request *rq)
@@ -768,7 +777,7 @@ static int service_class(const struct request *rq)
 static bool cheaper_inline(struct conn *c, const struct request *rq)
 {
   int cls = service_class(rq);
-  return cls >= 0 &&
+  return cls >= 0 && rq->length <= INLINE_MAX_LEN &&
          atomic_load_explicit(&c->service_ns[cls], memory_order_relaxed) < INLINE_MAX_NS;
 }
 
@@ -794,8 +803,10 @@ static void execute(struct conn *c, struct request *rq)
   execute_request(c, rq); /* frees RQ */
   uint64_t dt = SL_MIN(mono_ns() - t0, (uint64_t)UINT32_MAX);
   uint32_t old = atomic_load_explicit(&c->service_ns[cls], memory_order_relaxed);
-  atomic_store_explicit(&c->service_ns[cls], old - old / 8 + (uint32_t)(dt / 8),
-                        memory_order_relaxed);
+  uint32_t now = dt >= INLINE_MAX_NS ? SL_MAX(old, (uint32_t)dt)
+                                     : old - old / 8 + (uint32_t)(dt / 8);
+  /* A lost update when two threads finish together only skips a sample. */
+  atomic_store_explicit(&c->service_ns[cls], now, memory_order_relaxed);
 }
 
 static void execute_request(struct conn *c, struct request *rq)
@@ -841,8 +852,9 @@ static void execute_request(struct conn *c, struct request *rq)
 
 /* ---- the worker pool ------------------------------------------------------
  * The reader queues a request only when another one is already waiting
- * behind it (in its input buffer) or executing; a lone request runs in the
- * reader itself, sparing two thread hand-offs at queue depth 1.  A worker
+ * behind it (in its input buffer) or executing, and the request is not a
+ * cheap one (cheaper_inline); a lone request runs in the reader itself,
+ * sparing two thread hand-offs at queue depth 1.  A worker
  * is woken only when no worker already woken will get to the request, and
  * workers take requests until the queue is empty before sleeping again, so
  * a busy queue costs no wake-up per request. */
@@ -911,14 +923,16 @@ static void enqueue(struct conn *c, struct request *rq)
  * after our reply reaches it.  Sleeping in recv in between costs more than
  * the request itself: the wake-up, and on a VM the halted vCPU's exit and
  * re-entry.  So when the client is at queue depth 1 (the last request
- * arrived alone and ran in the reader), the reader first polls the socket
- * without sleeping.  Deeper queues are left alone: there a polling reader
- * would take the core the workers and the client need, and one wake-up
- * serves a whole batch anyway.  The window adapts as QEMU's event-loop
- * polling does:
- * it grows while requests keep arriving soon after the window closed, and
- * shrinks, down to nothing, when the client goes quiet for longer than the
- * maximum -- an idle connection costs no CPU. */
+ * arrived alone -- the only one in its recv, nothing else in flight -- and
+ * ran in the reader), the reader first polls the socket without sleeping.
+ * Deeper queues are left alone: there a polling reader would take the core
+ * the workers and the client need, and one wake-up serves a whole batch
+ * anyway.  The window adapts as QEMU's event-loop polling does: it grows
+ * while requests keep arriving soon after the window closed, and halves,
+ * down to nothing, each time the client stays quiet for longer than the
+ * maximum -- an idle connection costs at most a few windows, then no CPU.
+ * (Many depth-1 clients on few cores each poll for themselves; there is
+ * no server-wide budget yet.) */
 
 #define POLL_MIN_NS 4000u
 
@@ -933,6 +947,8 @@ static ssize_t recv_polled(struct conn *c, void *buf, size_t len)
       return r;
   }
   ssize_t r = recv(c->fd, buf, len, 0);
+  if (r < 0)
+    return r; /* EINTR and errors say nothing about the client's pace */
   uint64_t waited = mono_ns() - t0;
   if (waited > c->poll_max_ns)
     c->poll_ns /= 2;                   /* quiet client: poll less */
@@ -960,6 +976,7 @@ static int in_fill(struct conn *c, size_t n)
     if (r <= 0)
       return -1;
     c->in_end += (size_t)r;
+    c->parsed_since_recv = 0;
   }
   return 0;
 }
@@ -1033,6 +1050,7 @@ static int read_request(struct conn *c, struct request **out)
     return -1;
   memcpy(&hdr, c->in + c->in_pos, sizeof hdr);
   in_consume(c, sizeof hdr);
+  c->parsed_since_recv++;
   if (be32toh(hdr.magic) != NBD_REQUEST_MAGIC)
     return -1; /* out of sync: nothing sane to reply to */
   uint16_t type = be16toh(hdr.type);
@@ -1081,8 +1099,9 @@ static void transmission(struct conn *c)
       return;
     if (r == 0)
       continue;
-    c->depth_one = atomic_load(&c->busy) == 0 && !in_pending(c);
-    if (c->depth_one || cheaper_inline(c, rq))
+    bool alone = atomic_load(&c->busy) == 0 && !in_pending(c);
+    c->depth_one = alone && c->parsed_since_recv == 1;
+    if (alone || cheaper_inline(c, rq))
       execute(c, rq);
     else
       enqueue(c, rq);
