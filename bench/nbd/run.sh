@@ -40,6 +40,10 @@ stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 
 
 job() { # URI RW BS DEPTH -> IOPS
   local out
+  # Every job starts with both images in the page cache: this kernel
+  # reclaims cold page cache proactively (DAMON), and no server's job
+  # should pay for reading back what was evicted during an earlier one.
+  cat "$dir/disk.raw" "$dir/disk.qcow2" >/dev/null
   out=$(fio --name=j --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
         --size="$size" --runtime="$runtime" --time_based --group_reporting \
         --output-format=json 2>"$dir/fio.err") || { cat "$dir/fio.err" >&2; exit 1; }
