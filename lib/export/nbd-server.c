@@ -756,9 +756,10 @@ static void do_block_status(struct conn *c, struct request *rq)
  * slower (a cold disk, O_DIRECT, a qcow2 allocation reading its backing
  * file), where running them one at a time would serialise the I/O.  The
  * service times are measured wherever the requests ran, so the choice
- * follows the backend both ways: a slow request raises its kind's estimate
- * at once (to its own time), fast ones bring it down as an average over
- * the last eight or so.  Requests over INLINE_MAX_LEN always go to a
+ * follows the backend both ways: a slower request moves its kind's
+ * estimate half way to its own time, faster ones bring it down as an
+ * average over the last eight or so, so a run of slow requests moves to
+ * the workers after one or two of them.  Requests over INLINE_MAX_LEN always go to a
  * worker: their copying alone is worth doing in parallel. */
 
 #define INLINE_MAX_NS 20000u
@@ -803,8 +804,8 @@ static void execute(struct conn *c, struct request *rq)
   execute_request(c, rq); /* frees RQ */
   uint64_t dt = SL_MIN(mono_ns() - t0, (uint64_t)UINT32_MAX);
   uint32_t old = atomic_load_explicit(&c->service_ns[cls], memory_order_relaxed);
-  uint32_t now = dt >= INLINE_MAX_NS ? SL_MAX(old, (uint32_t)dt)
-                                     : old - old / 8 + (uint32_t)(dt / 8);
+  uint32_t now = dt > old ? old / 2 + (uint32_t)(dt / 2)      /* rise fast */
+                          : old - old / 8 + (uint32_t)(dt / 8); /* fall slowly */
   /* A lost update when two threads finish together only skips a sample. */
   atomic_store_explicit(&c->service_ns[cls], now, memory_order_relaxed);
 }
