@@ -10,25 +10,12 @@
 #include <cmocka.h>
 
 #include "cache/twophase.h"
+#include "twophase-test.h"
 
 #define NONE SL_TWOPHASE_NONE
 #define SHARDS 4
 #define CAP 1003 /* 1003 = 4 * 250 + 3: shards of 251, 251, 251 and 250 */
 
-static struct sl_twophase *make(uint64_t cap, unsigned shards)
-{
-  struct sl_twophase_params p = {.capacity = cap, .shards = shards};
-  struct sl_twophase *t = sl_twophase_create(&p);
-  assert_non_null(t);
-  return t;
-}
-
-static void assert_consistent(struct sl_twophase *t)
-{
-  char msg[256];
-  if (sl_twophase_check(t, msg, sizeof msg) != 0)
-    fail_msg("invariant broken: %s", msg);
-}
 
 static uint64_t next_rand(uint64_t *s)
 {
@@ -52,7 +39,7 @@ static unsigned shard_of_slot(uint32_t slot)
 static void test_capacity_is_exact(void **state)
 {
   (void)state;
-  struct sl_twophase *t = make(CAP, SHARDS);
+  struct sl_twophase *t = make_sharded(CAP, SHARDS);
   struct sl_twophase_stats s;
   for (uint64_t k = 0; k < 20 * CAP; k++) {
     sl_twophase_access(t, k % (3 * CAP));
@@ -78,7 +65,7 @@ static void test_capacity_is_exact(void **state)
 static void test_keys_stay_in_their_shard(void **state)
 {
   (void)state;
-  struct sl_twophase *t = make(CAP, SHARDS);
+  struct sl_twophase *t = make_sharded(CAP, SHARDS);
   enum { KEYS = 4000 };
   static int first_shard[KEYS];
   unsigned used[SHARDS] = {0};
@@ -107,7 +94,7 @@ static void test_keys_stay_in_their_shard(void **state)
 static void test_operations_by_slot(void **state)
 {
   (void)state;
-  struct sl_twophase *t = make(CAP, SHARDS);
+  struct sl_twophase *t = make_sharded(CAP, SHARDS);
   uint32_t slot[64];
   bool seen[SHARDS] = {false};
   for (uint64_t k = 0; k < 64; k++) {
@@ -142,7 +129,7 @@ static void test_operations_by_slot(void **state)
 static void test_stats_sum(void **state)
 {
   (void)state;
-  struct sl_twophase *t = make(CAP, SHARDS);
+  struct sl_twophase *t = make_sharded(CAP, SHARDS);
   struct sl_twophase_stats s;
   for (uint64_t k = 0; k < 500; k++)
     assert_false(sl_twophase_access(t, k));
@@ -170,7 +157,7 @@ static void test_stats_sum(void **state)
 static void test_random_workload(void **state)
 {
   (void)state;
-  struct sl_twophase *t = make(CAP, SHARDS);
+  struct sl_twophase *t = make_sharded(CAP, SHARDS);
   uint64_t rng = 12345;
   uint32_t pinned_slot[16];
   uint64_t pinned_key[16];
@@ -218,7 +205,7 @@ static void test_pins_per_shard(void **state)
 {
   (void)state;
   const uint64_t cap = 43; /* shards of 11, 11, 11 and 10 */
-  struct sl_twophase *t = make(cap, SHARDS);
+  struct sl_twophase *t = make_sharded(cap, SHARDS);
   uint32_t slots[8];
   for (uint64_t k = 0; k < 8; k++)
     assert_int_not_equal(slots[k] = sl_twophase_insert(t, k, true, NULL, NULL), NONE);
@@ -271,7 +258,7 @@ static void test_pins_per_shard(void **state)
 static void test_hand_round_robin(void **state)
 {
   (void)state;
-  struct sl_twophase *t = make(CAP, SHARDS);
+  struct sl_twophase *t = make_sharded(CAP, SHARDS);
   /* Keys hit while cold go to hot when unique fillers push them out. */
   for (uint64_t k = 0; k < 200; k++)
     assert_false(sl_twophase_access(t, k));
@@ -309,7 +296,7 @@ static void test_shard_count(void **state)
   struct sl_twophase_params p = {.capacity = 100, .shards = SL_TWOPHASE_MAX_SHARDS + 1};
   assert_null(sl_twophase_create(&p));
   /* More shards than slots: one slot each. */
-  struct sl_twophase *t = make(3, 8);
+  struct sl_twophase *t = make_sharded(3, 8);
   for (uint64_t k = 0; k < 100; k++)
     sl_twophase_access(t, k);
   struct sl_twophase_stats s;
@@ -318,13 +305,13 @@ static void test_shard_count(void **state)
   assert_consistent(t);
   sl_twophase_destroy(t);
   /* Automatic, small: one shard, which hands out slots 0, 1, 2, ... */
-  t = make(2 * SL_TWOPHASE_SHARD_MIN - 1, 0);
+  t = make_sharded(2 * SL_TWOPHASE_SHARD_MIN - 1, 0);
   for (uint64_t k = 0; k < 100; k++)
     assert_int_equal(sl_twophase_insert(t, k * 7919, false, NULL, NULL), k);
   sl_twophase_destroy(t);
   /* Automatic, 6 * SHARD_MIN: rounded down to 4 shards of 6144, each of
    * which starts handing out slots at its base. */
-  t = make(6 * SL_TWOPHASE_SHARD_MIN, 0);
+  t = make_sharded(6 * SL_TWOPHASE_SHARD_MIN, 0);
   bool used[4] = {false};
   for (uint64_t k = 0; k < 1000; k++) {
     uint32_t slot = sl_twophase_insert(t, k * 7919, false, NULL, NULL);
@@ -337,7 +324,7 @@ static void test_shard_count(void **state)
   assert_consistent(t);
   sl_twophase_destroy(t);
   /* Automatic, large: 64 shards at most, the capacity exact all the same. */
-  t = make(SL_TWOPHASE_SHARD_MIN * 100 + 7, 0);
+  t = make_sharded(SL_TWOPHASE_SHARD_MIN * 100 + 7, 0);
   for (uint64_t k = 0; k < 2 * (SL_TWOPHASE_SHARD_MIN * 100 + 7); k++)
     sl_twophase_access(t, k);
   sl_twophase_get_stats(t, &s);

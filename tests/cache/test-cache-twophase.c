@@ -7,22 +7,13 @@
 #include <cmocka.h>
 
 #include "cache/twophase.h"
+#include "twophase-test.h"
 
 #define NONE SL_TWOPHASE_NONE
 
 static struct sl_twophase *make(uint64_t cap)
 {
-  struct sl_twophase_params p = {.capacity = cap};
-  struct sl_twophase *t = sl_twophase_create(&p);
-  assert_non_null(t);
-  return t;
-}
-
-static void assert_consistent(struct sl_twophase *t)
-{
-  char msg[256];
-  if (sl_twophase_check(t, msg, sizeof msg) != 0)
-    fail_msg("invariant broken: %s", msg);
+  return make_sharded(cap, 0);
 }
 
 static char where(struct sl_twophase *t, uint64_t key)
