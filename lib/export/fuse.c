@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -232,8 +233,23 @@ void sl_fuse_export_stop(struct sl_fuse_export *fx)
     return;
   if (fx->running) {
     fuse_exit(fx->fuse);
-    fuse_unmount(fx->fuse); /* wakes the loop with ENODEV */
-    pthread_join(fx->thread, NULL);
+    /* Detach the mount first: once nothing uses it, the kernel ends the
+     * connection and the loop's threads leave their reads with ENODEV
+     * while the device descriptor is still open.  fuse_unmount closes that
+     * descriptor, and closing it under threads that read it is a race (on
+     * the descriptor's number).  If something still holds the file -- a
+     * loop device, say -- the loop would go on serving it, so after a
+     * second fall back to closing the descriptor under the loop. */
+    bool joined = false;
+    if (umount2(fx->file, MNT_DETACH) == 0) {
+      struct timespec deadline;
+      clock_gettime(CLOCK_REALTIME, &deadline);
+      deadline.tv_sec += 1;
+      joined = pthread_timedjoin_np(fx->thread, NULL, &deadline) == 0;
+    }
+    fuse_unmount(fx->fuse); /* closes the descriptor; wakes the loop if it still runs */
+    if (!joined)
+      pthread_join(fx->thread, NULL);
     fuse_destroy(fx->fuse);
   }
   if (fx->created && fx->file)
