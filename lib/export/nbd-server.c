@@ -932,20 +932,49 @@ static void enqueue(struct conn *c, struct request *rq)
  * while requests keep arriving soon after the window closed, and halves,
  * down to nothing, each time the client stays quiet for longer than the
  * maximum -- an idle connection costs at most a few windows, then no CPU.
- * (Many depth-1 clients on few cores each poll for themselves; there is
- * no server-wide budget yet.) */
+ * However many depth-1 clients there are, at most half the CPUs poll at
+ * a time (poll_slot_take). */
 
 #define POLL_MIN_NS 4000u
+
+/* At most half the CPUs (at least one) poll at once, whatever the number
+ * of depth-1 connections: the others sleep in recv as before, so polling
+ * never takes every core from the clients and the workers. */
+static atomic_int pollers;
+
+static bool poll_slot_take(void)
+{
+  static atomic_int max_pollers; /* every thread computes the same value */
+  int max = atomic_load_explicit(&max_pollers, memory_order_relaxed);
+  if (max == 0) {
+    max = SL_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / 2);
+    atomic_store_explicit(&max_pollers, max, memory_order_relaxed);
+  }
+  if (atomic_fetch_add_explicit(&pollers, 1, memory_order_relaxed) < max)
+    return true;
+  atomic_fetch_sub_explicit(&pollers, 1, memory_order_relaxed);
+  return false;
+}
+
+static void poll_slot_give(void)
+{
+  atomic_fetch_sub_explicit(&pollers, 1, memory_order_relaxed);
+}
 
 static ssize_t recv_polled(struct conn *c, void *buf, size_t len)
 {
   if (c->poll_max_ns == 0 || !c->depth_one)
     return recv(c->fd, buf, len, 0);
   uint64_t t0 = mono_ns();
-  while (c->poll_ns && mono_ns() - t0 < c->poll_ns) {
-    ssize_t r = recv(c->fd, buf, len, MSG_DONTWAIT);
-    if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
-      return r;
+  if (c->poll_ns && poll_slot_take()) {
+    while (mono_ns() - t0 < c->poll_ns) {
+      ssize_t r = recv(c->fd, buf, len, MSG_DONTWAIT);
+      if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+        poll_slot_give();
+        return r;
+      }
+    }
+    poll_slot_give();
   }
   ssize_t r = recv(c->fd, buf, len, 0);
   if (r < 0)
