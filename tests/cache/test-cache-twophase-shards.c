@@ -213,8 +213,13 @@ static void test_pins_per_shard(void **state)
     uint64_t ev;
     bool did;
     assert_int_not_equal(sl_twophase_insert(t, 1000 + k, false, &ev, &did), NONE);
-    if (did)
+    if (did) {
+      /* The evicted key is gone from its own shard and remembered in that
+       * shard's ghost (in_ghost routes by key like everything else). */
       assert_true(ev >= 1000);
+      assert_int_equal(sl_twophase_lookup(t, ev), NONE);
+      assert_true(sl_twophase_in_ghost(t, ev));
+    }
   }
   for (uint64_t k = 0; k < 8; k++) {
     assert_int_equal(sl_twophase_slot_key(t, slots[k]), k);
@@ -251,6 +256,30 @@ static void test_pins_per_shard(void **state)
   for (int i = 0; i < n; i++)
     sl_twophase_unpin(t, pinned[i]);
   assert_consistent(t);
+  sl_twophase_destroy(t);
+}
+
+/* Hits store a reference level at most three times per block, whichever
+ * shard holds it, and the count is the calling thread's, not summed per
+ * shard. */
+static void test_hit_stores_per_shard(void **state)
+{
+  (void)state;
+  struct sl_twophase *t = make_sharded(CAP, SHARDS);
+  for (uint64_t k = 0; k < 16; k++)
+    sl_twophase_access(t, k);
+  struct sl_twophase_stats a, b;
+  sl_twophase_get_stats(t, &a);
+  for (int i = 0; i < 10; i++)
+    for (uint64_t k = 0; k < 16; k++)
+      assert_true(sl_twophase_access(t, k));
+  sl_twophase_get_stats(t, &b);
+  assert_true(b.ref_stores - a.ref_stores >= 16 && b.ref_stores - a.ref_stores <= 48);
+  sl_twophase_get_stats(t, &a);
+  for (uint64_t k = 0; k < 16; k++)
+    sl_twophase_access(t, k);
+  sl_twophase_get_stats(t, &b);
+  assert_int_equal(b.ref_stores, a.ref_stores);
   sl_twophase_destroy(t);
 }
 
@@ -343,6 +372,7 @@ int main(void)
     cmocka_unit_test(test_stats_sum),
     cmocka_unit_test(test_random_workload),
     cmocka_unit_test(test_pins_per_shard),
+    cmocka_unit_test(test_hit_stores_per_shard),
     cmocka_unit_test(test_hand_round_robin),
     cmocka_unit_test(test_shard_count),
   };
