@@ -442,8 +442,8 @@ static struct cell measure(enum policy p, uint64_t cap, int threads, uint64_t **
   pthread_barrier_t start;
   atomic_bool stop = false;
   pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
+  int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
   for (int i = 0; i < threads; i++) {
-    int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
     w[i] = (struct worker){.p = p, .tp = tp, .lk = lk, .keys = keys[i], .nkeys = nkeys,
                            .cpu_index = pin_workers && ncpu > 0 ? i % ncpu : -1,
                            .start = &start, .stop = &stop};

@@ -107,11 +107,9 @@ struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint3
     return NULL;
   /* Whole cache lines: the lock of one shard never shares a line with
    * another shard's (or anything else's) data. */
-  size_t tsize = (sizeof(struct sl_tp_shard) + 63) & ~(size_t)63;
-  struct sl_tp_shard *t = aligned_alloc(64, tsize);
+  struct sl_tp_shard *t = sl_zalloc_lines(sizeof *t);
   if (!t)
     return NULL;
-  memset(t, 0, tsize);
   t->n = capacity;
   double cf = p->cold_fraction > 0 ? p->cold_fraction : 0.10;
   double gf = p->ghost_fraction > 0 ? p->ghost_fraction : 1.0;

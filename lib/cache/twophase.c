@@ -39,6 +39,7 @@
 #include "cache/slot-index.h"
 #include "cache/twophase-shard.h"
 #include "cache/twophase.h"
+#include "common/util.h"
 
 #define NONE SL_TWOPHASE_NONE
 
@@ -96,11 +97,9 @@ struct sl_twophase *sl_twophase_create(const struct sl_twophase_params *p)
   if (!p || p->capacity == 0 || p->capacity >= (1u << 30) ||
       p->shards > SL_TWOPHASE_MAX_SHARDS)
     return NULL;
-  size_t tsize = (sizeof(struct sl_twophase) + 63) & ~(size_t)63;
-  struct sl_twophase *t = aligned_alloc(64, tsize);
+  struct sl_twophase *t = sl_zalloc_lines(sizeof *t);
   if (!t)
     return NULL;
-  memset(t, 0, tsize);
   t->capacity = (uint32_t)p->capacity;
   t->nshards = shard_count(p);
   t->q = t->capacity / t->nshards;

@@ -116,6 +116,15 @@ int sl_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
   return 0;
 }
 
+void *sl_zalloc_lines(size_t size)
+{
+  size_t lines = SL_ROUND_UP(size, (size_t)SL_CACHE_LINE);
+  void *p = aligned_alloc(SL_CACHE_LINE, lines);
+  if (p)
+    memset(p, 0, lines);
+  return p;
+}
+
 uint64_t sl_now_ns(void)
 {
   struct timespec ts;

@@ -77,4 +77,9 @@ static inline uint64_t sl_mix64(uint64_t x)
 /* Monotonic time in nanoseconds. */
 uint64_t sl_now_ns(void);
 
+#define SL_CACHE_LINE 64
+/* SIZE zeroed bytes in whole, aligned cache lines, so that nothing else
+ * shares a line with them (free with free()); NULL if out of memory. */
+void *sl_zalloc_lines(size_t size);
+
 #endif

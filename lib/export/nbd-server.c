@@ -117,6 +117,7 @@ struct conn {
   atomic_uint busy;                 /* requests queued or executing */
   atomic_bool broken;               /* a write failed: stop */
   uint64_t poll_ns, poll_max_ns;    /* the reader's polling window, now and at most */
+  int max_pollers;                  /* half the CPUs, at least one (poll_slot_take) */
   bool depth_one;                   /* the last request came alone: poll for the next */
   unsigned parsed_since_recv;       /* requests parsed from the last recv's bytes */
   _Atomic uint32_t service_ns[2];   /* recent service time of reads, plain writes */
@@ -759,8 +760,8 @@ static void do_block_status(struct conn *c, struct request *rq)
  * follows the backend both ways: a slower request moves its kind's
  * estimate half way to its own time, faster ones bring it down as an
  * average over the last eight or so, so a run of slow requests moves to
- * the workers after one or two of them.  Requests over INLINE_MAX_LEN always go to a
- * worker: their copying alone is worth doing in parallel. */
+ * the workers after one or two of them.  Requests over INLINE_MAX_LEN
+ * always go to a worker: their copying alone is worth doing in parallel. */
 
 #define INLINE_MAX_NS 20000u
 #define INLINE_MAX_LEN (64u << 10) /* larger transfers always go to a worker */
@@ -782,13 +783,6 @@ static bool cheaper_inline(struct conn *c, const struct request *rq)
          atomic_load_explicit(&c->service_ns[cls], memory_order_relaxed) < INLINE_MAX_NS;
 }
 
-static uint64_t mono_ns(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static void execute_request(struct conn *c, struct request *rq);
 
 /* Run RQ against the disk and reply; takes RQ.  Reads and plain writes
@@ -800,9 +794,9 @@ static void execute(struct conn *c, struct request *rq)
     execute_request(c, rq);
     return;
   }
-  uint64_t t0 = mono_ns();
+  uint64_t t0 = sl_now_ns();
   execute_request(c, rq); /* frees RQ */
-  uint64_t dt = SL_MIN(mono_ns() - t0, (uint64_t)UINT32_MAX);
+  uint64_t dt = SL_MIN(sl_now_ns() - t0, (uint64_t)UINT32_MAX);
   uint32_t old = atomic_load_explicit(&c->service_ns[cls], memory_order_relaxed);
   uint32_t now = dt > old ? old / 2 + (uint32_t)(dt / 2)      /* rise fast */
                           : old - old / 8 + (uint32_t)(dt / 8); /* fall slowly */
@@ -942,15 +936,9 @@ static void enqueue(struct conn *c, struct request *rq)
  * never takes every core from the clients and the workers. */
 static atomic_int pollers;
 
-static bool poll_slot_take(void)
+static bool poll_slot_take(const struct conn *c)
 {
-  static atomic_int max_pollers; /* every thread computes the same value */
-  int max = atomic_load_explicit(&max_pollers, memory_order_relaxed);
-  if (max == 0) {
-    max = SL_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / 2);
-    atomic_store_explicit(&max_pollers, max, memory_order_relaxed);
-  }
-  if (atomic_fetch_add_explicit(&pollers, 1, memory_order_relaxed) < max)
+  if (atomic_fetch_add_explicit(&pollers, 1, memory_order_relaxed) < c->max_pollers)
     return true;
   atomic_fetch_sub_explicit(&pollers, 1, memory_order_relaxed);
   return false;
@@ -965,9 +953,9 @@ static ssize_t recv_polled(struct conn *c, void *buf, size_t len)
 {
   if (c->poll_max_ns == 0 || !c->depth_one)
     return recv(c->fd, buf, len, 0);
-  uint64_t t0 = mono_ns();
-  if (c->poll_ns && poll_slot_take()) {
-    while (mono_ns() - t0 < c->poll_ns) {
+  uint64_t t0 = sl_now_ns();
+  if (c->poll_ns && poll_slot_take(c)) {
+    while (sl_now_ns() - t0 < c->poll_ns) {
       ssize_t r = recv(c->fd, buf, len, MSG_DONTWAIT);
       if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
         poll_slot_give();
@@ -979,7 +967,7 @@ static ssize_t recv_polled(struct conn *c, void *buf, size_t len)
   ssize_t r = recv(c->fd, buf, len, 0);
   if (r < 0)
     return r; /* EINTR and errors say nothing about the client's pace */
-  uint64_t waited = mono_ns() - t0;
+  uint64_t waited = sl_now_ns() - t0;
   if (waited > c->poll_max_ns)
     c->poll_ns /= 2;                   /* quiet client: poll less */
   else if (c->poll_ns < c->poll_max_ns) /* arrived just too late: poll more */
@@ -1176,6 +1164,7 @@ static void conn_init(struct conn *c, struct sl_handle *h,
   c->opts = opts;
   c->fd = fd;
   c->poll_max_ns = c->poll_ns = (uint64_t)opts->poll_us * 1000u;
+  c->max_pollers = SL_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / 2);
   pthread_mutex_init(&c->out_lock, NULL);
   pthread_cond_init(&c->out_cond, NULL);
   pthread_mutex_init(&c->qlock, NULL);
