@@ -142,11 +142,8 @@ int cmd_bench(int argc, char **argv)
       step_given = true;
       break;
     case 't':
-      if (strcmp(optarg, "none") == 0 || strcmp(optarg, "directsync") == 0)
-        o.direct = true;
-      else if (strcmp(optarg, "writeback") && strcmp(optarg, "writethrough") &&
-               strcmp(optarg, "unsafe"))
-        return cli_fail("bench", "-t: unknown cache mode '%s'", optarg);
+      if (sl_cache_mode_parse(optarg, &o.direct, &o.dsync, &o.no_flush) < 0)
+        return cli_fail("bench", "-t: %s", sl_last_error());
       break;
     case 'w': b.write = true; break;
     case 'q': quiet = true; break;

@@ -26,11 +26,13 @@ static const char usage_text[] =
   "Usage: sluice serve [--nbd unix:PATH | --nbd tcp:HOST:PORT]... [--fuse FILE]\n"
   "                    [--read-only] [--filter NAME[:k=v,...]]... [--at FILTER]\n"
   "                    [--export-name NAME] [--workers N] [--poll-us N] [-f FMT]\n"
-  "                    [--pidfile FILE] [--daemon] DISK\n"
+  "                    [--pidfile FILE] [--daemon]\n"
+  "                    [-t|--cache none|writeback|writethrough|directsync|unsafe] DISK\n"
   "\n"
   "Export DISK (an image, a backing chain, or a disk descriptor) over NBD\n"
   "and/or as a FUSE file.  Runs in the foreground until SIGTERM or SIGINT,\n"
-  "which finish in-flight requests, flush, and exit 0.\n";
+  "which finish in-flight requests, flush, and exit 0.  --cache chooses how\n"
+  "the host page cache is used, as qemu-nbd's option does (default writeback).\n";
 
 static int write_pidfile(const char *path, pid_t pid)
 {
@@ -70,7 +72,7 @@ static int daemonize(const char *pidfile)
 int cmd_serve(int argc, char **argv)
 {
   enum { OPT_NBD = 256, OPT_FUSE, OPT_RO, OPT_FILTER, OPT_AT, OPT_PIDFILE,
-         OPT_DAEMON, OPT_NAME, OPT_WORKERS, OPT_DESC, OPT_POLL };
+         OPT_DAEMON, OPT_NAME, OPT_WORKERS, OPT_DESC, OPT_POLL, OPT_CACHE };
   static const struct option longopts[] = {
     {"help", no_argument, NULL, 'h'},
     {"nbd", required_argument, NULL, OPT_NBD},
@@ -85,6 +87,7 @@ int cmd_serve(int argc, char **argv)
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"poll-us", required_argument, NULL, OPT_POLL},
     {"format", required_argument, NULL, 'f'},
+    {"cache", required_argument, NULL, 't'},
     {NULL, 0, NULL, 0},
   };
   const char *nbd[MAX_NBD], *filters[MAX_FILTERS];
@@ -96,7 +99,7 @@ int cmd_serve(int argc, char **argv)
   uint64_t v;
   int c;
 
-  while ((c = getopt_long(argc, argv, "f:rh", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "f:rt:h", longopts, NULL)) != -1) {
     switch (c) {
     case OPT_NBD:
       if (n_nbd == MAX_NBD)
@@ -133,6 +136,11 @@ int cmd_serve(int argc, char **argv)
     case 'f':
       if (sl_format_parse(optarg, &dopts.format) < 0)
         return cli_fail("serve", "%s", sl_last_error());
+      break;
+    case 't':
+      if (sl_cache_mode_parse(optarg, &dopts.direct, &dopts.dsync,
+                              &dopts.no_flush) < 0)
+        return cli_fail("serve", "--cache: %s", sl_last_error());
       break;
     case 'h': fputs(usage_text, stdout); return 0;
     default: fputs(usage_text, stderr); return 1;

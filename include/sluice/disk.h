@@ -29,6 +29,8 @@ struct sl_handle;
 struct sl_disk_open_opts {
   bool read_only;
   bool direct;                  /* O_DIRECT on the image files */
+  bool dsync;                   /* O_DSYNC on the writable image file */
+  bool no_flush;                /* ignore flush (cache=unsafe) */
   enum sl_format format;        /* for a plain image; AUTO probes */
   /* Extra filters stacked above those of the descriptor, top first,
    * each "NAME[:k=v,...]" as on the command line. */

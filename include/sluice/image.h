@@ -40,7 +40,19 @@ struct sl_image_open_opts {
   bool no_backing;              /* open only this layer; unallocated reads as 0 */
   size_t metadata_cache_bytes;  /* L2 + refcount cache budget; 0 = default */
   int max_chain_depth;          /* 0 = default (1024) */
+  bool dsync;                   /* O_DSYNC on the writable layer */
+  bool no_flush;                /* flush and FUA write metadata, never sync */
 };
+
+/* Host page-cache modes, as qemu-nbd's --cache (-t) names them:
+ *   none         O_DIRECT, flushes honoured
+ *   writeback    page cache, flushes honoured (the default)
+ *   writethrough page cache, O_DSYNC
+ *   directsync   O_DIRECT and O_DSYNC
+ *   unsafe       page cache, flushes ignored
+ * Sets the three flags of OPTS-like structures from MODE. */
+int sl_cache_mode_parse(const char *mode, bool *direct, bool *dsync,
+                        bool *no_flush);
 
 struct sl_image_create_opts {
   enum sl_format format;        /* default qcow2 */

@@ -48,6 +48,7 @@ struct sl_image {
   int fd;                  /* the layer's file, O_RDWR unless read_only */
   bool read_only;
   bool direct;
+  bool no_flush;           /* cache=unsafe: never fdatasync */
   struct stat st;          /* at open time, for the layer id */
   uint64_t size;           /* virtual size */
   char *backing_file;      /* as recorded by the driver, or NULL */

@@ -49,6 +49,28 @@ int sl_format_parse(const char *name, enum sl_format *out)
   return 0;
 }
 
+int sl_cache_mode_parse(const char *mode, bool *direct, bool *dsync,
+                        bool *no_flush)
+{
+  static const struct { const char *name; bool direct, dsync, no_flush; } modes[] = {
+    {"none", true, false, false},
+    {"writeback", false, false, false},
+    {"writethrough", false, true, false},
+    {"directsync", true, true, false},
+    {"unsafe", false, false, true},
+  };
+  for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+    if (strcmp(mode, modes[i].name) == 0) {
+      *direct = modes[i].direct;
+      *dsync = modes[i].dsync;
+      *no_flush = modes[i].no_flush;
+      return 0;
+    }
+  }
+  return sl_error(EINVAL, "unknown cache mode '%s' (use none, writeback, "
+                  "writethrough, directsync or unsafe)", mode);
+}
+
 static int probe_fd(int fd, const char *path, const struct sl_image_driver **drv)
 {
   /* Aligned for O_DIRECT, whose reads need a block-aligned buffer. */
@@ -106,6 +128,7 @@ static int open_layer(const char *path, const struct sl_image_open_opts *opts,
   img->depth = depth;
   img->read_only = read_only;
   img->direct = opts->direct;
+  img->no_flush = opts->no_flush;
   img->filename = strdup(path);
   if (!img->filename) {
     free_layer(img);
@@ -114,6 +137,8 @@ static int open_layer(const char *path, const struct sl_image_open_opts *opts,
   int flags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
   if (opts->direct)
     flags |= O_DIRECT;
+  if (opts->dsync && !read_only)
+    flags |= O_DSYNC;
   img->fd = open(path, flags);
   if (img->fd < 0) {
     int e = errno;

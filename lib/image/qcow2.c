@@ -91,6 +91,10 @@ int qcow2_io_write(struct qcow2_state *s, const void *buf, size_t len,
 
 int qcow2_sync(struct qcow2_state *s)
 {
+  /* cache=unsafe: the metadata still reaches the file (the OS), only the
+   * trip to stable storage is skipped, as QEMU's BDRV_O_NO_FLUSH does. */
+  if (s->img->no_flush)
+    return 0;
   if (fdatasync(s->img->fd) < 0)
     return sl_error(errno, "%s: fdatasync: %s", s->img->filename,
                     strerror(errno));

@@ -154,13 +154,15 @@ static int raw_pwrite(struct sl_image *img, const void *buf, size_t len,
   if (r < 0)
     return sl_error(-r, "%s: write at %" PRIu64 ": %s", img->filename, off,
                     strerror(-r));
-  if ((flags & SL_FUA) && fdatasync(img->fd) < 0)
+  if ((flags & SL_FUA) && !img->no_flush && fdatasync(img->fd) < 0)
     return sl_error(errno, "%s: fdatasync: %s", img->filename, strerror(errno));
   return 0;
 }
 
 static int raw_flush(struct sl_image *img)
 {
+  if (img->no_flush)
+    return 0;   /* cache=unsafe */
   if (fdatasync(img->fd) < 0)
     return sl_error(errno, "%s: fdatasync: %s", img->filename, strerror(errno));
   return 0;
