@@ -236,6 +236,60 @@ static int check_snapshots(struct check *c)
   return inc_refs(c, start, off - start);
 }
 
+/* The bitmap directory, each bitmap table and its data clusters, counted
+ * as qemu-img counts them: only while the extension is trusted (autoclear
+ * bit 0 set); otherwise QEMU ignores it and its clusters are leaks. */
+static int check_bitmaps(struct check *c)
+{
+  struct qcow2_state *s = c->s;
+  if (!s->bitmap_ext || !(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
+    return 0;
+  if (s->bitmap_ext_bad)
+    return 0;
+  int r = inc_refs(c, s->bitmap_dir_offset, s->bitmap_dir_size);
+  if (r < 0)
+    return r;
+  if (!s->bitmaps_valid) {
+    fprintf(stderr, "ERROR %s\n", s->bitmap_error ? s->bitmap_error
+                                                   : "broken bitmap directory");
+    c->res->corruptions++;
+    return 0;
+  }
+  for (uint32_t i = 0; i < s->nbitmaps; i++) {
+    const struct qcow2_bitmap *bm = &s->bitmaps[i];
+    uint64_t bytes = (uint64_t)bm->table_size * 8;
+    r = inc_refs(c, bm->table_offset, bytes);
+    if (r < 0)
+      return r;
+    if (!in_file(c, bm->table_offset, bytes)) {
+      fprintf(stderr, "ERROR bitmap '%s': its table lies past the end of "
+              "the file\n", bm->name);
+      c->res->corruptions++;
+      continue;
+    }
+    CLEANUP_FREE uint64_t *t = NULL;
+    r = read_be64_table(s, bm->table_offset, bm->table_size, &t);
+    if (r < 0)
+      return r;
+    for (uint32_t j = 0; j < bm->table_size; j++) {
+      uint64_t off = t[j] & QCOW2_OFFSET_MASK;
+      if ((t[j] & 0xff000000000001feull) || (off && (t[j] & 1)) ||
+          (off & (s->cluster_size - 1))) {
+        fprintf(stderr, "ERROR bitmap '%s': invalid bitmap table entry "
+                "0x%" PRIx64 "\n", bm->name, t[j]);
+        c->res->corruptions++;
+        continue;
+      }
+      if (off) {
+        r = inc_refs(c, off, s->cluster_size);
+        if (r < 0)
+          return r;
+      }
+    }
+  }
+  return 0;
+}
+
 static int check_refcount_structures(struct check *c)
 {
   struct qcow2_state *s = c->s;
@@ -544,6 +598,8 @@ static int check_once(const char *path, unsigned repair,
     r = check_l1(&c, s->l1_offset, s->l1_size, true);
   if (r == 0)
     r = check_snapshots(&c);
+  if (r == 0)
+    r = check_bitmaps(&c);
   if (r == 0)
     r = check_refcount_structures(&c);
   if (r == 0 && (repair & SL_CHECK_REPAIR_ALL) && !c.rebuild)

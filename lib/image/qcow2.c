@@ -228,6 +228,12 @@ static int parse_extensions(struct qcow2_state *s, const uint8_t *c,
     } else if (type == QCOW2_EXT_DATA_FILE) {
       return sl_error(ENOTSUP, "%s: external data files are not supported", fn);
     } else if (type != QCOW2_EXT_FEATURE_NAMES) {
+      if (type == QCOW2_EXT_BITMAPS && !s->bitmap_ext) {
+        /* Parsed, and kept too: its fields are rewritten in place. */
+        int r = qcow2_parse_bitmap_ext(s, d, len, p + 8);
+        if (r < 0)
+          return r;
+      }
       /* Keep it verbatim for the next header rewrite. */
       size_t keep = SL_MIN(total, clen - p);
       uint8_t *n = realloc(s->unknown_exts, s->unknown_exts_len + keep);
@@ -287,6 +293,10 @@ void qcow2_free_state(struct qcow2_state *s)
   free(s->l1);
   free(s->rt);
   free(s->unknown_exts);
+  qcow2_free_snapshots(s);
+  qcow2_free_bitmaps(s);
+  free(s->snapshot_error);
+  free(s->bitmap_error);
   free(s->pending_free);
   free(s->inflight);
   pthread_cond_destroy(&s->alloc_done);
@@ -442,7 +452,11 @@ static int parse_header(struct qcow2_state *s, enum sl_format *backing_fmt,
     }
   }
   s->rt_size = (uint64_t)s->rt_clusters * s->cluster_size / 8;
-  r = read_table(s, s->l1_offset, s->l1_size, &s->l1);
+  r = qcow2_read_snapshots(s);
+  if (r == 0)
+    r = qcow2_read_bitmaps(s);
+  if (r == 0)
+    r = read_table(s, s->l1_offset, s->l1_size, &s->l1);
   if (r == 0)
     r = read_table(s, s->rt_offset, s->rt_size, &s->rt);
   return r;
@@ -477,6 +491,11 @@ int qcow2_open_state(struct sl_image *img, const char *path, int fd,
       r = sl_error(EROFS, "%s: image is marked corrupt; it can only be opened "
                    "read-only (repair it with 'sluice check -r all')",
                    img->filename);
+      goto fail;
+    }
+    if (s->snapshot_error) {
+      r = sl_error(EINVAL, "%s (the image can only be opened read-only)",
+                   s->snapshot_error);
       goto fail;
     }
     if (s->incompat & QCOW2_INCOMPAT_DIRTY) {

@@ -48,6 +48,14 @@
 #define QCOW2_EXT_BACKING_FMT  0xe2792acau
 #define QCOW2_EXT_FEATURE_NAMES 0x6803f857u
 #define QCOW2_EXT_DATA_FILE    0x44415441u
+#define QCOW2_EXT_BITMAPS      0x23852875u
+
+/* Autoclear feature bits. */
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+
+/* Bitmap directory entry flags. */
+#define QCOW2_BME_IN_USE (1u << 0)
+#define QCOW2_BME_AUTO   (1u << 1)
 
 /* L1/L2 entry bits. */
 #define QCOW2_OFLAG_COPIED     (1ull << 63)
@@ -83,6 +91,33 @@ struct qcow2_free {
   uint64_t bytes;
 };
 
+/* One internal snapshot (qcow2-snapshot.c), from the snapshot table. */
+struct qcow2_snapshot {
+  uint64_t l1_offset;
+  uint32_t l1_size;             /* entries */
+  char *id, *name;
+  uint32_t date_sec, date_nsec;
+  uint64_t vm_clock_nsec;
+  uint64_t vm_state_size;
+  uint64_t disk_size;           /* the image's size if not recorded */
+  uint64_t icount;              /* UINT64_MAX when not recorded */
+  uint32_t extra_size;
+};
+
+/* One persistent dirty bitmap (qcow2-bitmap.c), from the directory. */
+struct qcow2_bitmap {
+  char *name;
+  uint64_t table_offset;        /* bitmap table: table_size 64-bit entries */
+  uint32_t table_size;
+  uint32_t flags;               /* QCOW2_BME_* as on disk */
+  uint8_t type, granularity_bits;
+  size_t dir_pos;               /* the entry's offset in the directory */
+  /* Writable opens: the bits in memory (NULL when not tracked). */
+  _Atomic uint64_t *dirty;
+  uint64_t nbits;
+  bool track;                   /* enabled: writes set bits */
+};
+
 struct qcow2_state {
   pthread_mutex_t lock;
   pthread_mutex_t rmw_lock;     /* O_DIRECT read-modify-write of partial blocks */
@@ -102,6 +137,26 @@ struct qcow2_state {
   uint32_t backing_file_size;
   uint32_t nb_snapshots;
   uint64_t snapshots_offset;
+  /* Internal snapshots (qcow2-snapshot.c): NSNAPSHOTS entries parsed from
+   * the table at snapshots_offset, SNAPSHOTS_SIZE bytes long.  When the
+   * table does not parse, snapshot_error says why (read-only opens only). */
+  struct qcow2_snapshot *snapshots;
+  uint32_t nsnapshots;
+  uint64_t snapshots_size;
+  char *snapshot_error;
+  /* Bitmaps extension (qcow2-bitmap.c).  bitmap_ext: the extension is in
+   * the header, its 24 data bytes at bitmap_ext_pos in cluster 0.
+   * bitmaps_valid: it is trusted (autoclear bit 0 set, directory parsed);
+   * then BITMAPS holds the NBITMAPS directory entries and the directory is
+   * bitmap_dir_size bytes at bitmap_dir_offset.  Otherwise bitmap_error
+   * says why (NULL when there is no extension at all). */
+  bool bitmap_ext, bitmap_ext_bad, bitmaps_valid;
+  size_t bitmap_ext_pos;
+  uint32_t nb_bitmaps;
+  uint64_t bitmap_dir_offset, bitmap_dir_size;
+  struct qcow2_bitmap *bitmaps;
+  uint32_t nbitmaps;
+  char *bitmap_error;
   uint8_t *unknown_exts;        /* raw bytes of extensions we preserve */
   size_t unknown_exts_len;
   bool extended_l2;
@@ -216,6 +271,16 @@ void qcow2_compressed_range(const struct qcow2_state *s, uint64_t entry,
 /* qcow2-compress.c */
 int qcow2_decompress(struct qcow2_state *s, uint8_t *dst, size_t dst_len,
                      const uint8_t *src, size_t src_len);
+
+/* qcow2-snapshot.c */
+int qcow2_read_snapshots(struct qcow2_state *s);
+void qcow2_free_snapshots(struct qcow2_state *s);
+
+/* qcow2-bitmap.c */
+int qcow2_parse_bitmap_ext(struct qcow2_state *s, const uint8_t *data,
+                           uint32_t len, size_t pos);
+int qcow2_read_bitmaps(struct qcow2_state *s);
+void qcow2_free_bitmaps(struct qcow2_state *s);
 
 /* qcow2-check.c */
 int qcow2_check(const char *path, unsigned repair, struct sl_check_result *res);
