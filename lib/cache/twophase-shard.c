@@ -525,6 +525,10 @@ void sl_tp_shard_get_stats(struct sl_tp_shard *t, struct sl_twophase_stats *s)
   }
   s->bytes_per_resident = (double)sl_tp_shard_meta_bytes(t) / t->n;
   s->bytes_per_ghost = (double)sizeof(uint32_t); /* buckets are bare arrays */
+  s->ghost = 0;
+  for (size_t i = 0; i < (size_t)(t->ghost_mask + 1) * GHOST_WAYS; i++)
+    s->ghost += t->ghost[i] != 0;
+  s->ghost_bytes = (size_t)(t->ghost_mask + 1) * GHOST_WAYS * sizeof *t->ghost;
   pthread_mutex_unlock(&t->lock);
 }
 

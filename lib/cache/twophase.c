@@ -224,6 +224,8 @@ void sl_twophase_get_stats(struct sl_twophase *t, struct sl_twophase_stats *s)
     s->cold += x.cold;
     s->hot += x.hot;
     s->pinned += x.pinned;
+    s->ghost += x.ghost;
+    s->ghost_bytes += x.ghost_bytes;
     s->cold_target += x.cold_target;
     s->ref_stores = x.ref_stores;       /* per thread, the same from every shard */
     s->bytes_per_ghost = x.bytes_per_ghost; /* per entry, the same in every shard */

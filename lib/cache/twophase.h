@@ -68,6 +68,8 @@ struct sl_twophase_stats {
   uint64_t cold_target;         /* summed over shards, as are all the counts */
   double bytes_per_resident;    /* metadata per resident block */
   double bytes_per_ghost;       /* metadata per ghost entry */
+  uint64_t ghost;               /* ghost entries remembered now (a scan) */
+  uint64_t ghost_bytes;         /* the ghost's memory, all shards */
 };
 
 #define SL_TWOPHASE_NONE UINT32_MAX
