@@ -14,6 +14,7 @@
 #include <sluice/sluice.h>
 #include "common/util.h"
 #include "export/export.h"
+#include "ipc/process.h"
 #include "tools/cli.h"
 
 #include "config.h"
@@ -33,41 +34,6 @@ static const char usage_text[] =
   "and/or as a FUSE file.  Runs in the foreground until SIGTERM or SIGINT,\n"
   "which finish in-flight requests, flush, and exit 0.  --cache chooses how\n"
   "the host page cache is used, as qemu-nbd's option does (default writeback).\n";
-
-static int write_pidfile(const char *path, pid_t pid)
-{
-  FILE *f = fopen(path, "w");
-  if (!f)
-    return cli_fail("serve", "%s: %m", path);
-  fprintf(f, "%d\n", (int)pid);
-  if (fclose(f) != 0)
-    return cli_fail("serve", "%s: %m", path);
-  return 0;
-}
-
-/* Fork into the background once the sockets are bound, so binding errors
- * still reach the terminal.  The parent writes the pidfile and exits. */
-static int daemonize(const char *pidfile)
-{
-  pid_t pid = fork();
-  if (pid < 0)
-    return cli_fail("serve", "fork: %m");
-  if (pid > 0) {
-    if (pidfile && write_pidfile(pidfile, pid))
-      _exit(1);
-    _exit(0);
-  }
-  setsid();
-  int null = open("/dev/null", O_RDWR);
-  if (null >= 0) {
-    dup2(null, 0);
-    dup2(null, 1);
-    dup2(null, 2);
-    if (null > 2)
-      close(null);
-  }
-  return 0;
-}
 
 int cmd_serve(int argc, char **argv)
 {
@@ -150,6 +116,19 @@ int cmd_serve(int argc, char **argv)
     fputs(usage_text, stderr);
     return cli_fail("serve", optind >= argc ? "no DISK given" : "too many arguments");
   }
+  /* Socket activation: every socket systemd passed is one more NBD
+   * listener ("fd:N" for lib/ipc). */
+  char activated[MAX_NBD][16];
+  int n_act = sl_proc_listen_fds();
+  if (n_act < 0)
+    return cli_fail("serve", "%s", sl_last_error());
+  if ((size_t)n_act > MAX_NBD - n_nbd)
+    return cli_fail("serve", "at most %d NBD listeners (--nbd and systemd sockets together)",
+                    MAX_NBD);
+  for (int i = 0; i < n_act; i++) {
+    snprintf(activated[i], sizeof activated[i], "fd:%d", SL_PROC_LISTEN_FDS_START + i);
+    nbd[n_nbd++] = activated[i];
+  }
   if (n_nbd == 0 && !fuse_file)
     return cli_fail("serve", "nothing to serve: give --nbd and/or --fuse");
   if (fuse_file && !HAVE_FUSE3)
@@ -161,12 +140,8 @@ int cmd_serve(int argc, char **argv)
   /* Signals are taken synchronously by this thread; block them before any
    * thread exists so that every thread inherits the mask. */
   sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-  signal(SIGPIPE, SIG_IGN);
+  if (sl_proc_block_signals(&sigs) < 0)
+    return cli_fail("serve", "%s", sl_last_error());
 
   struct sl_disk *disk;
   if (sl_disk_open(path, &dopts, &disk) < 0)
@@ -181,12 +156,17 @@ int cmd_serve(int argc, char **argv)
     sl_disk_close(disk);
     return cli_fail("serve", "%s", sl_last_error());
   }
-  if (daemon_mode && daemonize(pidfile)) {
+  /* Fork once the sockets are bound, so that binding errors still reach
+   * the terminal; the parent exits when the child reports below. */
+  if (daemon_mode && sl_proc_daemonize("serve") < 0) {
+    cli_fail("serve", "%s", sl_last_error());
     sl_nbd_server_stop(srv);
     sl_disk_close(disk);
     return 1;
   }
-  if (pidfile && !daemon_mode && write_pidfile(pidfile, getpid())) {
+  if (pidfile && sl_proc_pidfile_create(pidfile) < 0) {
+    cli_fail("serve", "%s", sl_last_error());
+    sl_proc_detach_done(1);
     sl_nbd_server_stop(srv);
     sl_disk_close(disk);
     return 1;
@@ -199,6 +179,7 @@ int cmd_serve(int argc, char **argv)
   if (ret == 0 && fuse_file && sl_fuse_export_start(h, fuse_file, nopts.read_only, &fx) < 0)
     ret = cli_fail("serve", "--fuse %s: %s", fuse_file, sl_last_error());
 #endif
+  sl_proc_detach_done(ret ? 1 : 0);
   if (ret == 0) {
     char size[32];
     fprintf(stderr, "sluice serve: serving %s (%s)", path,
@@ -208,8 +189,9 @@ int cmd_serve(int argc, char **argv)
     if (fuse_file)
       fprintf(stderr, " as %s", fuse_file);
     fprintf(stderr, "\n");
-    int sig = 0;
-    sigwait(&sigs, &sig);
+    sl_proc_notify_ready(NULL);
+    int sig = sl_proc_wait_signal(&sigs);
+    sl_proc_notify_stopping();
     fprintf(stderr, "sluice serve: %s: draining and flushing\n", strsignal(sig));
   }
 #if HAVE_FUSE3
@@ -218,7 +200,6 @@ int cmd_serve(int argc, char **argv)
   sl_nbd_server_stop(srv);
   if (sl_disk_close(disk) < 0 && ret == 0)
     ret = cli_fail("serve", "%s: %s", path, sl_last_error());
-  if (pidfile)
-    unlink(pidfile);
+  sl_proc_pidfile_remove();
   return ret;
 }

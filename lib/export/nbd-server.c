@@ -34,7 +34,6 @@
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -45,12 +44,12 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <sluice/error.h>
 #include "common/util.h"
-#include "export/buffer-arena.h"
+#include "ipc/buffer-arena.h"
+#include "ipc/socket.h"
 #include "export/export.h"
 #include "export/nbd-proto.h"
 
@@ -124,9 +123,8 @@ struct conn {
 };
 
 struct listener {
-  int fd;
+  struct sl_ipc_listener ipc;       /* lib/ipc: unlinks only its own socket */
   pthread_t thread;
-  char *unix_path;                  /* unlinked at stop */
 };
 
 struct sl_nbd_server {
@@ -1237,7 +1235,7 @@ static void *accept_loop(void *opaque)
   struct listener *l = a->l;
   free(a);
   for (;;) {
-    int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+    int fd = accept4(l->ipc.fd, NULL, NULL, SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE) {
         if (errno == EMFILE || errno == ENFILE)
@@ -1284,70 +1282,6 @@ static void *accept_loop(void *opaque)
   }
 }
 
-static int listen_unix(const char *path, struct listener *l)
-{
-  struct sockaddr_un sa = {.sun_family = AF_UNIX};
-  if (strlen(path) >= sizeof sa.sun_path)
-    return sl_error(ENAMETOOLONG, "unix:%s: socket path is too long", path);
-  strcpy(sa.sun_path, path);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return sl_error(errno, "unix:%s: %s", path, strerror(errno));
-  unlink(path); /* a stale socket from an earlier run */
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 64) < 0) {
-    int e = errno;
-    close(fd);
-    return sl_error(e, "unix:%s: %s", path, strerror(e));
-  }
-  l->fd = fd;
-  l->unix_path = strdup(path);
-  return 0;
-}
-
-static int listen_tcp(const char *spec, struct listener *l)
-{
-  CLEANUP_FREE char *copy = strdup(spec);
-  if (!copy)
-    return sl_error(ENOMEM, "out of memory");
-  char *colon = strrchr(copy, ':');
-  if (!colon)
-    return sl_error(EINVAL, "tcp:%s: expected tcp:HOST:PORT", spec);
-  *colon = '\0';
-  char *host = copy, *port = colon + 1;
-  if (host[0] == '[') { /* [::1]:10809 */
-    host++;
-    char *rb = strchr(host, ']');
-    if (rb)
-      *rb = '\0';
-  }
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                           .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-  struct addrinfo *res;
-  int g = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
-  if (g != 0)
-    return sl_error(EINVAL, "tcp:%s: %s", spec, gai_strerror(g));
-  int fd = -1, e = 0;
-  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) {
-      e = errno;
-      continue;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 64) == 0)
-      break;
-    e = errno;
-    close(fd);
-    fd = -1;
-  }
-  freeaddrinfo(res);
-  if (fd < 0)
-    return sl_error(e ? e : EADDRNOTAVAIL, "tcp:%s: %s", spec, strerror(e ? e : EADDRNOTAVAIL));
-  l->fd = fd;
-  return 0;
-}
-
 int sl_nbd_server_create(struct sl_handle *h, const struct sl_nbd_options *opts,
                          const char *const *listen, size_t n_listen,
                          struct sl_nbd_server **out)
@@ -1362,14 +1296,7 @@ int sl_nbd_server_create(struct sl_handle *h, const struct sl_nbd_options *opts,
   pthread_mutex_init(&srv->lock, NULL);
   pthread_cond_init(&srv->cond, NULL);
   for (size_t i = 0; i < n_listen; i++) {
-    struct listener *l = &srv->listeners[i];
-    int r;
-    if (strncmp(listen[i], "unix:", 5) == 0)
-      r = listen_unix(listen[i] + 5, l);
-    else if (strncmp(listen[i], "tcp:", 4) == 0)
-      r = listen_tcp(listen[i] + 4, l);
-    else
-      r = sl_error(EINVAL, "'%s': expected unix:PATH or tcp:HOST:PORT", listen[i]);
+    int r = sl_ipc_listen(listen[i], &srv->listeners[i].ipc);
     if (r < 0) {
       srv->n_listeners = i;
       sl_nbd_server_stop(srv);
@@ -1406,13 +1333,10 @@ void sl_nbd_server_stop(struct sl_nbd_server *srv)
   pthread_mutex_unlock(&srv->lock);
   for (size_t i = 0; i < srv->n_listeners; i++) {
     struct listener *l = &srv->listeners[i];
-    shutdown(l->fd, SHUT_RDWR);
+    shutdown(l->ipc.fd, SHUT_RDWR);
     if (l->thread)
       pthread_join(l->thread, NULL);
-    close(l->fd);
-    if (l->unix_path)
-      unlink(l->unix_path);
-    free(l->unix_path);
+    sl_ipc_listener_close(&l->ipc);
   }
   /* Stop reading from every client; requests already read still run and
    * reply, then the connection threads end. */

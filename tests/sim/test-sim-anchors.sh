@@ -9,6 +9,6 @@
 source "$SRCDIR/tests/common/lib.sh"
 require python3
 anchors=$SHARED/traces/ANCHORS.md
-[[ -r $anchors ]] || skip "no $anchors"
+[[ -r $anchors ]] || skip "the shipped anchors $anchors are absent (traces live in ../shared beside the project; configure with -Dshared_dir=DIR to point elsewhere)"
 python3 "$SRCDIR/tests/sim/anchors.py" "$SLUICE" "$anchors" "$SHARED/traces" \
   "${1:-fast}" || die "miss ratios disagree with ANCHORS.md"

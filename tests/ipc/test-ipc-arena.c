@@ -1,4 +1,4 @@
-/* Unit tests of the export's buffer arena (DESIGN.md "Buffers"): buffers
+/* Unit tests of the buffer arena (lib/ipc) (DESIGN.md "Buffers"): buffers
  * are ranges of one sealed memfd, never overlap, are reused and coalesce
  * when freed, the arena is bounded (a full arena makes allocation wait,
  * and a free wakes it), and what is written to a buffer is what a peer
@@ -18,7 +18,7 @@
 #include <cmocka.h>
 
 #include <sluice/error.h>
-#include "export/buffer-arena.h"
+#include "ipc/buffer-arena.h"
 
 #define BLOCK SL_ARENA_MIN_BLOCK
 

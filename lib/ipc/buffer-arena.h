@@ -19,8 +19,8 @@
  * again.  Pages are only ever touched by payload, so resident memory is the
  * high-water mark of payload in flight, never more than the arena's size.
  */
-#ifndef SLUICE_EXPORT_BUFFER_ARENA_H
-#define SLUICE_EXPORT_BUFFER_ARENA_H
+#ifndef SLUICE_IPC_BUFFER_ARENA_H
+#define SLUICE_IPC_BUFFER_ARENA_H
 
 #include <stddef.h>
 

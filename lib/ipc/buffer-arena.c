@@ -20,7 +20,7 @@
 
 #include <sluice/error.h>
 #include "common/util.h"
-#include "export/buffer-arena.h"
+#include "ipc/buffer-arena.h"
 
 #define MAX_ORDERS 32
 
