@@ -17,6 +17,7 @@ int cmd_serve(int argc, char **argv);
 int cmd_disk(int argc, char **argv);
 int cmd_filter(int argc, char **argv);
 int cmd_mirror(int argc, char **argv);
+int cmd_cache(int argc, char **argv);
 
 /* "sluice CMD: MESSAGE\n" on stderr; returns 1 for `return cli_fail(...)`. */
 int cli_fail(const char *cmd, const char *fmt, ...)

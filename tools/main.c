@@ -25,6 +25,7 @@ static const struct {
   {"disk", cmd_disk, "create and show disk descriptors"},
   {"filter", cmd_filter, "install, list and remove filter modules; attach to disks"},
   {"mirror", cmd_mirror, "resynchronise a disk's mirror"},
+  {"cache", cmd_cache, "show or drop what the host cache daemon (sluiced) holds"},
 };
 
 static void usage(FILE *f)
