@@ -738,11 +738,14 @@ static int read_cmd(int argc, char **argv)
   int h = reg_handle(&c, mfd, 0, len, SL_CS_RIGHT_WRITE);
   int l = reg_layer(&c, argv[0], 0);
   int r = l < 0 || h < 0 ? -EINVAL : read1(&c, (uint32_t)l, (uint32_t)h, off, 0, len);
+  sl_cs_close(&c);
+  close(mfd);
   if (r < 0) {
     fprintf(stderr, "sluiced-probe: read: %s\n", strerror(-r));
     return 1;
   }
   fwrite(m, 1, len, stdout);
+  fflush(stdout);
   return 0;
 }
 
