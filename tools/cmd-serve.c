@@ -28,17 +28,20 @@ static const char usage_text[] =
   "                    [--read-only] [--filter NAME[:k=v,...]]... [--at FILTER]\n"
   "                    [--export-name NAME] [--workers N] [--poll-us N] [-f FMT]\n"
   "                    [--pidfile FILE] [--daemon]\n"
-  "                    [-t|--cache none|writeback|writethrough|directsync|unsafe] DISK\n"
+  "                    [-t|--cache none|writeback|writethrough|directsync|unsafe]\n"
+  "                    [--sluiced[=SOCKET]] DISK\n"
   "\n"
   "Export DISK (an image, a backing chain, or a disk descriptor) over NBD\n"
   "and/or as a FUSE file.  Runs in the foreground until SIGTERM or SIGINT,\n"
   "which finish in-flight requests, flush, and exit 0.  --cache chooses how\n"
-  "the host page cache is used, as qemu-nbd's option does (default writeback).\n";
+  "the host page cache is used, as qemu-nbd's option does (default writeback).\n"
+  "--sluiced reads the backing layers through the host cache daemon (the\n"
+  "cache filter, which must be installed: sluice filter install cache.so).\n";
 
 int cmd_serve(int argc, char **argv)
 {
   enum { OPT_NBD = 256, OPT_FUSE, OPT_RO, OPT_FILTER, OPT_AT, OPT_PIDFILE,
-         OPT_DAEMON, OPT_NAME, OPT_WORKERS, OPT_DESC, OPT_POLL, OPT_CACHE };
+         OPT_DAEMON, OPT_NAME, OPT_WORKERS, OPT_DESC, OPT_POLL, OPT_CACHE, OPT_SLUICED };
   static const struct option longopts[] = {
     {"help", no_argument, NULL, 'h'},
     {"nbd", required_argument, NULL, OPT_NBD},
@@ -54,9 +57,11 @@ int cmd_serve(int argc, char **argv)
     {"poll-us", required_argument, NULL, OPT_POLL},
     {"format", required_argument, NULL, 'f'},
     {"cache", required_argument, NULL, 't'},
+    {"sluiced", optional_argument, NULL, OPT_SLUICED},
     {NULL, 0, NULL, 0},
   };
-  const char *nbd[MAX_NBD], *filters[MAX_FILTERS];
+  const char *nbd[MAX_NBD], *filters[MAX_FILTERS + 1];
+  char *sluiced_filter = NULL;
   size_t n_nbd = 0, n_filters = 0;
   const char *fuse_file = NULL, *at = NULL, *pidfile = NULL;
   bool daemon_mode = false;
@@ -108,6 +113,15 @@ int cmd_serve(int argc, char **argv)
                               &dopts.no_flush) < 0)
         return cli_fail("serve", "--cache: %s", sl_last_error());
       break;
+    case OPT_SLUICED:
+      /* The cache filter, stacked on top like --filter: no descriptor
+       * edit.  A descriptor with observe or throttle filters (which belong
+       * above a cache) names the cache filter itself instead. */
+      free(sluiced_filter);
+      if (asprintf(&sluiced_filter, "cache%s%s", optarg ? ":socket=" : "",
+                   optarg ? optarg : "") < 0)
+        return cli_fail("serve", "out of memory");
+      break;
     case 'h': fputs(usage_text, stdout); return 0;
     default: fputs(usage_text, stderr); return 1;
     }
@@ -134,6 +148,8 @@ int cmd_serve(int argc, char **argv)
   if (fuse_file && !HAVE_FUSE3)
     return cli_fail("serve", "--fuse: this sluice was built without libfuse3");
   const char *path = argv[optind];
+  if (sluiced_filter)
+    filters[n_filters++] = sluiced_filter;
   dopts.extra_filters = filters;
   dopts.n_extra_filters = n_filters;
 
@@ -144,8 +160,13 @@ int cmd_serve(int argc, char **argv)
     return cli_fail("serve", "%s", sl_last_error());
 
   struct sl_disk *disk;
-  if (sl_disk_open(path, &dopts, &disk) < 0)
-    return cli_fail("serve", "%s", sl_last_error());
+  if (sl_disk_open(path, &dopts, &disk) < 0) {
+    int r = cli_fail("serve", "%s%s", sl_last_error(),
+                     sluiced_filter ? " (--sluiced needs the cache filter "
+                     "module: sluice filter install build/filters/cache.so)" : "");
+    free(sluiced_filter);
+    return r;
+  }
   struct sl_handle *h = at ? sl_disk_at(disk, at) : sl_disk_top(disk);
   if (!h) {
     sl_disk_close(disk);
@@ -201,5 +222,6 @@ int cmd_serve(int argc, char **argv)
   if (sl_disk_close(disk) < 0 && ret == 0)
     ret = cli_fail("serve", "%s: %s", path, sl_last_error());
   sl_proc_pidfile_remove();
+  free(sluiced_filter);
   return ret;
 }

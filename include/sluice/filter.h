@@ -119,6 +119,24 @@ static inline int sl_next_block_status(struct sl_next *n, uint64_t off,
                                        uint64_t len, struct sl_extent *ext)
 { return n->ops->block_status(n, off, len, ext); }
 
+/* The host cache daemon as the host table offers it (see cache_attach). */
+struct sl_cache_disk;
+#define SL_CACHE_PRIVATE (1u << 0)  /* also cache the writable top layer */
+struct sl_cache_read {
+  int depth;                 /* chain layer, as in struct sl_extent */
+  uint64_t file_offset;      /* in that layer's file */
+  uint32_t length;           /* 1 .. SL_CACHE_MAX_READ */
+  void *buf;
+  int status;                /* out: 0 served, < 0 read it from next */
+  bool hit;                  /* out: the daemon had every block */
+};
+#define SL_CACHE_MAX_READ (2u << 20)
+#define SL_CACHE_MAX_BATCH 256u
+struct sl_cache_stats {
+  uint64_t reads, served, hits, fallbacks, timeouts, connects;
+  bool connected;
+};
+
 /* Services of the core, handed to load() and kept in the environment. */
 struct sl_filter_host {
   uint32_t struct_size;
@@ -132,6 +150,32 @@ struct sl_filter_host {
   int (*disk_open)(const char *path, bool read_only, struct sl_next **next,
                    void **handle);
   int (*disk_close)(void *handle);
+
+  /* ---- appended for the host cache daemon (issue 13) ----
+   * Present when struct_size covers them.  The client of sluiced lives in
+   * libsluice; a filter reaches it only through these.  Nothing here ever
+   * makes a request fail: an entry the daemon does not serve (absent,
+   * killed, slower than the deadline, a layer it refused) comes back with
+   * a negative status and the filter reads it from next.
+   *
+   * cache_attach: bind the image under NEXT to the daemon at SOCKET (NULL:
+   * the default socket).  Its read-only layers are registered for the
+   * shared cache; with SL_CACHE_PRIVATE also the writable top layer, in a
+   * namespace of this disk alone.  Fails (ENOTSUP, with a message) only
+   * when what NEXT reads is not the image's bytes (a filter below handles
+   * reads), never because the daemon is away. */
+  int (*cache_attach)(struct sl_next *next, const char *socket,
+                      unsigned flags, struct sl_cache_disk **out);
+  void (*cache_detach)(struct sl_cache_disk *cd);
+  /* N ranges of layer files, given as block status reports them (DEPTH,
+   * FILE_OFFSET), in one message to the daemon.  Returns how many entries
+   * were served (status 0); the others must be read from next. */
+  int (*cache_read)(struct sl_cache_disk *cd, struct sl_cache_read *rd,
+                    unsigned n, uint64_t deadline_ns);
+  /* After a write to the (private) layer at DEPTH: forget those bytes. */
+  void (*cache_invalidate)(struct sl_cache_disk *cd, int depth,
+                           uint64_t file_offset, uint64_t len);
+  void (*cache_stats)(struct sl_cache_disk *cd, struct sl_cache_stats *st);
 };
 
 /* What an instance learns about where it runs (config_complete, open). */

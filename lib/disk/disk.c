@@ -32,6 +32,7 @@
 #include "common/util.h"
 #include "disk/descriptor.h"
 #include "disk/module.h"
+#include "disk/next-image.h"
 
 struct sl_handle {
   struct sl_disk *disk;
@@ -743,4 +744,21 @@ int sl_disk_block_status(struct sl_handle *h, uint64_t off, uint64_t len,
 {
   int r = enter(h, false, off, len, 0, 0);
   return r < 0 ? r : leave(h, do_block_status(h->disk, h->level, off, len, ext));
+}
+
+/* ---- the image under a filter (the cache service) ------------------------ */
+
+struct sl_image *sl_disk_next_image(struct sl_next *n)
+{
+  struct level *L = LV(n);
+  struct sl_disk *d = L->disk;
+  for (int i = L->idx + 1; i < d->n; i++) {
+    const struct sl_filter *f = d->lv[i].f;
+    if (f->pread || f->block_status) {
+      sl_error(ENOTSUP, "filter %s below %s handles reads: the image files "
+               "do not hold what %s reads", d->lv[i].name, L->name, L->name);
+      return NULL;
+    }
+  }
+  return d->img;
 }

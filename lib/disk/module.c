@@ -35,6 +35,7 @@
 #include "common/util.h"
 #include "config.h"
 #include "disk/module.h"
+#include "cachesvc/host.h"
 
 #define MANIFEST "MANIFEST"
 #define MAX_MODULE_SIZE (256u << 20)
@@ -56,6 +57,11 @@ const struct sl_filter_host sl_filter_host = {
   .now_ns = sl_now_ns,
   .disk_open = host_disk_open,
   .disk_close = host_disk_close,
+  .cache_attach = sl_cache_host_attach,
+  .cache_detach = sl_cache_host_detach,
+  .cache_read = sl_cache_host_read,
+  .cache_invalidate = sl_cache_host_invalidate,
+  .cache_stats = sl_cache_host_stats,
 };
 
 /* ---- manifest ---------------------------------------------------------- */

@@ -1,0 +1,273 @@
+/* cache: read a disk's backing layers through sluiced, the host cache
+ * daemon, so that every clone of a golden image on the host shares one
+ * cached copy of it (DESIGN.md, "The host cache daemon").
+ *
+ * For a read, block status names the layer that holds each extent and the
+ * offset in that layer's file.  Extents in read-only layers are asked of
+ * the daemon, all of one request in one message; everything else (the
+ * writable top layer, zeros, holes, and whatever the daemon does not
+ * serve) is read from next, adjacent pieces together.  The filter links
+ * nothing of libsluice: the client of the daemon is the host table's
+ * (cache_attach, cache_read, ...).
+ *
+ * The daemon is an accelerator, never a dependency: absent at open, killed
+ * mid-run, or slower than the deadline, the piece is read from next and
+ * the request never fails because of the cache; the client reconnects in
+ * the background.
+ *
+ *   mode=shared|off   shared (default): read-only layers through the
+ *                     daemon; off: pass everything through
+ *   private=on|off    also cache the writable top layer, in a namespace of
+ *                     this disk alone; written through to next, and the
+ *                     bytes written, discarded or zeroed are invalidated
+ *   socket=PATH       the daemon's socket (default /run/sluice/sluiced.sock)
+ *   deadline-ms=N     how long a read waits for the daemon (default 200)
+ */
+#include "filter-util.h"
+
+#define MAX_SEGS 128u
+#define DEFAULT_DEADLINE_MS 200
+
+struct cache {
+  bool off, private_layer;
+  char *socket;
+  uint64_t deadline_ns;
+  struct sl_cache_disk *cd;
+};
+
+static bool host_has_cache(void)
+{
+  return host->struct_size >= offsetof(struct sl_filter_host, cache_stats) +
+                              sizeof host->cache_stats;
+}
+
+static int parse_bool(const char *key, const char *v, bool *out)
+{
+  if (strcmp(v, "on") == 0 || strcmp(v, "yes") == 0 || strcmp(v, "1") == 0)
+    *out = true;
+  else if (strcmp(v, "off") == 0 || strcmp(v, "no") == 0 || strcmp(v, "0") == 0)
+    *out = false;
+  else
+    return host->error(EINVAL, "%s=%s: expected on or off", key, v);
+  return 0;
+}
+
+static int ca_config(void *inst, const char *key, const char *v)
+{
+  struct cache *c = inst;
+  if (strcmp(key, "mode") == 0) {
+    if (strcmp(v, "shared") == 0)
+      c->off = false;
+    else if (strcmp(v, "off") == 0)
+      c->off = true;
+    else
+      return host->error(EINVAL, "mode=%s: expected shared or off", v);
+    return 0;
+  }
+  if (strcmp(key, "private") == 0)
+    return parse_bool(key, v, &c->private_layer);
+  if (strcmp(key, "socket") == 0) {
+    free(c->socket);
+    if (!(c->socket = strdup(v)))
+      return host->error(ENOMEM, "out of memory");
+    return 0;
+  }
+  if (strcmp(key, "deadline-ms") == 0) {
+    double ms = 0;
+    int r = fu_parse_double("cache", key, v, 1, 600000, &ms);
+    if (r == 0)
+      c->deadline_ns = (uint64_t)(ms * 1e6);
+    return r;
+  }
+  return host->error(EINVAL, "unknown parameter '%s' (expected mode, private, "
+                     "socket, deadline-ms)", key);
+}
+
+static int ca_open(void *inst, struct sl_next *next, const struct sl_filter_env *env)
+{
+  struct cache *c = inst;
+  if (!c->deadline_ns)
+    c->deadline_ns = DEFAULT_DEADLINE_MS * 1000000ull;
+  if (c->off)
+    return 0;
+  if (!host_has_cache())
+    return host->error(ENOTSUP, "this sluice has no cache service in its host table");
+  if (c->private_layer && env->read_only)
+    c->private_layer = false;
+  int r = host->cache_attach(next, c->socket, c->private_layer ? SL_CACHE_PRIVATE : 0,
+                             &c->cd);
+  if (r == -ENOTSUP) {
+    /* Caching what a filter below transforms would serve the wrong bytes;
+     * the disk still works, uncached. */
+    fprintf(stderr, "sluice: filter %s: not caching: %s\n", env->instance_name,
+            host->last_error());
+    c->cd = NULL;
+    return 0;
+  }
+  return r;
+}
+
+static void ca_close(void *inst, struct sl_next *next)
+{
+  struct cache *c = inst;
+  (void)next;
+  if (c->cd)
+    host->cache_detach(c->cd);
+  c->cd = NULL;
+  free(c->socket);
+  c->socket = NULL;
+}
+
+struct seg {
+  uint64_t off;
+  uint64_t len;
+  int rd;                /* index into the batch, -1: read from next */
+};
+
+/* Read [off, off+len) of the segments S[0..n) that the daemon did not
+ * serve from next, adjacent ones in one call. */
+static int read_rest(struct sl_next *next, uint8_t *buf, uint64_t base,
+                     const struct seg *s, unsigned n,
+                     const struct sl_cache_read *rd, uint32_t flags)
+{
+  unsigned i = 0;
+  while (i < n) {
+    if (s[i].rd >= 0 && rd[s[i].rd].status == 0) {
+      i++;
+      continue;
+    }
+    uint64_t start = s[i].off, end = s[i].off + s[i].len;
+    for (i++; i < n && !(s[i].rd >= 0 && rd[s[i].rd].status == 0); i++)
+      end = s[i].off + s[i].len;
+    int r = sl_next_pread(next, buf + (start - base), (size_t)(end - start), start,
+                          flags);
+    if (r < 0)
+      return r;
+  }
+  return 0;
+}
+
+static int ca_pread(void *inst, struct sl_next *next, void *buf, size_t len,
+                    uint64_t off, uint32_t flags)
+{
+  struct cache *c = inst;
+  if (!c->cd)
+    return sl_next_pread(next, buf, len, off, flags);
+  uint8_t *b = buf;
+  uint64_t pos = off, end = off + len;
+  struct seg s[MAX_SEGS];
+  struct sl_cache_read rd[MAX_SEGS];
+  while (pos < end) {
+    unsigned ns = 0, nr = 0;
+    uint64_t first = pos;
+    while (pos < end && ns < MAX_SEGS) {
+      struct sl_extent e;
+      if (sl_next_block_status(next, pos, end - pos, &e) < 0 || e.length == 0) {
+        /* Cannot tell where the bytes live: next reads them. */
+        s[ns++] = (struct seg){.off = pos, .len = end - pos, .rd = -1};
+        pos = end;
+        break;
+      }
+      uint64_t elen = e.length < end - pos ? e.length : end - pos;
+      if (e.type == SL_EXTENT_DATA && e.depth >= 0) {
+        for (uint64_t d = 0; d < elen && ns < MAX_SEGS;) {
+          uint32_t piece = (uint32_t)(elen - d < SL_CACHE_MAX_READ ? elen - d
+                                                                   : SL_CACHE_MAX_READ);
+          rd[nr] = (struct sl_cache_read){.depth = e.depth,
+                                          .file_offset = e.file_offset + d,
+                                          .length = piece,
+                                          .buf = b + (pos + d - off)};
+          s[ns++] = (struct seg){.off = pos + d, .len = piece, .rd = (int)nr++};
+          d += piece;
+          if (d < elen && ns == MAX_SEGS)
+            elen = d;          /* the rest in the next round */
+        }
+      } else if (ns > 0 && s[ns - 1].rd < 0) {
+        s[ns - 1].len += elen;
+      } else {
+        s[ns++] = (struct seg){.off = pos, .len = elen, .rd = -1};
+      }
+      pos += elen;
+    }
+    if (nr > 0)
+      host->cache_read(c->cd, rd, nr, c->deadline_ns);
+    int r = read_rest(next, b + (first - off), first, s, ns, rd, flags);
+    if (r < 0)
+      return r;
+  }
+  return 0;
+}
+
+/* private=on: forget the top layer's file bytes under [off, off+len). */
+static void invalidate_top(struct cache *c, struct sl_next *next, uint64_t off,
+                           uint64_t len)
+{
+  uint64_t pos = off, end = off + len;
+  while (pos < end) {
+    struct sl_extent e;
+    if (sl_next_block_status(next, pos, end - pos, &e) < 0 || e.length == 0) {
+      host->cache_invalidate(c->cd, 0, 0, UINT64_MAX);  /* all of it */
+      return;
+    }
+    if (e.type == SL_EXTENT_DATA && e.depth == 0)
+      host->cache_invalidate(c->cd, 0, e.file_offset, e.length);
+    pos += e.length;
+  }
+}
+
+static bool caching_top(const struct cache *c) { return c->cd && c->private_layer; }
+
+static int ca_pwrite(void *inst, struct sl_next *next, const void *buf, size_t len,
+                     uint64_t off, uint32_t flags)
+{
+  struct cache *c = inst;
+  int r = sl_next_pwrite(next, buf, len, off, flags);
+  if (caching_top(c))
+    invalidate_top(c, next, off, len);    /* where the bytes are now */
+  return r;
+}
+
+static int ca_discard(void *inst, struct sl_next *next, uint64_t off, uint64_t len,
+                      uint32_t flags)
+{
+  struct cache *c = inst;
+  if (caching_top(c))
+    invalidate_top(c, next, off, len);    /* where they were */
+  int r = sl_next_discard(next, off, len, flags);
+  if (caching_top(c))
+    invalidate_top(c, next, off, len);
+  return r;
+}
+
+static int ca_zero(void *inst, struct sl_next *next, uint64_t off, uint64_t len,
+                   uint32_t flags)
+{
+  struct cache *c = inst;
+  if (caching_top(c))
+    invalidate_top(c, next, off, len);
+  int r = sl_next_write_zeroes(next, off, len, flags);
+  if (caching_top(c))
+    invalidate_top(c, next, off, len);
+  return r;
+}
+
+static const struct sl_filter cache_filter = {
+  .api_version = SL_FILTER_API_VERSION,
+  .struct_size = sizeof(struct sl_filter),
+  .name = "cache",
+  .description = "reads backing layers through sluiced, the host cache daemon",
+  .config_help = "mode=shared|off private=on|off socket=PATH deadline-ms=N",
+  .filter_class = SL_FILTER_CLASS_CACHE,
+  .thread_model = SL_FILTER_PARALLEL,
+  .instance_size = sizeof(struct cache),
+  .load = fu_load,
+  .config = ca_config,
+  .open = ca_open,
+  .close = ca_close,
+  .pread = ca_pread,
+  .pwrite = ca_pwrite,
+  .discard = ca_discard,
+  .write_zeroes = ca_zero,
+};
+
+SL_REGISTER_FILTER(cache_filter)
