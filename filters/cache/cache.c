@@ -111,8 +111,16 @@ static void ca_close(void *inst, struct sl_next *next)
 {
   struct cache *c = inst;
   (void)next;
-  if (c->cd)
+  if (c->cd) {
+    /* One line for the log: what the daemon did for this disk. */
+    struct sl_cache_stats st;
+    host->cache_stats(c->cd, &st);
+    fprintf(stderr, "sluice: cache: %" PRIu64 " layer reads, %" PRIu64
+            " served by sluiced (%" PRIu64 " hits), %" PRIu64 " from the image, %"
+            PRIu64 " timeouts, %" PRIu64 " connections\n", st.reads, st.served,
+            st.hits, st.fallbacks, st.timeouts, st.connects);
     host->cache_detach(c->cd);
+  }
   c->cd = NULL;
   free(c->socket);
   c->socket = NULL;

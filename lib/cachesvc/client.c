@@ -620,6 +620,10 @@ static void ensure_started(struct sl_csc *c, uint64_t wait_ns)
     c->started = true;
     if (pthread_create(&c->maint, NULL, maint_main, c) != 0)
       c->started = false;
+  }
+  if (!c->tried) {
+    /* Every request that comes before the first attempt has finished
+     * waits for it (within its deadline), not only the first. */
     uint64_t until = sl_now_ns() + wait_ns;
     struct timespec ts;
     abs_deadline(until, &ts);
