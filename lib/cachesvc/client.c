@@ -48,6 +48,7 @@
 #include "cachesvc/protocol.h"
 #include "common/util.h"
 #include "ipc/buffer-arena.h"
+#include "ipc/socket.h"
 
 #define MAX_SLOTS 256u                 /* requests in flight per connection */
 #define MAX_CLIENT_BATCH 256u          /* entries per READ from this client */
@@ -201,38 +202,11 @@ static void conn_lost(struct conn *k)
   conn_put(drop);
 }
 
+/* One whole message, with PASS_FD (if >= 0) travelling with its first
+ * byte, as the protocol asks. */
 static int send_all(struct conn *k, const void *msg, size_t len, int pass_fd)
 {
-  const char *p = msg;
-  bool first = true;
-  while (len > 0) {
-    struct iovec iov = {.iov_base = (void *)p, .iov_len = len};
-    union {
-      struct cmsghdr h;
-      char buf[CMSG_SPACE(sizeof(int))];
-    } cm;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (first && pass_fd >= 0) {
-      memset(&cm, 0, sizeof cm);
-      mh.msg_control = cm.buf;
-      mh.msg_controllen = sizeof cm.buf;
-      struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
-      h->cmsg_level = SOL_SOCKET;
-      h->cmsg_type = SCM_RIGHTS;
-      h->cmsg_len = CMSG_LEN(sizeof(int));
-      memcpy(CMSG_DATA(h), &pass_fd, sizeof(int));
-    }
-    ssize_t n = sendmsg(k->fd, &mh, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    first = false;
-    p += n;
-    len -= (size_t)n;
-  }
-  return 0;
+  return sl_ipc_send_fds(k->fd, msg, len, &pass_fd, pass_fd >= 0 ? 1 : 0);
 }
 
 /* Send one request and wait for its reply until DEADLINE (absolute,
@@ -464,20 +438,12 @@ static int register_layer(struct conn *k, struct sl_csc_layer *l, uint64_t deadl
  * connection is published only when all of that worked. */
 static struct conn *connect_daemon(struct sl_csc *c)
 {
-  struct sockaddr_un sa = {.sun_family = AF_UNIX};
-  if (strlen(c->path) >= sizeof sa.sun_path)
-    return NULL;
-  strcpy(sa.sun_path, c->path);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = sl_ipc_connect_unix(c->path);
   if (fd < 0)
     return NULL;
   struct timeval tv = {.tv_sec = SETUP_TIMEOUT_NS / 1000000000u};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-    close(fd);
-    return NULL;
-  }
   struct conn *k = calloc(1, sizeof *k);
   if (!k) {
     close(fd);
