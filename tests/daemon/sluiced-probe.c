@@ -370,6 +370,17 @@ static void case_forged(const char *fa, const char *fb)
          "another client's private layer");
   if (!same_as_file(fb, 65536, ma, 65536))
     FAIL("private layer read wrong bytes");
+  /* invalidation: of one's own layer it only costs a refill; of a number
+   * one was not given it names nothing */
+  struct sl_cs_invalidate inv = {.layer = (uint32_t)pa, .offset = 0, .length = UINT64_MAX};
+  expect(sl_cs_call(&a, SL_CS_INVALIDATE, &inv, sizeof inv, -1, 0), 0, "invalidate own layer");
+  expect(read1(&a, (uint32_t)pa, (uint32_t)ha, 65536, 0, 65536), 0, "read after invalidate");
+  if (!same_as_file(fb, 65536, ma, 65536))
+    FAIL("wrong bytes after invalidate");
+  inv.layer = 999;
+  expect(sl_cs_call(&a, SL_CS_INVALIDATE, &inv, sizeof inv, -1, 0), -EBADF, "invalidate forged");
+  struct sl_cs_drop dr = {.layer = 999};
+  expect(sl_cs_call(&b, SL_CS_DROP, &dr, sizeof dr, -1, 0), -EBADF, "drop forged layer");
   /* unregistered numbers name nothing */
   struct sl_cs_unregister u = {.handle = (uint32_t)la};
   expect(sl_cs_call(&a, SL_CS_UNREGISTER_LAYER, &u, sizeof u, -1, 0), 0, "unregister");

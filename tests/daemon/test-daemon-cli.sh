@@ -93,6 +93,35 @@ kill -0 "$pid" 2>/dev/null && die "daemon still running after SIGTERM"
 [[ ! -e $sock ]] || die "socket left behind"
 [[ ! -e $TMP/pid ]] || die "pidfile left behind"
 
+# Memory stays within --memory plus the metadata: read three times the
+# cache's size through a 16 MiB daemon and look at its anonymous memory
+# (the data area; the clients' memfd pages it maps are theirs, RssShmem).
+msock=$TMP/m.sock
+"$SLUICED" --socket "$msock" --memory 16M --block-size 64K --quiet 2>"$TMP/mlog" &
+mpid=$!
+cleanup_push "kill $mpid"
+wait_for_path "$msock"
+head -c 48M /dev/urandom >"$TMP/big.img"
+"$PROBE" "$msock" read "$TMP/big.img" 0 2097152 >/dev/null
+base=$(awk '/^RssAnon/ {print $2}' /proc/$mpid/status)
+for off in $(seq 0 2097152 $((48 * 1048576 - 1))); do
+  "$PROBE" "$msock" read "$TMP/big.img" "$off" 2097152 >/dev/null
+done
+rss=$(awk '/^RssAnon/ {print $2}' /proc/$mpid/status)
+sluice cache stats --socket "$msock" --output=json >"$TMP/m.json"
+python3 - "$TMP/m.json" "$base" "$rss" <<'PY' || die "memory: $(cat "$TMP/m.json")"
+import json, sys
+s = json.load(open(sys.argv[1]))
+base, rss = int(sys.argv[2]) * 1024, int(sys.argv[3]) * 1024
+assert s["total"]["resident_blocks"] == s["capacity_blocks"] == 256, s["total"]
+# the data area plus metadata, plus 4 MiB for stacks, buffers and the heap
+limit = s["memory_bytes"] + s["metadata_bytes"] + (4 << 20)
+assert rss <= limit, "RssAnon %d > %d" % (rss, limit)
+assert rss >= 16 << 20, "RssAnon %d: the data area is not in use?" % rss
+PY
+kill -TERM $mpid
+wait $mpid || die "memory daemon exited $?"
+
 # Socket activation: systemd-socket-activate listens and passes the socket.
 if command -v systemd-socket-activate >/dev/null; then
   asock=$TMP/act.sock
