@@ -16,18 +16,23 @@ extern const struct sl_sim_policy sl_sim_policy_s3fifo1;
 extern const struct sl_sim_policy sl_sim_policy_sieve;
 extern const struct sl_sim_policy sl_sim_policy_lirs;
 extern const struct sl_sim_policy sl_sim_policy_belady;
+extern const struct sl_sim_policy sl_sim_policy_wtinylfu;
+extern const struct sl_sim_policy sl_sim_policy_wtinylfu_adapt;
+extern const struct sl_sim_policy sl_sim_policy_wtinylfu_cbf;
 extern const struct sl_sim_policy sl_sim_policy_twophase;
 
 const struct sl_sim_policy *const *sl_sim_policies(void)
 {
-  static const struct sl_sim_policy *list[16];
+  static const struct sl_sim_policy *list[24];
   static int built;
   if (!built) {
     const struct sl_sim_policy *all[] = {
       &sl_sim_policy_fifo, &sl_sim_policy_lru, &sl_sim_policy_clock,
       &sl_sim_policy_2q, &sl_sim_policy_arc, &sl_sim_policy_s3fifo,
       &sl_sim_policy_s3fifo1, &sl_sim_policy_sieve, &sl_sim_policy_lirs,
-      &sl_sim_policy_belady, &sl_sim_policy_twophase,
+      &sl_sim_policy_belady, &sl_sim_policy_wtinylfu,
+      &sl_sim_policy_wtinylfu_adapt, &sl_sim_policy_wtinylfu_cbf,
+      &sl_sim_policy_twophase,
     };
     int n = 0;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
