@@ -506,6 +506,11 @@ int qcow2_open_state(struct sl_image *img, const char *path, int fd,
     }
   }
   s->writable = writable;
+  if (writable) {
+    r = qcow2_bitmaps_open_rw(s);
+    if (r < 0)
+      goto fail;
+  }
   /* Budget: by default 1 MiB or enough L2 tables to map 8 GiB. */
   size_t l2_bytes, rb_bytes;
   if (cache_bytes) {
@@ -579,6 +584,8 @@ static int qcow2_close(struct sl_image *img)
   if (s) {
     pthread_mutex_lock(&s->lock);
     r = qcow2_flush_locked(s);
+    if (r == 0)
+      r = qcow2_bitmaps_store(s);
     pthread_mutex_unlock(&s->lock);
     qcow2_free_state(s);
     img->priv = NULL;
@@ -714,6 +721,7 @@ static int qcow2_pwrite(struct sl_image *img, const void *buf, size_t len,
                         uint64_t off, uint32_t flags)
 {
   struct qcow2_state *s = img->priv;
+  qcow2_bitmaps_mark(s, off, len);
   int r = qcow2_write(s, buf, len, off);
   if (r == 0 && (flags & SL_FUA))
     r = qcow2_flush(img);
@@ -734,12 +742,14 @@ static int qcow2_flush(struct sl_image *img)
 
 static int qcow2_discard(struct sl_image *img, uint64_t off, uint64_t len)
 {
+  qcow2_bitmaps_mark(img->priv, off, len);
   return qcow2_zero_or_discard(img->priv, off, len, true, false);
 }
 
 static int qcow2_write_zeroes(struct sl_image *img, uint64_t off, uint64_t len,
                               uint32_t flags)
 {
+  qcow2_bitmaps_mark(img->priv, off, len);
   return qcow2_zero_or_discard(img->priv, off, len, false,
                                (flags & SL_NO_HOLE) != 0);
 }

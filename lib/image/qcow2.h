@@ -116,6 +116,7 @@ struct qcow2_bitmap {
   _Atomic uint64_t *dirty;
   uint64_t nbits;
   bool track;                   /* enabled: writes set bits */
+  bool opened_clean;            /* this open marked it IN_USE; store at close */
 };
 
 struct qcow2_state {
@@ -281,6 +282,14 @@ int qcow2_parse_bitmap_ext(struct qcow2_state *s, const uint8_t *data,
                            uint32_t len, size_t pos);
 int qcow2_read_bitmaps(struct qcow2_state *s);
 void qcow2_free_bitmaps(struct qcow2_state *s);
+/* Writable open: clear unknown autoclear bits, load the bitmaps and mark
+ * them IN_USE on disk (before any guest write). */
+int qcow2_bitmaps_open_rw(struct qcow2_state *s);
+/* Set the bits of the enabled bitmaps over guest [off, off+len).
+ * Lock-free; any thread. */
+void qcow2_bitmaps_mark(struct qcow2_state *s, uint64_t off, uint64_t len);
+/* Close: store the bitmaps this open marked IN_USE (s->lock held). */
+int qcow2_bitmaps_store(struct qcow2_state *s);
 
 /* qcow2-check.c */
 int qcow2_check(const char *path, unsigned repair, struct sl_check_result *res);
