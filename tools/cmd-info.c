@@ -11,6 +11,7 @@
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <sluice/sluice.h>
 #include "common/util.h"
@@ -42,6 +43,33 @@ static char *full_backing(const struct sl_image_info *info, const char *file)
   return res;
 }
 
+/* qemu-img's "Snapshot list:" table (its bdrv_snapshot_dump() columns). */
+static void print_snapshots_human(const struct sl_image_info *info)
+{
+  if (!info->n_snapshots)
+    return;
+  printf("Snapshot list:\n");
+  printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+         "VM CLOCK", "ICOUNT");
+  for (size_t i = 0; i < info->n_snapshots; i++) {
+    const struct sl_snapshot_info *sn = &info->snapshots[i];
+    char size[32], date[32] = "", clock[48], icount[32] = "";
+    time_t t = (time_t)sn->date_sec;
+    struct tm tm;
+    if (localtime_r(&t, &tm))
+      strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+    uint64_t secs = sn->vm_clock_nsec / 1000000000;
+    snprintf(clock, sizeof clock, "%02d:%02d:%02d.%03d", (int)(secs / 3600),
+             (int)((secs / 60) % 60), (int)(secs % 60),
+             (int)((sn->vm_clock_nsec / 1000000) % 1000));
+    if (sn->icount != UINT64_MAX)
+      snprintf(icount, sizeof icount, "%" PRId64, (int64_t)sn->icount);
+    printf("%-9s %-16s %8s%20s%13s%11s\n", sn->id, sn->name,
+           sl_human_size(sn->vm_state_size, size, sizeof size), date, clock,
+           icount);
+  }
+}
+
 static void print_human(const struct sl_image *img, const struct sl_image_info *info)
 {
   char a[32], b[32];
@@ -63,12 +91,27 @@ static void print_human(const struct sl_image *img, const struct sl_image_info *
     if (info->backing_format)
       printf("backing file format: %s\n", info->backing_format);
   }
+  print_snapshots_human(info);
   printf("Format specific information:\n");
   printf("    compat: %s\n", info->qcow2_version >= 3 ? "1.1" : "0.10");
   printf("    compression type: %s\n",
          info->compression_type ? info->compression_type : "zlib");
   if (info->qcow2_version >= 3)
     printf("    lazy refcounts: %s\n", info->lazy_refcounts ? "true" : "false");
+  if (info->n_bitmaps) {
+    printf("    bitmaps:\n");
+    for (size_t i = 0; i < info->n_bitmaps; i++) {
+      const struct sl_bitmap_info *bm = &info->bitmaps[i];
+      int k = 0;
+      printf("        [%zu]:\n            flags:\n", i);
+      if (bm->in_use)
+        printf("                [%d]: in-use\n", k++);
+      if (bm->enabled)
+        printf("                [%d]: auto\n", k++);
+      printf("            name: %s\n", bm->name);
+      printf("            granularity: %" PRIu64 "\n", bm->granularity);
+    }
+  }
   printf("    refcount bits: %d\n", info->refcount_bits);
   if (info->qcow2_version >= 3) {
     printf("    corrupt: %s\n", info->corrupt ? "true" : "false");
@@ -86,6 +129,30 @@ static void print_json(const struct sl_image *img,
 {
   const char *file = sl_image_filename(img);
   printf("%s{\n", lead);
+  if (info->n_snapshots) {
+    printf("%s    \"snapshots\": [\n", indent);
+    for (size_t i = 0; i < info->n_snapshots; i++) {
+      const struct sl_snapshot_info *sn = &info->snapshots[i];
+      printf("%s        {\n", indent);
+      if (sn->icount != UINT64_MAX)
+        printf("%s            \"icount\": %" PRId64 ",\n", indent,
+               (int64_t)sn->icount);
+      printf("%s            \"vm-clock-nsec\": %" PRIu64 ",\n", indent,
+             sn->vm_clock_nsec % 1000000000);
+      printf("%s            \"name\": ", indent);
+      json_string(stdout, sn->name);
+      printf(",\n%s            \"date-sec\": %u,\n", indent, sn->date_sec);
+      printf("%s            \"date-nsec\": %u,\n", indent, sn->date_nsec);
+      printf("%s            \"vm-clock-sec\": %" PRIu64 ",\n", indent,
+             sn->vm_clock_nsec / 1000000000);
+      printf("%s            \"id\": ", indent);
+      json_string(stdout, sn->id);
+      printf(",\n%s            \"vm-state-size\": %" PRIu64 "\n", indent,
+             sn->vm_state_size);
+      printf("%s        }%s\n", indent, i + 1 < info->n_snapshots ? "," : "");
+    }
+    printf("%s    ],\n", indent);
+  }
   printf("%s    \"virtual-size\": %" PRIu64 ",\n", indent, info->virtual_size);
   printf("%s    \"filename\": ", indent);
   json_string(stdout, file);
@@ -104,6 +171,27 @@ static void print_json(const struct sl_image *img,
            info->compression_type ? info->compression_type : "zlib");
     printf("%s            \"lazy-refcounts\": %s,\n", indent,
            info->lazy_refcounts ? "true" : "false");
+    if (info->n_bitmaps) {
+      printf("%s            \"bitmaps\": [\n", indent);
+      for (size_t i = 0; i < info->n_bitmaps; i++) {
+        const struct sl_bitmap_info *bm = &info->bitmaps[i];
+        printf("%s                {\n%s                    \"flags\": [\n",
+               indent, indent);
+        if (bm->in_use)
+          printf("%s                        \"in-use\"%s\n", indent,
+                 bm->enabled ? "," : "");
+        if (bm->enabled)
+          printf("%s                        \"auto\"\n", indent);
+        printf("%s                    ],\n%s                    \"name\": ",
+               indent, indent);
+        json_string(stdout, bm->name);
+        printf(",\n%s                    \"granularity\": %" PRIu64 "\n",
+               indent, bm->granularity);
+        printf("%s                }%s\n", indent,
+               i + 1 < info->n_bitmaps ? "," : "");
+      }
+      printf("%s            ],\n", indent);
+    }
     printf("%s            \"refcount-bits\": %d,\n", indent, info->refcount_bits);
     printf("%s            \"corrupt\": %s,\n", indent, info->corrupt ? "true" : "false");
     printf("%s            \"extended-l2\": %s\n", indent,

@@ -119,6 +119,22 @@ int sl_image_layer_id(const struct sl_image *img, struct sl_layer_id *id);
 /* A new read-only descriptor for this layer's file; the caller closes it. */
 int sl_image_layer_fd(const struct sl_image *img);
 
+/* An internal snapshot of a qcow2 image, as qemu-img info shows it. */
+struct sl_snapshot_info {
+  const char *id, *name;
+  uint64_t vm_state_size;
+  uint32_t date_sec, date_nsec;
+  uint64_t vm_clock_nsec;
+  uint64_t icount;           /* UINT64_MAX when the image does not record it */
+};
+/* A persistent dirty bitmap of a qcow2 image. */
+struct sl_bitmap_info {
+  const char *name;
+  uint64_t granularity;      /* bytes */
+  bool in_use;               /* a writer has it open, or it is inconsistent */
+  bool enabled;              /* "auto": writes set its bits */
+};
+
 struct sl_image_info {
   enum sl_format format;
   uint64_t virtual_size;
@@ -135,6 +151,10 @@ struct sl_image_info {
   const char *backing_file;       /* as recorded in the header, or NULL */
   const char *backing_format;     /* from the header extension, or NULL */
   const char *backing_path;       /* resolved path actually opened, or NULL */
+  size_t n_snapshots;             /* qcow2 internal snapshots */
+  const struct sl_snapshot_info *snapshots;
+  size_t n_bitmaps;               /* qcow2 bitmaps QEMU would trust */
+  const struct sl_bitmap_info *bitmaps;
 };
 /* Strings point into IMG and live until it is closed. */
 int sl_image_get_info(const struct sl_image *img, struct sl_image_info *info);

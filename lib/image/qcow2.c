@@ -297,6 +297,8 @@ void qcow2_free_state(struct qcow2_state *s)
   qcow2_free_bitmaps(s);
   free(s->snapshot_error);
   free(s->bitmap_error);
+  free(s->info_snapshots);
+  free(s->info_bitmaps);
   free(s->pending_free);
   free(s->inflight);
   pthread_cond_destroy(&s->alloc_done);
@@ -781,7 +783,33 @@ static int qcow2_block_status(struct sl_image *img, uint64_t off, uint64_t len,
 
 static void qcow2_get_info(const struct sl_image *img, struct sl_image_info *info)
 {
-  const struct qcow2_state *s = img->priv;
+  struct qcow2_state *s = img->priv;
+  if (s->nsnapshots && !s->info_snapshots)
+    s->info_snapshots = calloc(s->nsnapshots, sizeof *s->info_snapshots);
+  if (s->info_snapshots) {
+    for (uint32_t i = 0; i < s->nsnapshots; i++) {
+      const struct qcow2_snapshot *sn = &s->snapshots[i];
+      s->info_snapshots[i] = (struct sl_snapshot_info){
+        .id = sn->id, .name = sn->name, .vm_state_size = sn->vm_state_size,
+        .date_sec = sn->date_sec, .date_nsec = sn->date_nsec,
+        .vm_clock_nsec = sn->vm_clock_nsec, .icount = sn->icount};
+    }
+    info->snapshots = s->info_snapshots;
+    info->n_snapshots = s->nsnapshots;
+  }
+  if (s->bitmaps_valid && s->nbitmaps && !s->info_bitmaps)
+    s->info_bitmaps = calloc(s->nbitmaps, sizeof *s->info_bitmaps);
+  if (s->bitmaps_valid && s->info_bitmaps) {
+    for (uint32_t i = 0; i < s->nbitmaps; i++) {
+      const struct qcow2_bitmap *bm = &s->bitmaps[i];
+      s->info_bitmaps[i] = (struct sl_bitmap_info){
+        .name = bm->name, .granularity = 1ull << bm->granularity_bits,
+        .in_use = (bm->flags & QCOW2_BME_IN_USE) != 0,
+        .enabled = (bm->flags & QCOW2_BME_AUTO) != 0};
+    }
+    info->bitmaps = s->info_bitmaps;
+    info->n_bitmaps = s->nbitmaps;
+  }
   info->cluster_size = (uint32_t)s->cluster_size;
   info->qcow2_version = (int)s->version;
   info->refcount_bits = (int)s->refcount_bits;

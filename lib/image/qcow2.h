@@ -158,6 +158,9 @@ struct qcow2_state {
   struct qcow2_bitmap *bitmaps;
   uint32_t nbitmaps;
   char *bitmap_error;
+  /* What get_info hands out (built on first use, freed with the state). */
+  struct sl_snapshot_info *info_snapshots;
+  struct sl_bitmap_info *info_bitmaps;
   uint8_t *unknown_exts;        /* raw bytes of extensions we preserve */
   size_t unknown_exts_len;
   bool extended_l2;

@@ -18,6 +18,26 @@ q create -f qcow2 -o extended_l2=on,cluster_size=128k ext.qcow2 100M
 qemu-io -c 'write -P 7 4k 8k' ext.qcow2 >/dev/null
 q convert -c -O qcow2 -o compression_type=zstd base.qcow2 zstd.qcow2
 q create -f qcow2 -o cluster_size=512 small.qcow2 1000000
+# Internal snapshots and persistent bitmaps (enabled, disabled, another
+# granularity), and one bitmap left in use as a killed writer leaves it.
+cp base.qcow2 snap.qcow2
+q snapshot -c first snap.qcow2
+qemu-io -c 'write -P 2 1M 64k' snap.qcow2 >/dev/null
+q snapshot -c 'second one' snap.qcow2
+q bitmap --add snap.qcow2 b0
+q bitmap --add --disable -g 1M snap.qcow2 'off map'
+qemu-io -c 'write -P 3 3M 64k' snap.qcow2 >/dev/null
+cp snap.qcow2 inuse.qcow2
+python3 - inuse.qcow2 <<'PY'
+import struct, sys
+with open(sys.argv[1], 'r+b') as f:
+    h = f.read(65536)
+    p = struct.unpack('>I', h[100:104])[0]
+    while struct.unpack('>I', h[p:p + 4])[0] != 0x23852875:
+        p += 8 + (struct.unpack('>I', h[p + 4:p + 8])[0] + 7) // 8 * 8
+    d = struct.unpack('>Q', h[p + 24:p + 32])[0]
+    f.seek(d + 12); f.write(struct.pack('>I', 3))   # b0: in-use, auto
+PY
 mkdir sub
 q create -f qcow2 -b ../base.qcow2 -F qcow2 sub/overlay.qcow2
 qemu-io -c 'write -P 9 100k 3k' sub/overlay.qcow2 >/dev/null
@@ -57,13 +77,20 @@ same_as_qemu() {
 }
 
 for img in base.qcow2 v2.qcow2 plain.raw ext.qcow2 zstd.qcow2 small.qcow2 sub/overlay.qcow2 \
-           leaky.qcow2 corrupt.qcow2; do
+           leaky.qcow2 corrupt.qcow2 snap.qcow2 inuse.qcow2; do
   same_as_qemu info "$img"
 done
 for img in base.qcow2 v2.qcow2 ext.qcow2 zstd.qcow2 small.qcow2 sub/overlay.qcow2 \
-           leaky.qcow2 corrupt.qcow2; do
+           leaky.qcow2 corrupt.qcow2 snap.qcow2 inuse.qcow2; do
   same_as_qemu check "$img"
 done
+# The JSON of snapshots and bitmaps, text for text.
+for img in snap.qcow2 inuse.qcow2; do
+  diff -u <(qemu-img info --output=json "$img") <(sluice info --output=json "$img") >&2 ||
+    die "sluice info --output=json $img differs from qemu-img's"
+done
+grep -q '"in-use"' <(sluice info --output=json inuse.qcow2) || die "in-use flag not shown"
+grep -q 'second one' <(sluice info snap.qcow2) || die "snapshot not shown"
 
 # The damaged images really were damaged (the comparison above is not
 # between two "no errors" lines).
