@@ -4,7 +4,10 @@
  * completed flush a line "F seq": every operation journalled before an F
  * line completed before a completed flush, so it must survive a SIGKILL.
  * The journal goes through the page cache, which a SIGKILL does not lose.
- *   crash-writer IMAGE JOURNAL SEED */
+ * With OPS, the writer stops after that many operations and closes the
+ * image cleanly (a round that is not killed: the persistent bitmaps are
+ * then stored and must describe every write exactly).
+ *   crash-writer IMAGE JOURNAL SEED [OPS] */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,10 +26,11 @@ static uint64_t rnd(uint64_t n)
 
 int main(int argc, char **argv)
 {
-  if (argc != 4) {
-    fprintf(stderr, "usage: crash-writer IMAGE JOURNAL SEED\n");
+  if (argc != 4 && argc != 5) {
+    fprintf(stderr, "usage: crash-writer IMAGE JOURNAL SEED [OPS]\n");
     return 2;
   }
+  uint64_t max_ops = argc == 5 ? strtoull(argv[4], NULL, 0) : UINT64_MAX;
   rng_state = strtoull(argv[3], NULL, 0) * 2654435761u + 1;
   struct sl_image *img;
   struct sl_image_open_opts o = {0};
@@ -43,6 +47,13 @@ int main(int argc, char **argv)
   uint64_t size = sl_image_size(img);
   static unsigned char buf[100000];
   for (uint64_t seq = 1;; seq++) {
+    if (seq > max_ops) {
+      if (sl_image_close(img) < 0) {
+        fprintf(stderr, "crash-writer: %s\n", sl_last_error());
+        return 1;
+      }
+      return 0;
+    }
     uint64_t r = rnd(100), off, len;
     int ret;
     if (r < 70) {

@@ -4,6 +4,8 @@
 # qemu-img check finds no corruption (leaks are allowed), and every write
 # that completed before a completed flush reads back.  At the end
 # `sluice check -r leaks` leaves the image clean.
+# test-image-crash-snapshot.sh does the same on an image with an internal
+# snapshot and a persistent dirty bitmap.
 #   test-image-crash.sh CRASH_WRITER
 . "$(dirname "$0")/../common/lib.sh"
 require qemu-img python3
@@ -60,3 +62,4 @@ rc=0; sluice check -r leaks img.qcow2 >/dev/null || rc=$?
 [[ $rc -eq 0 ]] || die "sluice check -r leaks left exit $rc"
 qemu-img check -q img.qcow2 || die "qemu-img check not clean after sluice repair"
 echo "ok: $rounds rounds"
+
