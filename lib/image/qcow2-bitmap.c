@@ -133,7 +133,8 @@ int qcow2_read_bitmaps(struct qcow2_state *s)
   if (s->bitmap_ext_bad)
     return 0;
   uint64_t fsize = qcow2_file_size(s);
-  if (s->bitmap_dir_offset + s->bitmap_dir_size > fsize) {
+  if (s->bitmap_dir_offset > fsize ||
+      s->bitmap_dir_size > fsize - s->bitmap_dir_offset) {
     bitmap_fail(s, "%s: the bitmap directory lies past the end of the "
                 "file", fn);
     return 0;
@@ -268,6 +269,11 @@ static int load_bitmap(struct qcow2_state *s, struct qcow2_bitmap *bm)
     return sl_error(EINVAL, "%s: bitmap '%s' has a table of %u entries where "
                     "the image size needs %" PRIu64, fn, bm->name,
                     bm->table_size, bitmap_table_need(s, bm));
+  uint64_t fsize = qcow2_file_size(s);
+  if (bm->table_offset > fsize ||
+      (uint64_t)bm->table_size * 8 > fsize - bm->table_offset)
+    return sl_error(EINVAL, "%s: the table of bitmap '%s' lies past the end "
+                    "of the file", fn, bm->name);
   uint64_t *words = calloc(nwords, 8);
   if (!words)
     return sl_error(ENOMEM, "%s: out of memory for bitmap '%s'", fn, bm->name);

@@ -141,7 +141,8 @@ int qcow2_read_snapshots(struct qcow2_state *s)
       return 0;
     }
     if (sn->l1_size && ((sn->l1_offset & (cs - 1)) || sn->l1_offset == 0 ||
-                        sn->l1_offset + l1_bytes > fsize)) {
+                        sn->l1_offset > fsize ||
+                        l1_bytes > fsize - sn->l1_offset)) {
       snapshot_fail(s, "%s: snapshot '%s' has an invalid L1 table offset "
                     "0x%" PRIx64, fn, sn->name, sn->l1_offset);
       return 0;

@@ -85,8 +85,13 @@ assert_eq "$(dirty "$img" b1)" "" "disabled b1 after serve"
 qemu-img convert -U -O raw "$img" "$TMP/q.raw"
 sluice io -r "$img" cat 0 64M >"$TMP/s.raw"
 cmp "$TMP/q.raw" "$TMP/s.raw" || die "data differs between QEMU and sluice"
-# sluice check agrees: every bitmap cluster counted, no leak.
+# sluice check agrees: every bitmap cluster counted, no leak; and its
+# leak repair leaves the bitmaps whole for QEMU.
 sluice check -q "$img" || die "sluice check after the bitmaps were stored"
+cp "$img" "$TMP/r.qcow2"
+sluice check -q -r leaks "$TMP/r.qcow2" || die "sluice check -r leaks"
+qemu-img check -q "$TMP/r.qcow2" || die "qemu-img check after sluice check -r leaks"
+assert_eq "$(dirty "$TMP/r.qcow2" b0)" "$(expect 65536 "${writes[@]}")" "b0 after check -r leaks"
 
 # SIGKILL while serving: flagged in-use (QEMU: inconsistent), never clean.
 cp "$img" "$TMP/k.qcow2"
