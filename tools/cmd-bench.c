@@ -28,7 +28,7 @@
 
 static const char usage_text[] =
   "Usage: sluice bench [-c COUNT] [-d DEPTH] [-f FMT] [-n] [-i AIO] [-o OFFSET]\n"
-  "                    [-s BUFFER_SIZE] [-S STEP_SIZE] [-t CACHE] [-w] [-q]\n"
+  "                    [-s BUFFER_SIZE] [-S STEP_SIZE] [-t CACHE] [-w] [-q] [-U]\n"
   "                    [--pattern=N] [--flush-interval=N] [--no-drain]\n"
   "                    [--random] [--at FILTER] FILE\n"
   "\n"
@@ -36,7 +36,8 @@ static const char usage_text[] =
   "starting at OFFSET (0) and STEP_SIZE (the buffer size) apart, wrapping at\n"
   "the end of the image; reads unless -w.  -t none bypasses the host page\n"
   "cache (O_DIRECT); writeback (default) uses it.  --random picks offsets at\n"
-  "random instead of stepping.  Options as in qemu-img bench.\n";
+  "random instead of stepping.  -U (--force-share, without -w) reads an\n"
+  "image another process writes.  Options as in qemu-img bench.\n";
 
 struct bench {
   struct sl_handle *h;
@@ -113,6 +114,7 @@ int cmd_bench(int argc, char **argv)
     {"no-drain", no_argument, NULL, OPT_NO_DRAIN},
     {"random", no_argument, NULL, OPT_RANDOM},
     {"at", required_argument, NULL, OPT_AT},
+    {"force-share", no_argument, NULL, 'U'},
     {NULL, 0, NULL, 0},
   };
   struct bench b = {.count = 75000, .bufsize = 4096, .pattern = 0};
@@ -122,7 +124,7 @@ int cmd_bench(int argc, char **argv)
   const char *at = NULL;
   int c;
 
-  while ((c = getopt_long(argc, argv, "c:d:f:ni:o:s:S:t:wqh", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "c:d:f:ni:o:s:S:t:wqUh", longopts, NULL)) != -1) {
     switch (c) {
     case 'c': if (parse_num("count", optarg, 1, &b.count)) return 1; break;
     case 'd': if (parse_num("depth", optarg, 1, &depth)) return 1; break;
@@ -147,6 +149,7 @@ int cmd_bench(int argc, char **argv)
       break;
     case 'w': b.write = true; break;
     case 'q': quiet = true; break;
+    case 'U': o.force_share = true; break;
     case OPT_PATTERN:
       if (sl_parse_uint("pattern", optarg, 0, 255, &v) < 0)
         return cli_fail("bench", "%s", sl_last_error());
@@ -170,6 +173,8 @@ int cmd_bench(int argc, char **argv)
     return cli_fail("bench", "--flush-interval is only allowed with -w");
   const char *file = argv[optind];
   o.read_only = !b.write;
+  if (o.force_share && b.write)
+    return cli_fail("bench", "%s: -U (force-share) is for reads only, not -w", file);
   struct sl_disk *disk;
   if (sl_disk_open(file, &o, &disk) < 0)
     return cli_fail("bench", "%s", sl_last_error());

@@ -11,11 +11,12 @@
 #include "tools/cli.h"
 
 static const char usage_text[] =
-  "Usage: sluice check [-f FMT] [-r leaks|all] [--output=human|json] [-q] FILE\n"
+  "Usage: sluice check [-f FMT] [-r leaks|all] [-U] [--output=human|json] [-q] FILE\n"
   "\n"
   "Check FILE's metadata.  -r leaks frees leaked clusters; -r all also fixes\n"
   "wrong reference counts.  Exit status: 0 clean, 1 check failed,\n"
-  "2 corruptions found, 3 only leaks found, 63 format without checks (raw).\n";
+  "2 corruptions found, 3 only leaks found, 63 format without checks (raw).\n"
+  "-U (--force-share) checks an image another process writes (no -r).\n";
 
 static void print_human(const struct sl_check_result *r)
 {
@@ -96,11 +97,11 @@ int cmd_check(int argc, char **argv)
     {NULL, 0, NULL, 0},
   };
   unsigned repair = 0;
-  bool json = false, quiet = false;
+  bool json = false, quiet = false, force_share = false;
   enum sl_format fmt = SL_FORMAT_AUTO;
   int c;
 
-  while ((c = getopt_long(argc, argv, "f:r:qh", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "f:r:Uqh", longopts, NULL)) != -1) {
     switch (c) {
     case 'f':
       if (sl_format_parse(optarg, &fmt) < 0)
@@ -120,6 +121,7 @@ int cmd_check(int argc, char **argv)
       else if (strcmp(optarg, "human") != 0)
         return cli_fail("check", "--output: '%s' is not human or json", optarg);
       break;
+    case 'U': force_share = true; break;
     case 'q': quiet = true; break;
     case 'h': fputs(usage_text, stdout); return 0;
     default: fputs(usage_text, stderr); return 1;
@@ -130,9 +132,13 @@ int cmd_check(int argc, char **argv)
     return cli_fail("check", optind >= argc ? "no FILE given" : "too many arguments");
   }
   const char *file = argv[optind];
+  if (force_share && repair)
+    return cli_fail("check", "%s: -U (force-share) is for read-only checks, "
+                    "not with -r", file);
 
   /* Probe the format the way open does, so a raw file says "raw". */
-  struct sl_image_open_opts oo = {.format = fmt, .read_only = true, .no_backing = true};
+  struct sl_image_open_opts oo = {.format = fmt, .read_only = true, .no_backing = true,
+                                .force_share = force_share};
   struct sl_image *img;
   if (sl_image_open(file, &oo, &img) < 0)
     return cli_fail("check", "%s", sl_last_error());
@@ -147,7 +153,8 @@ int cmd_check(int argc, char **argv)
   }
 
   struct sl_check_result res;
-  if (sl_image_check(file, repair, &res) < 0)
+  if (sl_image_check(file, repair | (force_share ? SL_CHECK_FORCE_SHARE : 0),
+                     &res) < 0)
     return cli_fail("check", "%s", sl_last_error());
   if (repair && (res.leaks_fixed || res.corruptions_fixed)) {
     if (!json && !quiet)

@@ -5,6 +5,7 @@
  * are skipped, and data chunks are scanned for all-zero runs at the
  * output's granularity (4 KiB for raw, the cluster size for qcow2), which
  * are not written either.  A fresh output reads zeros there already. */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -19,7 +20,7 @@
 #define CHUNK (2u << 20)
 
 static const char usage_text[] =
-  "Usage: sluice convert [-p] [-f FMT] [-O raw|qcow2] [-o OPTIONS] [--at FILTER] SRC DST\n"
+  "Usage: sluice convert [-p] [-U] [-f FMT] [-O raw|qcow2] [-o OPTIONS] [--at FILTER] SRC DST\n"
   "\n"
   "Copy SRC (an image, a chain read as one disk, or a disk descriptor whose\n"
   "filters apply) into the new image DST.  Zero and unallocated ranges are\n"
@@ -28,6 +29,7 @@ static const char usage_text[] =
   "as large as SRC; zero ranges are written as zeros).\n"
   "\n"
   "  -p            show progress\n"
+  "  -U            open SRC even if another process writes it (force-share)\n"
   "  -f FMT        SRC format (probed by default)\n"
   "  -O FMT        DST format: raw (default) or qcow2\n"
   "  -o OPTIONS    qcow2 options for DST: cluster_size=N, extended_l2=on|off,\n"
@@ -165,6 +167,7 @@ int cmd_convert(int argc, char **argv)
   static const struct option longopts[] = {
     {"help", no_argument, NULL, 'h'},
     {"at", required_argument, NULL, 'A'},
+    {"force-share", no_argument, NULL, 'U'},
     {NULL, 0, NULL, 0},
   };
   struct sl_disk_open_opts so = {.read_only = true};
@@ -174,9 +177,10 @@ int cmd_convert(int argc, char **argv)
   bool progress = false, format_given = false;
   int c;
 
-  while ((c = getopt_long(argc, argv, "pf:O:o:h", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "pf:O:o:Uh", longopts, NULL)) != -1) {
     switch (c) {
     case 'p': progress = true; break;
+    case 'U': so.force_share = true; break;
     case 'f':
       if (sl_format_parse(optarg, &so.format) < 0)
         return cli_fail("convert", "%s", sl_last_error());
@@ -220,6 +224,28 @@ int cmd_convert(int argc, char **argv)
   co.size = cv.size;
   int ret = 1;
   struct sl_disk *dst_disk = NULL;
+  /* Before anything is created, truncated or opened for writing: DST (or
+   * the image of a DST descriptor) must not be any layer of SRC. */
+  if (sl_image_refuse_layer(sl_disk_image(disk), dst_path, "DST") < 0) {
+    cli_fail("convert", "%s", sl_last_error());
+    goto out_disk;
+  }
+  if (dst_is_disk) {
+    struct sl_descriptor *dd = NULL;
+    int r = sl_descriptor_load(dst_path, &dd);
+    char *dimg = r == 0 ? sl_descriptor_image_path(dd) : NULL;
+    if (r == 0 && !dimg)
+      r = sl_error(ENOMEM, "out of memory");
+    if (r == 0)
+      r = sl_image_refuse_layer(sl_disk_image(disk), dimg, "the image of DST");
+    free(dimg);
+    if (dd)
+      sl_descriptor_free(dd);
+    if (r < 0) {
+      cli_fail("convert", "%s", sl_last_error());
+      goto out_disk;
+    }
+  }
   if (dst_is_disk) {
     struct sl_disk_open_opts dopts = {0};
     if (sl_disk_open(dst_path, &dopts, &dst_disk) < 0) {

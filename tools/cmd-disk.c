@@ -36,8 +36,15 @@ static int disk_create(int argc, char **argv)
   struct sl_disk *disk;
   struct sl_disk_open_opts o = {.read_only = true};
   int r = sl_disk_open_descriptor(d, &o, &disk);
+  /* Record the format found, so that the disk never probes again: a raw
+   * image whose guest writes a qcow2 header must stay raw (issue 10). */
   if (r == 0) {
+    if (!d->format &&
+        !(d->format = strdup(sl_format_name(sl_image_format(sl_disk_image(disk))))))
+      r = sl_error(ENOMEM, "out of memory");
     sl_disk_close(disk);
+  }
+  if (r == 0) {
     r = sl_descriptor_save(d, path);
   }
   sl_descriptor_free(d);

@@ -20,12 +20,13 @@
 #include "tools/cli.h"
 
 static const char usage_text[] =
-  "Usage: sluice info [-f FMT] [--output=human|json] [--backing-chain] FILE\n"
+  "Usage: sluice info [-f FMT] [-U] [--output=human|json] [--backing-chain] FILE\n"
   "\n"
   "Show the format, sizes and format-specific details of FILE.  With\n"
   "--backing-chain, show every layer of its backing chain, top first.\n"
   "If FILE is a disk descriptor, show its filter stack (top first, with\n"
-  "each filter's class and parameters) and then its image.\n";
+  "each filter's class and parameters) and then its image.\n"
+  "  -U, --force-share  open even if another process writes the image\n";
 
 /* The backing path the way it would be opened: relative to FILE's dir. */
 static char *full_backing(const struct sl_image_info *info, const char *file)
@@ -307,9 +308,10 @@ static void print_disk_json(struct sl_disk *disk)
 }
 
 static int info_disk(const char *path, enum sl_format format, bool json,
-                     bool chain)
+                     bool chain, bool force_share)
 {
-  struct sl_disk_open_opts o = {.read_only = true, .format = format};
+  struct sl_disk_open_opts o = {.read_only = true, .format = format,
+                                .force_share = force_share};
   struct sl_disk *disk;
   if (sl_disk_open(path, &o, &disk) < 0)
     return cli_fail("info", "%s", sl_last_error());
@@ -336,13 +338,14 @@ int cmd_info(int argc, char **argv)
     {"output", required_argument, NULL, 'O'},
     {"backing-chain", no_argument, NULL, 'B'},
     {"format", required_argument, NULL, 'f'},
+    {"force-share", no_argument, NULL, 'U'},
     {NULL, 0, NULL, 0},
   };
   struct sl_image_open_opts o = {.read_only = true, .no_backing = true};
   bool json = false, chain = false;
   int c;
 
-  while ((c = getopt_long(argc, argv, "f:h", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "f:Uh", longopts, NULL)) != -1) {
     switch (c) {
     case 'f':
       if (sl_format_parse(optarg, &o.format) < 0)
@@ -354,6 +357,7 @@ int cmd_info(int argc, char **argv)
       else if (strcmp(optarg, "human") != 0)
         return cli_fail("info", "--output: '%s' is not human or json", optarg);
       break;
+    case 'U': o.force_share = true; break;
     case 'B': chain = true; o.no_backing = false; break;
     case 'h': fputs(usage_text, stdout); return 0;
     default: fputs(usage_text, stderr); return 1;
@@ -364,7 +368,7 @@ int cmd_info(int argc, char **argv)
     return cli_fail("info", optind >= argc ? "no FILE given" : "too many arguments");
   }
   if (sl_is_descriptor(argv[optind]))
-    return info_disk(argv[optind], o.format, json, chain);
+    return info_disk(argv[optind], o.format, json, chain, o.force_share);
   struct sl_image *img;
   if (sl_image_open(argv[optind], &o, &img) < 0)
     return cli_fail("info", "%s", sl_last_error());

@@ -16,8 +16,9 @@
 #define MAX_WORDS 16
 
 static const char usage_text[] =
-  "Usage: sluice io [-f FMT] [-r] [--at FILTER] FILE OP [ARGS]...\n"
-  "       sluice io [-f FMT] [-r] [--at FILTER] -c 'OP ARGS' [-c ...] FILE\n"
+  "Usage: sluice io [-f FMT] [-r] [-U] [--at FILTER] FILE OP [ARGS]...\n"
+  "       sluice io [-f FMT] [-r] [-U] [--at FILTER] -c 'OP ARGS' [-c ...] FILE\n"
+  "-U (--force-share): read an image another process writes (no writes)\n"
   "\n"
   "Operations (offsets and lengths take K, M, G suffixes):\n"
   "  read [-P BYTE] [-v] OFF LEN   read; -P verifies every byte, -v hexdumps\n"
@@ -254,6 +255,7 @@ int cmd_io(int argc, char **argv)
   static const struct option longopts[] = {
     {"help", no_argument, NULL, 'h'},
     {"at", required_argument, NULL, 'A'},
+    {"force-share", no_argument, NULL, 'U'},
     {NULL, 0, NULL, 0},
   };
   struct sl_disk_open_opts o = {0};
@@ -263,7 +265,7 @@ int cmd_io(int argc, char **argv)
   bool read_only = false;
 
   /* '+': options end at FILE, so an operation's own -P is not ours. */
-  while ((c = getopt_long(argc, argv, "+f:c:rh", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "+f:c:rUh", longopts, NULL)) != -1) {
     switch (c) {
     case 'f':
       if (sl_format_parse(optarg, &o.format) < 0)
@@ -275,6 +277,7 @@ int cmd_io(int argc, char **argv)
       cmds[ncmds++] = optarg;
       break;
     case 'r': read_only = true; break;
+    case 'U': o.force_share = true; break;
     case 'A': at = optarg; break;
     case 'h': fputs(usage_text, stdout); return 0;
     default: fputs(usage_text, stderr); return 1;
@@ -299,6 +302,8 @@ int cmd_io(int argc, char **argv)
     writes |= op_writes(first);
   }
   o.read_only = read_only || !writes;
+  if (o.force_share && !o.read_only)
+    return cli_fail("io", "%s: -U (force-share) is for reads only, not writes", file);
   struct sl_disk *disk;
   if (sl_disk_open(file, &o, &disk) < 0)
     return cli_fail("io", "%s", sl_last_error());

@@ -25,7 +25,7 @@
 
 static const char usage_text[] =
   "Usage: sluice serve [--nbd unix:PATH | --nbd tcp:HOST:PORT]... [--fuse FILE]\n"
-  "                    [--read-only] [--filter NAME[:k=v,...]]... [--at FILTER]\n"
+  "                    [--read-only [-U]] [--filter NAME[:k=v,...]]... [--at FILTER]\n"
   "                    [--export-name NAME] [--workers N] [--poll-us N] [-f FMT]\n"
   "                    [--pidfile FILE] [--daemon]\n"
   "                    [-t|--cache none|writeback|writethrough|directsync|unsafe]\n"
@@ -36,7 +36,8 @@ static const char usage_text[] =
   "which finish in-flight requests, flush, and exit 0.  --cache chooses how\n"
   "the host page cache is used, as qemu-nbd's option does (default writeback).\n"
   "--sluiced reads the backing layers through the host cache daemon (the\n"
-  "cache filter, which must be installed: sluice filter install cache.so).\n";
+  "cache filter, which must be installed: sluice filter install cache.so).\n"
+  "-U (--force-share) serves read-only an image another process may write.\n";
 
 int cmd_serve(int argc, char **argv)
 {
@@ -58,6 +59,7 @@ int cmd_serve(int argc, char **argv)
     {"format", required_argument, NULL, 'f'},
     {"cache", required_argument, NULL, 't'},
     {"sluiced", optional_argument, NULL, OPT_SLUICED},
+    {"force-share", no_argument, NULL, 'U'},
     {NULL, 0, NULL, 0},
   };
   const char *nbd[MAX_NBD], *filters[MAX_FILTERS + 1];
@@ -70,7 +72,7 @@ int cmd_serve(int argc, char **argv)
   uint64_t v;
   int c;
 
-  while ((c = getopt_long(argc, argv, "f:rt:h", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "f:rt:Uh", longopts, NULL)) != -1) {
     switch (c) {
     case OPT_NBD:
       if (n_nbd == MAX_NBD)
@@ -84,6 +86,7 @@ int cmd_serve(int argc, char **argv)
       break;
     case 'r':
     case OPT_RO: dopts.read_only = nopts.read_only = true; break;
+    case 'U': dopts.force_share = true; break;
     case OPT_FILTER:
       if (n_filters == MAX_FILTERS)
         return cli_fail("serve", "at most %d --filter options", MAX_FILTERS);
@@ -150,6 +153,8 @@ int cmd_serve(int argc, char **argv)
   const char *path = argv[optind];
   if (sluiced_filter)
     filters[n_filters++] = sluiced_filter;
+  if (dopts.force_share && !dopts.read_only)
+    return cli_fail("serve", "%s: -U (force-share) needs --read-only", path);
   dopts.extra_filters = filters;
   dopts.n_extra_filters = n_filters;
 

@@ -31,6 +31,7 @@ struct sl_disk_open_opts {
   bool direct;                  /* O_DIRECT on the image files */
   bool dsync;                   /* O_DSYNC on the writable image file */
   bool no_flush;                /* ignore flush (cache=unsafe) */
+  bool force_share;             /* -U (read-only only): see sl_image_open_opts */
   enum sl_format format;        /* for a plain image; AUTO probes */
   /* Extra filters stacked above those of the descriptor, top first,
    * each "NAME[:k=v,...]" as on the command line. */

@@ -38,6 +38,9 @@ struct sl_image_open_opts {
   bool read_only;
   bool direct;                  /* O_DIRECT on every layer */
   bool no_backing;              /* open only this layer; unallocated reads as 0 */
+  /* qemu-img -U: a read-only open that lets others write and resize (takes
+   * no QEMU lock byte but "consistent read").  Refused for writable opens. */
+  bool force_share;
   size_t metadata_cache_bytes;  /* L2 + refcount cache budget; 0 = default */
   int max_chain_depth;          /* 0 = default (1024) */
   bool dsync;                   /* O_DSYNC on the writable layer */
@@ -107,6 +110,13 @@ int sl_image_block_status(struct sl_image *img, uint64_t off, uint64_t len,
 /* Chain.  sl_image_layer(img, 0) == img; NULL past the end. */
 int sl_image_chain_length(const struct sl_image *img);
 struct sl_image *sl_image_layer(struct sl_image *img, int depth);
+/* Commands that write a file named on their command line call this before
+ * touching it: -EEXIST, with a message naming PATH, WHAT it was given as
+ * and the layer, when PATH (which need not exist) is the file of any layer
+ * of IMG's chain -- the same device and inode, so through symlinks and
+ * hard links too.  0 otherwise. */
+int sl_image_refuse_layer(const struct sl_image *img, const char *path,
+                          const char *what);
 
 /* Layer identity: the cache daemon keys blocks by layer.  The id comes from
  * the file itself so a modified base never matches stale cache entries. */
@@ -162,6 +172,7 @@ int sl_image_get_info(const struct sl_image *img, struct sl_image_info *info);
 /* Consistency check (qcow2; raw is always clean). */
 #define SL_CHECK_REPAIR_LEAKS (1u << 0)
 #define SL_CHECK_REPAIR_ALL   (1u << 1)
+#define SL_CHECK_FORCE_SHARE  (1u << 2) /* -U: only without repair */
 struct sl_check_result {
   int64_t corruptions;
   int64_t leaks;

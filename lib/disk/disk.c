@@ -462,6 +462,7 @@ int sl_disk_open_descriptor(const struct sl_descriptor *desc,
   struct sl_image_open_opts io = {
     .format = fmt, .read_only = opts->read_only, .direct = opts->direct,
     .dsync = opts->dsync, .no_flush = opts->no_flush,
+    .force_share = opts->force_share,
   };
   if ((r = sl_image_open(d->image_path, &io, &d->img)) < 0)
     goto fail;

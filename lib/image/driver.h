@@ -65,4 +65,22 @@ extern const struct sl_image_driver sl_qcow2_driver;
 int sl_image_read_backing(struct sl_image *img, void *buf, size_t len,
                           uint64_t off);
 
+/* QEMU's block permissions (include/block/block-common.h, 7.2): bit i is
+ * published as lock byte 100+i (taken) or 200+i (not shared); lock.c. */
+#define SL_PERM_CONSISTENT_READ 0x1u
+#define SL_PERM_WRITE           0x2u
+#define SL_PERM_WRITE_UNCHANGED 0x4u
+#define SL_PERM_RESIZE          0x8u
+#define SL_PERM_ALL             0xfu
+#define SL_PERM_BITS            4
+/* Take the lock bytes for PERM and ~SHARED on FD, and fail with a message
+ * naming PATH (and the holder when found) if another user conflicts. */
+int sl_lock_fd(int fd, const char *path, unsigned perm, unsigned shared);
+/* The permissions sluice takes for an open of a layer, as QEMU would. */
+int sl_lock_image_fd(int fd, const char *path, enum sl_format fmt,
+                     bool read_only, bool force_share);
+/* Open PATH to create an image in it: created if absent, emptied only once
+ * the QEMU locks of a creator are held.  Returns the fd (O_RDWR). */
+int sl_create_open(const char *path);
+
 #endif

@@ -162,6 +162,11 @@ static int open_layer(const char *path, const struct sl_image_open_opts *opts,
     r = img->drv ? 0 : sl_error(ENOTSUP, "%s: format %s is not built in", path,
                                 sl_format_name(fmt));
   }
+  /* Before the driver reads or writes anything (qcow2 sets its dirty bit on
+   * a writable open): the same lock bytes QEMU takes for the same access. */
+  if (r == 0)
+    r = sl_lock_image_fd(img->fd, path, img->drv->format, read_only,
+                         opts->force_share);
   if (r == 0)
     r = img->drv->open(img, opts);
   if (r < 0) {
@@ -263,11 +268,19 @@ int sl_image_create(const char *path, const struct sl_image_create_opts *opts)
     CLEANUP_FREE char *bpath = resolve_backing(path, o.backing_file);
     if (!bpath)
       return sl_error(ENOMEM, "%s: out of memory", path);
-    struct sl_image_open_opts bo = {.format = o.backing_format, .read_only = true};
+    /* Only the size and format are read: as qemu-img create, share all. */
+    struct sl_image_open_opts bo = {.format = o.backing_format, .read_only = true,
+                                    .force_share = true};
     struct sl_image *b;
     int r = sl_image_open(bpath, &bo, &b);
     if (r < 0)
       return sl_error_prefix(-r, "%s: backing file '%s'", path, o.backing_file);
+    /* `create -b X X` would empty X before writing a header naming it. */
+    r = sl_image_refuse_layer(b, path, "the new image");
+    if (r < 0) {
+      sl_image_close(b);
+      return r;
+    }
     if (size == 0)
       size = b->size;
     if (o.backing_format == SL_FORMAT_AUTO)
@@ -419,6 +432,20 @@ struct sl_image *sl_image_layer(struct sl_image *img, int depth)
   while (img && depth-- > 0)
     img = img->backing;
   return depth < 0 ? img : NULL;
+}
+
+int sl_image_refuse_layer(const struct sl_image *img, const char *path,
+                          const char *what)
+{
+  struct stat st;
+  if (stat(path, &st) < 0)
+    return 0; /* absent (or unreachable): it cannot be one of our files */
+  for (const struct sl_image *l = img; l; l = l->backing)
+    if (l->st.st_dev == st.st_dev && l->st.st_ino == st.st_ino)
+      return sl_error(EEXIST, "%s: %s is the same file as %s (layer %d of "
+                      "%s's chain): refusing to overwrite an input", path,
+                      what, l->filename, l->depth - img->depth, img->filename);
+  return 0;
 }
 
 int sl_image_layer_id(const struct sl_image *img, struct sl_layer_id *id)

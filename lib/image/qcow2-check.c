@@ -566,10 +566,17 @@ static int check_once(const char *path, unsigned repair,
                       struct sl_check_result *res, bool *fixed_any)
 {
   memset(res, 0, sizeof *res);
+  bool force_share = repair & SL_CHECK_FORCE_SHARE;
+  repair &= ~SL_CHECK_FORCE_SHARE;
   struct sl_image img = {.filename = (char *)path, .fd = -1};
   img.fd = open(path, (repair ? O_RDWR : O_RDONLY) | O_CLOEXEC);
   if (img.fd < 0)
     return sl_error(errno, "%s: cannot open: %s", path, strerror(errno));
+  int lr = sl_lock_image_fd(img.fd, path, SL_FORMAT_QCOW2, !repair, force_share);
+  if (lr < 0) {
+    close(img.fd);
+    return lr;
+  }
   if (fstat(img.fd, &img.st) < 0) {
     int e = errno;
     close(img.fd);
@@ -643,7 +650,7 @@ int qcow2_check(const char *path, unsigned repair, struct sl_check_result *res)
 {
   bool fixed = false;
   int r = check_once(path, repair, res, &fixed);
-  if (r < 0 || !repair)
+  if (r < 0 || !(repair & ~SL_CHECK_FORCE_SHARE))
     return r;
   /* Report what remains after the repair, like qemu-img's second pass. */
   struct sl_check_result again;

@@ -659,9 +659,9 @@ static int qcow2_create(const char *path, const struct sl_image_create_opts *opt
   s->l1_size = (uint32_t)l1_size;
   used = rb_first + nrb + l1_clusters;
 
-  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = sl_create_open(path);
   if (fd < 0)
-    return sl_error(errno, "%s: %s", path, strerror(errno));
+    return fd;
   fake.fd = fd;
   int r = 0;
   CLEANUP_FREE uint8_t *buf = calloc(1, cs);

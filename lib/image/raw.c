@@ -29,9 +29,9 @@ static int raw_create(const char *path, const struct sl_image_create_opts *opts,
 {
   if (opts->backing_file)
     return sl_error(ENOTSUP, "%s: raw images cannot have a backing file", path);
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = sl_create_open(path);
   if (fd < 0)
-    return sl_error(errno, "%s: %s", path, strerror(errno));
+    return fd;
   if (ftruncate(fd, (off_t)size) < 0) {
     int e = errno;
     close(fd);
