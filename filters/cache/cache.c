@@ -21,12 +21,12 @@
  *                     this disk alone; written through to next, and the
  *                     bytes written, discarded or zeroed are invalidated
  *   socket=PATH       the daemon's socket (default /run/sluice/sluiced.sock)
- *   deadline-ms=N     how long a read waits for the daemon (default 1000)
+ *   deadline-ms=N     how long a read waits for the daemon (default 5000)
  */
 #include "filter-util.h"
 
 #define MAX_SEGS 128u
-#define DEFAULT_DEADLINE_MS 1000
+#define DEFAULT_DEADLINE_MS 5000
 
 struct cache {
   bool off, private_layer;

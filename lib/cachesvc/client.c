@@ -19,6 +19,12 @@
  *    takes a slot whose number is in its id, and one receiver thread per
  *    connection hands each reply to its slot's waiter.
  *
+ *  - Deadline: a read waits for the daemon the caller's deadline, or four
+ *    times the daemon's recent reply time if that is longer (a busy host
+ *    slows the image as much).  After a timeout the daemon is suspect: one
+ *    request at a time probes it, the others go to the image at once,
+ *    until a reply comes in time.
+ *
  *  - Where the daemon writes: a request waits for its reply only until its
  *    deadline, after which the caller reads the image and hands its buffer
  *    back to the export, which may reuse it at once.  A daemon that answers
@@ -56,7 +62,7 @@
 #define SETUP_TIMEOUT_NS 2000000000ull /* HELLO and registrations */
 #define BACKOFF_MIN_NS 50000000ull
 #define BACKOFF_MAX_NS 2000000000ull
-#define SLOW_PAUSE_NS 200000000ull     /* after a timeout, leave the daemon alone */
+#define MAX_DEADLINE_NS 30000000000ull
 
 enum slot_state { SLOT_FREE, SLOT_WAITING, SLOT_DONE, SLOT_ABANDONED };
 
@@ -120,7 +126,12 @@ struct sl_csc {
   uint64_t gen;
   bool started, stopping, tried;
   pthread_t maint;
-  uint64_t skip_until;                 /* after a timeout */
+  /* After a timeout the daemon is suspect: one request at a time (the
+   * probe) is asked of it, all others go to the image, until an answer
+   * comes in time.  A hung daemon then delays one request per deadline. */
+  atomic_bool suspect, probing;
+  /* How long the daemon has been taking to answer (moving average, ns). */
+  _Atomic uint64_t reply_ns;
   struct sl_csc_layer *layers;
   atomic_uint_fast64_t reads, served, hits, fallbacks, timeouts, connects;
 };
@@ -759,8 +770,14 @@ int sl_csc_read(struct sl_csc *c, struct sl_csc_io *io, unsigned n,
   ensure_started(c, deadline_ns);
   struct conn *k = NULL;
   int served = 0;
-  if (start < __atomic_load_n(&c->skip_until, __ATOMIC_RELAXED) ||
-      !(k = current_conn(c)))
+  bool probe = false;
+  if (atomic_load(&c->suspect)) {
+    bool no = false;
+    if (!atomic_compare_exchange_strong(&c->probing, &no, true))
+      goto out;
+    probe = true;
+  }
+  if (!(k = current_conn(c)))
     goto out;
 
   struct sl_cs_read_entry e[MAX_CLIENT_BATCH];
@@ -791,16 +808,27 @@ int sl_csc_read(struct sl_csc *c, struct sl_csc_io *io, unsigned n,
     e[j].handle_offset = base + pos;
     pos += e[j].length;
   }
+  /* The deadline is the caller's, or four times what the daemon has been
+   * taking lately if that is longer: a host that is merely busy slows the
+   * daemon and the image alike, and giving up then only adds an image read
+   * to the daemon's; a daemon that stopped answering updates nothing and
+   * is abandoned after the deadline. */
+  uint64_t typical = atomic_load_explicit(&c->reply_ns, memory_order_relaxed);
+  uint64_t wait = SL_MIN(SL_MAX(deadline_ns, 4 * typical), MAX_DEADLINE_NS);
   struct sl_cs_read_result res[MAX_CLIENT_BATCH];
   int r = conn_call(k, SL_CS_READ, NULL, 0, e, m, -1, bounce,
-                    start + deadline_ns, NULL, 0, res);
+                    start + wait, NULL, 0, res);
   if (r == -ETIMEDOUT) {
     atomic_fetch_add(&c->timeouts, 1);
-    __atomic_store_n(&c->skip_until, sl_now_ns() + SLOW_PAUSE_NS, __ATOMIC_RELAXED);
+    atomic_store(&c->suspect, true);
     goto out;
   }
   if (r < 0)
     goto out;
+  atomic_store(&c->suspect, false);
+  uint64_t took = sl_now_ns() - start;
+  atomic_store_explicit(&c->reply_ns, typical - typical / 8 + took / 8,
+                        memory_order_relaxed);
   pos = 0;
   for (unsigned j = 0; j < m; j++) {
     struct sl_csc_io *x = &io[map[j]];
@@ -826,6 +854,8 @@ int sl_csc_read(struct sl_csc *c, struct sl_csc_io *io, unsigned n,
   }
   sl_arena_free(k->bounce, bounce);
 out:
+  if (probe)
+    atomic_store(&c->probing, false);
   conn_put(k);
   atomic_fetch_add(&c->served, (unsigned)served);
   atomic_fetch_add(&c->fallbacks, n - (unsigned)served);
