@@ -31,6 +31,8 @@ for round in $(seq 1 "$snap_rounds"); do
     "$writer" snap.qcow2 journal "$((round + 1000))" 2>writer.err &
     pid=$!
     cleanup_push "kill -9 $pid"
+    # Kill while it writes (not while a slow start still opens the image).
+    for _ in $(seq 1 200); do [[ -s journal ]] && break; sleep 0.05; done
     sleep "0.$(printf '%02d' $(( RANDOM % 12 + 1 )))"
     kill -9 "$pid" 2>/dev/null || die "snapshot round $round: writer exited early: $(cat writer.err)"
     wait "$pid" 2>/dev/null || true
