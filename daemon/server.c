@@ -117,6 +117,10 @@ struct sd_server {
   _Atomic bool some_drop;         /* a connection's reply queue overflowed */
   pthread_mutex_t idle_lock;
   pthread_cond_t idle_cond;
+  int adoptfd;                    /* eventfd: sockets handed over by sd_server_adopt */
+  pthread_mutex_t adopt_lock;
+  int *adopt;
+  size_t n_adopt;
 };
 
 static void conn_unref(struct sd_server *srv, struct conn *c);
@@ -310,17 +314,17 @@ static bool allowed(const struct sd_server *srv, uid_t uid, gid_t gid, pid_t pid
   return ok;
 }
 
-static int add_conn(struct sd_server *srv, int fd)
+static int add_conn(struct sd_server *srv, int fd, bool check)
 {
   pid_t pid = 0;
   uid_t uid = 0;
   gid_t gid = 0;
-  if (sl_ipc_peer_cred(fd, &pid, &uid, &gid) < 0) {
+  if (sl_ipc_peer_cred(fd, &pid, &uid, &gid) < 0 && check) {
     fprintf(stderr, "sluiced: refused a client: %s\n", sl_last_error());
     close(fd);
     return -EPERM;
   }
-  if (!allowed(srv, uid, gid, pid)) {
+  if (check && !allowed(srv, uid, gid, pid)) {
     fprintf(stderr, "sluiced: refused client pid %d uid %u gid %u: not root and not in "
             "--allow-user/--allow-group\n", (int)pid, (unsigned)uid, (unsigned)gid);
     close(fd);
@@ -893,11 +897,29 @@ static void *loop_main(void *opaque)
       if (p == &srv->lfd) {
         int fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd >= 0)
-          add_conn(srv, fd);
+          add_conn(srv, fd, true);
         continue;
       }
       if (p == &srv->sigfd) {
         handle_signals(srv);
+        continue;
+      }
+      if (p == &srv->adoptfd) {
+        uint64_t v;
+        if (read(srv->adoptfd, &v, sizeof v) < 0) {
+          /* EAGAIN: another wake-up took them */
+        }
+        pthread_mutex_lock(&srv->adopt_lock);
+        for (size_t k = 0; k < srv->n_adopt; k++) {
+          add_conn(srv, srv->adopt[k], false);
+          /* counted as a connection by sd_server_adopt already */
+          pthread_mutex_lock(&srv->idle_lock);
+          atomic_fetch_sub(&srv->nconns, 1);
+          pthread_cond_broadcast(&srv->idle_cond);
+          pthread_mutex_unlock(&srv->idle_lock);
+        }
+        srv->n_adopt = 0;
+        pthread_mutex_unlock(&srv->adopt_lock);
         continue;
       }
       struct conn *c = p;
@@ -946,7 +968,8 @@ int sd_server_create(const struct sd_options *o, struct sd_server **out)
   if (!srv)
     return sl_error(ENOMEM, "out of memory");
   srv->o = *o;
-  srv->lfd = srv->epfd = srv->sigfd = srv->stopfd = -1;
+  srv->lfd = srv->epfd = srv->sigfd = srv->stopfd = srv->adoptfd = -1;
+  pthread_mutex_init(&srv->adopt_lock, NULL);
   int r = sd_store_init(&srv->store, o->memory, o->block_size);
   if (r < 0) {
     free(srv);
@@ -964,12 +987,13 @@ int sd_server_create(const struct sd_options *o, struct sd_server **out)
   pthread_cond_init(&srv->idle_cond, NULL);
   srv->epfd = epoll_create1(EPOLL_CLOEXEC);
   srv->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  srv->adoptfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, sd_lease_signal());
   sigaddset(&set, SIGIO);
   srv->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-  if (srv->epfd < 0 || srv->stopfd < 0 || srv->sigfd < 0) {
+  if (srv->epfd < 0 || srv->stopfd < 0 || srv->sigfd < 0 || srv->adoptfd < 0) {
     r = sl_error(errno, "cannot set up the event loop: %s", strerror(errno));
     sd_server_stop(srv, false);
     return r;
@@ -978,6 +1002,8 @@ int sd_server_create(const struct sd_options *o, struct sd_server **out)
   epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->stopfd, &ev);
   ev.data.ptr = &srv->sigfd;
   epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->sigfd, &ev);
+  ev.data.ptr = &srv->adoptfd;
+  epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->adoptfd, &ev);
   *out = srv;
   return 0;
 }
@@ -1002,6 +1028,25 @@ int sd_server_start(struct sd_server *srv, int lfd)
   if (pthread_create(&srv->loop, NULL, loop_main, srv) != 0)
     return sl_error(EAGAIN, "cannot start the event loop thread");
   srv->loop_started = true;
+  return 0;
+}
+
+int sd_server_adopt(struct sd_server *srv, int fd)
+{
+  pthread_mutex_lock(&srv->adopt_lock);
+  int *p = realloc(srv->adopt, (srv->n_adopt + 1) * sizeof *p);
+  if (!p) {
+    pthread_mutex_unlock(&srv->adopt_lock);
+    close(fd);
+    return sl_error(ENOMEM, "out of memory");
+  }
+  srv->adopt = p;
+  srv->adopt[srv->n_adopt++] = fd;
+  atomic_fetch_add(&srv->nconns, 1); /* counted from now: wait_idle waits for it */
+  pthread_mutex_unlock(&srv->adopt_lock);
+  uint64_t one = 1;
+  if (write(srv->adoptfd, &one, sizeof one) < 0)
+    return sl_error(errno, "cannot wake the event loop: %s", strerror(errno));
   return 0;
 }
 
@@ -1053,6 +1098,11 @@ int sd_server_stop(struct sd_server *srv, bool check)
     close(srv->stopfd);
   if (srv->sigfd >= 0)
     close(srv->sigfd);
+  if (srv->adoptfd >= 0)
+    close(srv->adoptfd);
+  for (size_t i = 0; i < srv->n_adopt; i++)
+    close(srv->adopt[i]);
+  free(srv->adopt);
   sd_maps_fini(&srv->maps);
   sd_store_fini(&srv->store);
   free(srv);

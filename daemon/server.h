@@ -38,6 +38,9 @@ int sd_server_start(struct sd_server *srv, int lfd);
  * one does not hold. */
 int sd_server_stop(struct sd_server *srv, bool check);
 
+/* Serve one already-connected socket FD (the fuzz target): its
+ * credentials are not checked.  The server owns FD from then on. */
+int sd_server_adopt(struct sd_server *srv, int fd);
 /* Block until no connection is open (tests). */
 void sd_server_wait_idle(struct sd_server *srv);
 struct sd_store *sd_server_store(struct sd_server *srv);

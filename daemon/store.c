@@ -444,7 +444,7 @@ void sd_layer_sweep(struct sd_store *s)
   struct sd_layer *l = s->live;
   while (l) {
     struct sd_layer *next = l->next_live;
-    struct stat st;
+    struct stat st = {.st_nlink = 1};
     uint64_t size;
     if (l->lease && fcntl(l->fd, F_GETLEASE) != F_RDLCK)
       kill_locked(s, l, "someone opened it for writing (lease broken)");
