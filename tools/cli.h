@@ -14,6 +14,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_io(int argc, char **argv);
 int cmd_sim(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
 int cmd_disk(int argc, char **argv);
 int cmd_filter(int argc, char **argv);
 int cmd_mirror(int argc, char **argv);

@@ -26,6 +26,7 @@ static const struct {
   {"filter", cmd_filter, "install, list and remove filter modules; attach to disks"},
   {"mirror", cmd_mirror, "resynchronise a disk's mirror"},
   {"cache", cmd_cache, "show or drop what the host cache daemon (sluiced) holds"},
+  {"demo", cmd_demo, "boot storm of linked clones, without and with sluiced"},
 };
 
 static void usage(FILE *f)
