@@ -1,5 +1,7 @@
 /* Small helpers shared by the filters in this tree.  Header-only on purpose:
- * a filter module links nothing of libsluice, it only gets the host table. */
+ * a filter module links nothing of libsluice, it only gets the host table,
+ * and the rules (size grammar, path resolution) are the core's, reached
+ * through that table, so that there is one copy of each. */
 #ifndef SLUICE_FILTERS_UTIL_H
 #define SLUICE_FILTERS_UTIL_H
 
@@ -21,36 +23,21 @@ static inline int fu_load(const struct sl_filter_host *h)
   return 0;
 }
 
-/* "4096", "64K", "10M", "1G" (powers of 1024). */
+/* A size in the core's grammar (host->parse_size, i.e. sl_parse_size: "4096",
+ * "64K", "1.5M", "1GiB"), with the filters' message naming KEY=VALUE. */
 static inline int fu_parse_size(const char *name, const char *key,
                                 const char *v, uint64_t *out)
 {
-  char *end;
-  errno = 0;
-  unsigned long long n = strtoull(v, &end, 10);
-  uint64_t mul = 1;
-  if (end == v || *v == '-' || errno)
-    goto bad;
-  switch (*end) {
-  case '\0': break;
-  case 'k': case 'K': mul = 1ull << 10; end++; break;
-  case 'm': case 'M': mul = 1ull << 20; end++; break;
-  case 'g': case 'G': mul = 1ull << 30; end++; break;
-  case 't': case 'T': mul = 1ull << 40; end++; break;
-  default: goto bad;
-  }
-  if (*end == 'i' && end[1] == 'B')
-    end += 2;
-  else if (*end == 'B')
-    end++;
-  if (*end || (n && mul > UINT64_MAX / n))
-    goto bad;
-  *out = (uint64_t)n * mul;
-  return 0;
-bad:
   (void)name;
+  if (!SL_FILTER_HOST_HAS(host, parse_size))
+    return host->error(ENOTSUP, "%s=%s: this sluice is too old to parse sizes "
+                       "for filters", key, v);
+  if (host->parse_size(key, v, out) == 0)
+    return 0;
+  char why[256];
+  snprintf(why, sizeof why, "%s", host->last_error());
   return host->error(EINVAL, "%s=%s is not a size (a number with an "
-                     "optional K/M/G/T suffix)", key, v);
+                     "optional K/M/G/T suffix): %s", key, v, why);
 }
 
 /* A non-negative number, possibly fractional. */
@@ -69,15 +56,14 @@ static inline int fu_parse_double(const char *name, const char *key,
   return 0;
 }
 
-/* PATH relative to the descriptor's directory; caller frees. */
+/* PATH relative to the descriptor's directory (host->resolve_path); caller
+ * frees; NULL on failure. */
 static inline char *fu_resolve(const struct sl_filter_env *env, const char *p)
 {
   char *out = NULL;
-  if (p[0] == '/' || !env->base_dir)
-    return strdup(p);
-  if (asprintf(&out, "%s/%s", env->base_dir, p) < 0)
+  if (!SL_FILTER_HOST_HAS(host, resolve_path))
     return NULL;
-  return out;
+  return host->resolve_path(env, p, &out) == 0 ? out : NULL;
 }
 
 static inline void fu_sleep_ns(uint64_t ns)

@@ -70,6 +70,8 @@ enum sl_filter_class {
   SL_FILTER_CLASS_REPLICATION,  /* mirror: replicas hold ciphertext too */
 };
 
+struct sl_filter_env;
+
 /* The layer below a filter.  Opaque apart from its operations table. */
 struct sl_next;
 struct sl_next_ops {
@@ -137,7 +139,18 @@ struct sl_cache_stats {
   bool connected;
 };
 
-/* Services of the core, handed to load() and kept in the environment. */
+/* Services of the core, handed to load() and kept in the environment.
+ *
+ * This table is everything a filter may call in the core: a module links
+ * nothing of libsluice (the build links filters with -z defs, and the
+ * sluice executable exports no symbols, so a call to an internal function
+ * is refused when the module is built or, for a module built elsewhere,
+ * when it is installed or loaded).  Fields are only ever appended;
+ * struct_size says how many this core fills.  A field added after the
+ * first version of the table (the first version ends at disk_close) must be
+ * tested with SL_FILTER_HOST_HAS(host, field) before use, so that a newer
+ * filter still loads in an older core and can fall back.  The cache
+ * daemon's client (issue 13) was the first such addition. */
 struct sl_filter_host {
   uint32_t struct_size;
   /* Record a message for the calling thread; returns -errnum. */
@@ -176,7 +189,22 @@ struct sl_filter_host {
   void (*cache_invalidate)(struct sl_cache_disk *cd, int depth,
                            uint64_t file_offset, uint64_t len);
   void (*cache_stats)(struct sl_cache_disk *cd, struct sl_cache_stats *st);
+
+  /* ---- appended for the filter ABI (issue 12; SL_FILTER_HOST_HAS) ---- */
+  /* The core's size grammar (as qemu-img: K/M/G/T/P/E powers of 1024, an
+   * optional "iB"/"B", fractions that come out whole): 0, or -EINVAL /
+   * -ERANGE with a message naming WHAT. */
+  int (*parse_size)(const char *what, const char *s, uint64_t *out);
+  /* PATH relative to the descriptor's directory (env->base_dir), as the
+   * core resolves backing files; absolute paths unchanged.  *out is
+   * malloc'ed (the filter frees it). */
+  int (*resolve_path)(const struct sl_filter_env *env, const char *path,
+                      char **out);
 };
+
+#define SL_FILTER_HOST_HAS(host, field)                                     \
+  ((host)->struct_size >= offsetof(struct sl_filter_host, field) +          \
+                              sizeof((host)->field))
 
 /* What an instance learns about where it runs (config_complete, open). */
 struct sl_filter_env {
@@ -239,13 +267,43 @@ struct sl_filter {
   int (*snapshot)(void *inst, struct sl_next *next);
   int (*release)(void *inst, struct sl_next *next);
   int (*resume)(void *inst, struct sl_next *next);
+
+  /* ---- added in filter API 1.1 (NULL in a record that predates it) ---- */
+  /* A versioned query about the instance's state, so that tools ask the
+   * filter instead of reading its private files.  WHAT names the query
+   * (the filter documents it, e.g. "mirror.dirty"), VERSION the reply
+   * layout the caller understands; the filter fills at most OUT_SIZE bytes
+   * of OUT and returns how many it wrote, or -ENOTSUP (with a message) for
+   * a query or version it does not answer. */
+  int (*query)(void *inst, const char *what, uint32_t version, void *out,
+               size_t out_size);
 };
 
-/* The one symbol a module exports. */
+/* The symbols a module exports (both defined by SL_REGISTER_FILTER). */
 #define SL_FILTER_INIT_SYMBOL "sluice_filter_init"
 typedef const struct sl_filter *(*sl_filter_init_fn)(void);
 
+/* What the filter was compiled against, stamped by SL_REGISTER_FILTER from
+ * this header (not typed by the filter's author): the loader refuses a
+ * module whose stamp it does not understand, and trusts these sizes over
+ * the record's own fields. */
+#define SL_FILTER_ABI_SYMBOL "sluice_filter_abi"
+#define SL_FILTER_ABI_MAGIC 0x534c4654u   /* "SLFT" */
+struct sl_filter_abi {
+  uint32_t magic;              /* SL_FILTER_ABI_MAGIC */
+  uint32_t api_version;        /* SL_FILTER_API_VERSION */
+  uint32_t filter_size;        /* sizeof(struct sl_filter) */
+  uint32_t host_size;          /* sizeof(struct sl_filter_host) */
+};
+
 #define SL_REGISTER_FILTER(rec)                                             \
+  __attribute__((visibility("default")))                                    \
+  extern const struct sl_filter_abi sluice_filter_abi;                     \
+  __attribute__((visibility("default")))                                    \
+  const struct sl_filter_abi sluice_filter_abi = {                         \
+    SL_FILTER_ABI_MAGIC, SL_FILTER_API_VERSION,                             \
+    (uint32_t)sizeof(struct sl_filter),                                     \
+    (uint32_t)sizeof(struct sl_filter_host)};                               \
   __attribute__((visibility("default")))                                    \
   const struct sl_filter *sluice_filter_init(void);                        \
   const struct sl_filter *sluice_filter_init(void) { return &(rec); }

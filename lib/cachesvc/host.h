@@ -1,4 +1,4 @@
-/* The cache service entries of the filter host table (attach.c); module.c
+/* The cache service entries of the filter host table (attach.c); lib/disk/host.c
  * puts them into struct sl_filter_host. */
 #ifndef SLUICE_CACHESVC_HOST_H
 #define SLUICE_CACHESVC_HOST_H

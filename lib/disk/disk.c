@@ -31,6 +31,7 @@
 #include <sluice/filter.h>
 #include "common/util.h"
 #include "disk/descriptor.h"
+#include "disk/host.h"
 #include "disk/module.h"
 #include "disk/next-image.h"
 
