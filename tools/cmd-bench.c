@@ -48,14 +48,12 @@ struct bench {
   atomic_int failed;
 };
 
-/* splitmix64: a well-mixed hash of the request number, so --random visits
- * the same offsets in every run whatever the number of threads. */
+/* splitmix64 (the golden-ratio step, then sl_mix64's finaliser): a
+ * well-mixed hash of the request number, so --random visits the same
+ * offsets in every run whatever the number of threads. */
 static uint64_t mix64(uint64_t x)
 {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
+  return sl_mix64(x + 0x9e3779b97f4a7c15ull);
 }
 
 static uint64_t request_offset(const struct bench *b, uint64_t i)
