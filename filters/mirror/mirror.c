@@ -353,6 +353,32 @@ static int mi_release(void *inst, struct sl_next *next)
   return mi_flush(inst, next, 0);
 }
 
+/* Query "mirror.dirty" version 1: struct sl_mirror_dirty_v1 (below), the
+ * regions the mirror is known to differ in, as recorded in the bitmap. */
+struct sl_mirror_dirty_v1 {
+  uint64_t regions;          /* dirty bits set */
+  uint64_t granularity;      /* bytes per region */
+};
+
+static int mi_query(void *inst, const char *what, uint32_t version, void *out,
+                    size_t out_size)
+{
+  struct mirror *m = inst;
+  if (strcmp(what, "mirror.dirty") != 0 || version != 1)
+    return host->error(ENOTSUP, "mirror: no query %s version %u (it answers "
+                       "mirror.dirty version 1)", what, version);
+  struct sl_mirror_dirty_v1 d = {.granularity = m->gran};
+  if (m->bits) {
+    pthread_mutex_lock(&m->lock);
+    for (uint64_t i = 0; i < (m->n_bits + 7) / 8; i++)
+      d.regions += (uint64_t)__builtin_popcount(m->bits[i]);
+    pthread_mutex_unlock(&m->lock);
+  }
+  size_t n = out_size < sizeof d ? out_size : sizeof d;
+  memcpy(out, &d, n);
+  return (int)n;
+}
+
 static const struct sl_filter mirror_filter = {
   .api_version = SL_FILTER_API_VERSION,
   .struct_size = sizeof(struct sl_filter),
@@ -370,6 +396,7 @@ static const struct sl_filter mirror_filter = {
   .pwrite = mi_pwrite, .write_zeroes = mi_zero, .discard = mi_discard,
   .flush = mi_flush,
   .release = mi_release,
+  .query = mi_query,
 };
 
 SL_REGISTER_FILTER(mirror_filter)

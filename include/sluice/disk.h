@@ -96,6 +96,12 @@ struct sl_disk_filter_info {
 };
 int sl_disk_filter_info(struct sl_disk *disk, int i,
                         struct sl_disk_filter_info *out);
+/* Ask filter I (0 = top) the versioned query WHAT (see the query operation
+ * in <sluice/filter.h>; each filter's man page lists its queries): the
+ * number of bytes of OUT it filled, or -ENOTSUP when it does not answer WHAT
+ * at VERSION. */
+int sl_disk_filter_query(struct sl_disk *disk, int i, const char *what,
+                         uint32_t version, void *out, size_t out_size);
 /* Tell every filter an overlay was created under the disk. */
 int sl_disk_snapshot_event(struct sl_disk *disk);
 /* "observe", "throttle", ... for an enum sl_filter_class value. */

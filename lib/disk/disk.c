@@ -619,6 +619,25 @@ int sl_disk_filter_info(struct sl_disk *d, int i, struct sl_disk_filter_info *ou
   return 0;
 }
 
+int sl_disk_filter_query(struct sl_disk *d, int i, const char *what,
+                         uint32_t version, void *out, size_t out_size)
+{
+  if (i < 0 || i >= d->n)
+    return sl_error(ERANGE, "filter %d: the stack of %s has %d filters", i,
+                    d->desc_path ? d->desc_path : d->image_path, d->n);
+  const struct level *L = &d->lv[i];
+  if (!L->f->query)
+    return sl_error(ENOTSUP, "filter %s: answers no queries (asked %s v%u)",
+                    L->name, what, version);
+  int r = L->f->query(L->inst, what, version, out, out_size);
+  if (r < 0)
+    return sl_error_prefix(-r, "filter %s", L->name);
+  if ((size_t)r > out_size)
+    return sl_error(EPROTO, "filter %s: query %s wrote %d bytes into %zu",
+                    L->name, what, r, out_size);
+  return r;
+}
+
 void sl_disk_describe(struct sl_disk *d, FILE *f)
 {
   if (d->desc_path)
