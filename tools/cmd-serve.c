@@ -1,6 +1,11 @@
 /* sluice serve: export a disk (image, chain or descriptor, through its
  * filter stack) over NBD and/or FUSE until SIGTERM or SIGINT, which drain
- * in-flight requests, flush the disk and exit 0. */
+ * in-flight requests, flush the disk and exit 0.
+ *
+ * The exports are known only through the driver table (export.h): each
+ * driver is an option named after it, and its create/start/stop are
+ * called in that order around lib/ipc's process lifecycle.  The order
+ * in which stop runs (FUSE before NBD) is the reverse of the table's. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -19,7 +24,7 @@
 
 #include "config.h"
 
-#define MAX_NBD 8
+#define MAX_EXPORTS 8
 #define MAX_FILTERS 32
 #define DEFAULT_POLL_US 64
 
@@ -39,14 +44,32 @@ static const char usage_text[] =
   "cache filter, which must be installed: sluice filter install cache.so).\n"
   "-U (--force-share) serves read-only an image another process may write.\n";
 
+/* What the command line asked of one export driver. */
+struct export_use {
+  const struct sl_export_driver *drv;
+  const char *args[16];
+  size_t n_args;
+  char activated[16][16];    /* "fd:N" for socket-activated listeners */
+  void *state;
+};
+
+static void stop_exports(struct export_use *ex, size_t n)
+{
+  /* Last started first, as a stack unwinds. */
+  for (size_t i = n; i-- > 0;) {
+    if (ex[i].state && ex[i].drv->stop)
+      ex[i].drv->stop(ex[i].state);
+    ex[i].state = NULL;
+  }
+}
+
 int cmd_serve(int argc, char **argv)
 {
-  enum { OPT_NBD = 256, OPT_FUSE, OPT_RO, OPT_FILTER, OPT_AT, OPT_PIDFILE,
-         OPT_DAEMON, OPT_NAME, OPT_WORKERS, OPT_DESC, OPT_POLL, OPT_CACHE, OPT_SLUICED };
-  static const struct option longopts[] = {
+  enum { OPT_RO = 256, OPT_FILTER, OPT_AT, OPT_PIDFILE,
+         OPT_DAEMON, OPT_NAME, OPT_WORKERS, OPT_DESC, OPT_POLL, OPT_SLUICED,
+         OPT_DRIVER = 512 /* + index in sl_export_drivers */ };
+  static const struct option fixed_opts[] = {
     {"help", no_argument, NULL, 'h'},
-    {"nbd", required_argument, NULL, OPT_NBD},
-    {"fuse", required_argument, NULL, OPT_FUSE},
     {"read-only", no_argument, NULL, OPT_RO},
     {"filter", required_argument, NULL, OPT_FILTER},
     {"at", required_argument, NULL, OPT_AT},
@@ -60,32 +83,47 @@ int cmd_serve(int argc, char **argv)
     {"cache", required_argument, NULL, 't'},
     {"sluiced", optional_argument, NULL, OPT_SLUICED},
     {"force-share", no_argument, NULL, 'U'},
-    {NULL, 0, NULL, 0},
   };
-  const char *nbd[MAX_NBD], *filters[MAX_FILTERS + 1];
+  /* The exports come from the driver table: each is an option named after
+   * its driver (--nbd, --fuse). */
+  struct export_use ex[MAX_EXPORTS];
+  size_t n_ex = 0;
+  struct option longopts[SL_ARRAY_SIZE(fixed_opts) + MAX_EXPORTS + 1];
+  memcpy(longopts, fixed_opts, sizeof fixed_opts);
+  size_t n_opts = SL_ARRAY_SIZE(fixed_opts);
+  for (; sl_export_drivers[n_ex] && n_ex < MAX_EXPORTS; n_ex++) {
+    ex[n_ex] = (struct export_use){.drv = sl_export_drivers[n_ex]};
+    longopts[n_opts++] = (struct option){sl_export_drivers[n_ex]->name,
+                                         required_argument, NULL,
+                                         OPT_DRIVER + (int)n_ex};
+  }
+  longopts[n_opts] = (struct option){NULL, 0, NULL, 0};
+
+  const char *filters[MAX_FILTERS + 1];
   char *sluiced_filter = NULL;
-  size_t n_nbd = 0, n_filters = 0;
-  const char *fuse_file = NULL, *at = NULL, *pidfile = NULL;
+  size_t n_filters = 0;
+  const char *at = NULL, *pidfile = NULL;
   bool daemon_mode = false;
-  struct sl_nbd_options nopts = {.export_name = "", .poll_us = DEFAULT_POLL_US};
+  struct sl_export_config cfg = {.export_name = "", .poll_us = DEFAULT_POLL_US};
   struct sl_disk_open_opts dopts = {0};
   uint64_t v;
   int c;
 
   while ((c = getopt_long(argc, argv, "f:rt:Uh", longopts, NULL)) != -1) {
+    if (c >= OPT_DRIVER && c < OPT_DRIVER + (int)n_ex) {
+      struct export_use *e = &ex[c - OPT_DRIVER];
+      size_t max = SL_MIN(e->drv->max_args, SL_ARRAY_SIZE(e->args));
+      if (e->n_args == max) {
+        if (max == 1)
+          return cli_fail("serve", "only one --%s export per process", e->drv->name);
+        return cli_fail("serve", "at most %zu --%s listeners", max, e->drv->name);
+      }
+      e->args[e->n_args++] = optarg;
+      continue;
+    }
     switch (c) {
-    case OPT_NBD:
-      if (n_nbd == MAX_NBD)
-        return cli_fail("serve", "at most %d --nbd listeners", MAX_NBD);
-      nbd[n_nbd++] = optarg;
-      break;
-    case OPT_FUSE:
-      if (fuse_file)
-        return cli_fail("serve", "only one --fuse export per process");
-      fuse_file = optarg;
-      break;
     case 'r':
-    case OPT_RO: dopts.read_only = nopts.read_only = true; break;
+    case OPT_RO: dopts.read_only = cfg.read_only = true; break;
     case 'U': dopts.force_share = true; break;
     case OPT_FILTER:
       if (n_filters == MAX_FILTERS)
@@ -95,17 +133,17 @@ int cmd_serve(int argc, char **argv)
     case OPT_AT: at = optarg; break;
     case OPT_PIDFILE: pidfile = optarg; break;
     case OPT_DAEMON: daemon_mode = true; break;
-    case OPT_NAME: nopts.export_name = optarg; break;
-    case OPT_DESC: nopts.description = optarg; break;
+    case OPT_NAME: cfg.export_name = optarg; break;
+    case OPT_DESC: cfg.description = optarg; break;
     case OPT_WORKERS:
       if (sl_parse_uint("--workers", optarg, 1, 16, &v) < 0)
         return cli_fail("serve", "%s", sl_last_error());
-      nopts.workers = (unsigned)v;
+      cfg.workers = (unsigned)v;
       break;
     case OPT_POLL:
       if (sl_parse_uint("--poll-us", optarg, 0, 1000000, &v) < 0)
         return cli_fail("serve", "%s", sl_last_error());
-      nopts.poll_us = (unsigned)v;
+      cfg.poll_us = (unsigned)v;
       break;
     case 'f':
       if (sl_format_parse(optarg, &dopts.format) < 0)
@@ -133,23 +171,36 @@ int cmd_serve(int argc, char **argv)
     fputs(usage_text, stderr);
     return cli_fail("serve", optind >= argc ? "no DISK given" : "too many arguments");
   }
-  /* Socket activation: every socket systemd passed is one more NBD
-   * listener ("fd:N" for lib/ipc). */
-  char activated[MAX_NBD][16];
+  /* Socket activation: every socket systemd passed is one more listener of
+   * the first driver that takes sockets ("fd:N" for lib/ipc). */
   int n_act = sl_proc_listen_fds();
   if (n_act < 0)
     return cli_fail("serve", "%s", sl_last_error());
-  if ((size_t)n_act > MAX_NBD - n_nbd)
-    return cli_fail("serve", "at most %d NBD listeners (--nbd and systemd sockets together)",
-                    MAX_NBD);
-  for (int i = 0; i < n_act; i++) {
-    snprintf(activated[i], sizeof activated[i], "fd:%d", SL_PROC_LISTEN_FDS_START + i);
-    nbd[n_nbd++] = activated[i];
+  for (size_t k = 0; n_act > 0 && k < n_ex; k++) {
+    struct export_use *e = &ex[k];
+    if (!e->drv->takes_sockets)
+      continue;
+    size_t max = SL_MIN(e->drv->max_args, SL_ARRAY_SIZE(e->args));
+    if ((size_t)n_act > max - e->n_args)
+      return cli_fail("serve", "at most %zu %s listeners (--%s and systemd sockets "
+                      "together)", max, e->drv->name, e->drv->name);
+    for (int i = 0; i < n_act; i++) {
+      snprintf(e->activated[i], sizeof e->activated[i], "fd:%d",
+               SL_PROC_LISTEN_FDS_START + i);
+      e->args[e->n_args++] = e->activated[i];
+    }
+    n_act = 0;
   }
-  if (n_nbd == 0 && !fuse_file)
+  size_t used = 0;
+  for (size_t k = 0; k < n_ex; k++) {
+    if (!ex[k].n_args)
+      continue;
+    if (ex[k].drv->unavailable)
+      return cli_fail("serve", "--%s: %s", ex[k].drv->name, ex[k].drv->unavailable);
+    used++;
+  }
+  if (used == 0)
     return cli_fail("serve", "nothing to serve: give --nbd and/or --fuse");
-  if (fuse_file && !HAVE_FUSE3)
-    return cli_fail("serve", "--fuse: this sluice was built without libfuse3");
   const char *path = argv[optind];
   if (sluiced_filter)
     filters[n_filters++] = sluiced_filter;
@@ -177,53 +228,35 @@ int cmd_serve(int argc, char **argv)
     sl_disk_close(disk);
     return cli_fail("serve", "%s: --at %s: %s", path, at, sl_last_error());
   }
-  struct sl_nbd_server *srv = NULL;
-  if (n_nbd && sl_nbd_server_create(h, &nopts, nbd, n_nbd, &srv) < 0) {
-    sl_disk_close(disk);
-    return cli_fail("serve", "%s", sl_last_error());
-  }
+  int ret = 0;
+  for (size_t k = 0; ret == 0 && k < n_ex; k++)
+    if (ex[k].n_args && ex[k].drv->create(h, &cfg, ex[k].args, ex[k].n_args,
+                                          &ex[k].state) < 0)
+      ret = cli_fail("serve", "%s", sl_last_error());
   /* Fork once the sockets are bound, so that binding errors still reach
    * the terminal; the parent exits when the child reports below. */
-  if (daemon_mode && sl_proc_daemonize("serve") < 0) {
-    cli_fail("serve", "%s", sl_last_error());
-    sl_nbd_server_stop(srv);
-    sl_disk_close(disk);
-    return 1;
-  }
-  if (pidfile && sl_proc_pidfile_create(pidfile) < 0) {
-    cli_fail("serve", "%s", sl_last_error());
-    sl_proc_detach_done(1);
-    sl_nbd_server_stop(srv);
-    sl_disk_close(disk);
-    return 1;
-  }
-  int ret = 0;
-  struct sl_fuse_export *fx = NULL;
-  if (srv && sl_nbd_server_start(srv) < 0)
+  if (ret == 0 && daemon_mode && sl_proc_daemonize("serve") < 0)
     ret = cli_fail("serve", "%s", sl_last_error());
-#if HAVE_FUSE3
-  if (ret == 0 && fuse_file && sl_fuse_export_start(h, fuse_file, nopts.read_only, &fx) < 0)
-    ret = cli_fail("serve", "--fuse %s: %s", fuse_file, sl_last_error());
-#endif
+  if (ret == 0 && pidfile && sl_proc_pidfile_create(pidfile) < 0)
+    ret = cli_fail("serve", "%s", sl_last_error());
+  for (size_t k = 0; ret == 0 && k < n_ex; k++)
+    if (ex[k].state && ex[k].drv->start(ex[k].state) < 0)
+      ret = cli_fail("serve", "%s", sl_last_error());
   sl_proc_detach_done(ret ? 1 : 0);
   if (ret == 0) {
     char size[32];
     fprintf(stderr, "sluice serve: serving %s (%s)", path,
             sl_human_size(sl_disk_size(h), size, sizeof size));
-    for (size_t i = 0; i < n_nbd; i++)
-      fprintf(stderr, " on %s", nbd[i]);
-    if (fuse_file)
-      fprintf(stderr, " as %s", fuse_file);
+    for (size_t k = 0; k < n_ex; k++)
+      for (size_t i = 0; i < ex[k].n_args; i++)
+        fprintf(stderr, " %s %s", ex[k].drv->verb, ex[k].args[i]);
     fprintf(stderr, "\n");
     sl_proc_notify_ready(NULL);
     int sig = sl_proc_wait_signal(&sigs);
     sl_proc_notify_stopping();
     fprintf(stderr, "sluice serve: %s: draining and flushing\n", strsignal(sig));
   }
-#if HAVE_FUSE3
-  sl_fuse_export_stop(fx);
-#endif
-  sl_nbd_server_stop(srv);
+  stop_exports(ex, n_ex);
   if (sl_disk_close(disk) < 0 && ret == 0)
     ret = cli_fail("serve", "%s: %s", path, sl_last_error());
   sl_proc_pidfile_remove();
