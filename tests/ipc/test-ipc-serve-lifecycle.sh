@@ -3,7 +3,8 @@
 #  - --daemon returns 0 only once the background server runs: the pidfile
 #    names a live process that serves (qemu-io writes through it), and
 #    SIGTERM to that pid removes the pidfile and the socket;
-#  - a second server on the same socket is refused while the first lives,
+#  - a second server on the same socket is refused while the first lives
+#    (read-only with -U, so that the image lock lets it get that far),
 #    and the first keeps serving; so is a second server on the same pidfile;
 #  - a stale socket left by a killed server is replaced;
 #  - a startup failure after the fork is the --daemon parent's exit status,
@@ -26,11 +27,11 @@ kill -0 "$pid" || die "pidfile names $pid, which is not running"
 qemu-io -f raw -c "write -P 0x5a 0 1M" "$uri" >/dev/null || die "write through the daemon failed"
 
 # A second server: the live socket is refused, the first keeps serving.
-expect_fail "a.sock: another process is listening" "$SLUICE" serve --nbd "unix:$sock" disk.qcow2
+expect_fail "a.sock: another process is listening" "$SLUICE" serve --read-only -U --nbd "unix:$sock" disk.qcow2
 [[ -S $sock ]] || die "the refused server removed the live socket"
 qemu-io -f raw -c "read -P 0x5a 0 1M" "$uri" >/dev/null || die "first server no longer serves"
 expect_fail "serve.pid: pidfile held by running process $pid" \
-  "$SLUICE" serve --read-only --pidfile "$TMP/serve.pid" --nbd "unix:$TMP/b.sock" disk.qcow2
+  "$SLUICE" serve --read-only -U --pidfile "$TMP/serve.pid" --nbd "unix:$TMP/b.sock" disk.qcow2
 [[ $(cat serve.pid) == "$pid" ]] || die "the refused server rewrote the pidfile"
 [[ ! -e b.sock ]] || die "the refused server left its socket behind"
 
