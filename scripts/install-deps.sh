@@ -10,7 +10,7 @@ packages=(
   liblzma-dev libbz2-dev libsystemd-dev
   # run and test
   fuse3 qemu-utils libnbd-bin nbdkit fio e2fsprogs util-linux
-  gnuplot-nox zstd xz-utils bzip2 gzip python3 procps
+  gnuplot-nox zstd xz-utils bzip2 gzip python3 procps openssl man-db
 )
 
 missing=()
