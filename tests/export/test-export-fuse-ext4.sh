@@ -6,7 +6,7 @@
 . "$(dirname "$0")/../common/lib.sh"
 . "$(dirname "$0")/serve.sh"
 require_root
-require losetup mkfs.ext4 fsck.ext4 mount umount qemu-img
+require losetup mkfs.ext4 fsck.ext4 mount umount fstrim qemu-img python3
 [[ -c /dev/fuse ]] || skip "no /dev/fuse"
 losetup -f >/dev/null 2>&1 || skip "no free loop device"
 cd "$TMP"
@@ -37,7 +37,21 @@ fsck.ext4 -f -n "$loop" >fsck.out 2>&1 || die "fsck -f found problems: $(cat fsc
 mount "$loop" mnt || die "remount failed"
 cmp payload mnt/dir/payload || die "payload differs after remount"
 [[ $(cat mnt/dir/f37) == "file 37" ]] || die "small file content lost"
-rm mnt/dir/payload && fstrim mnt 2>/dev/null || true   # discards reach the disk
+# Discards reach the image: fstrim through ext4 and the loop device becomes
+# a punch-hole fallocate on the FUSE file, a discard on the disk.  The
+# clusters that held the payload are then no longer allocated in the qcow2
+# (qemu-img map, read with -U while the server holds the image open).
+allocated() { qemu-img map -U --output=json disk.qcow2 |
+  python3 -c 'import json, sys; print(sum(e["length"] for e in json.load(sys.stdin) if e["data"]))'; }
+before=$(allocated)
+rm mnt/dir/payload
+sync   # ext4 frees the blocks only when the transaction commits
+fstrim mnt || die "fstrim failed on ext4 over the FUSE export"
+sync
+after=$(allocated)
+echo "allocated before fstrim: $before, after: $after"
+[[ $after -le $((before - (2 << 20))) ]] ||
+  die "fstrim freed only $((before - after)) bytes in the image (payload 3 MiB)"
 umount mnt
 losetup -d "$loop"
 stop_server
