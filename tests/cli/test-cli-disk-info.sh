@@ -6,7 +6,7 @@
 # ciphertext, stale data in the destination is overwritten with zeros where
 # SRC is zero, and the descriptor itself is left intact.
 . "$(dirname "$0")/../common/lib.sh"
-require python3
+require python3 qemu-img qemu-io
 cd "$TMP"
 export SLUICE_FILTER_DIR=$TMP/mods
 mkdir -m 755 mods
@@ -73,9 +73,10 @@ printf '%s' "$key" >disk.key
 # The destination image holds stale plaintext where SRC is zero: it must read
 # back as zeros afterwards.
 sluice io img.raw write -s "STALE-PLAINTEXT" 6M >/dev/null
-sluice create -q -f qcow2 src.qcow2 8M
-sluice io src.qcow2 write -s "the-secret-payload" 1M >/dev/null
-sluice io src.qcow2 write -P 0x5a 3M 64K >/dev/null
+# SRC and the expected bytes come from qemu-img/qemu-io, not from sluice.
+qemu-img create -q -f qcow2 src.qcow2 8M
+printf the-secret-payload > payload
+qemu-io -f qcow2 -c "write -s payload 1M 18" -c "write -P 0x5a 3M 64K" src.qcow2 >/dev/null
 sluice convert src.qcow2 d.disk 2>/dev/null
 assert_eq "$(head -1 d.disk)" "sluice-disk 1" "descriptor survives convert into it"
 ! grep -q the-secret-payload img.raw || die "plaintext reached the image of a crypt disk"
@@ -83,7 +84,7 @@ assert_eq "$(sluice io d.disk cat 1M 18 2>/dev/null)" "the-secret-payload" "read
 sluice io d.disk read -P 0x5a 3M 64K >/dev/null 2>&1 || die "pattern not read back through the disk"
 sluice io d.disk read -P 0 6M 4K >/dev/null 2>&1 || die "stale data where SRC is zero"
 # The whole disk equals SRC.
-sluice convert src.qcow2 expect.raw
+qemu-img convert -O raw src.qcow2 expect.raw
 sluice convert d.disk got.raw 2>/dev/null
 cmp -s expect.raw got.raw || die "disk content after convert differs from SRC"
 

@@ -102,8 +102,12 @@ qemu-img create -q -f qcow2 gone-base.qcow2 1M
 qemu-img create -q -f qcow2 -b gone-base.qcow2 -F qcow2 orphan.qcow2
 rm gone-base.qcow2
 bad orphan.qcow2 "gone-base.qcow2.*(No such file|missing)"
-# info on a single layer does not need the backing file.
-sluice info orphan.qcow2 >/dev/null 2>&1 || true
+# info on a single layer does not need the backing file (as qemu-img info):
+# it succeeds and names the missing backing file; --backing-chain needs it.
+sluice info orphan.qcow2 > orphan.txt 2>&1 || die "info on one layer opened the chain: $(cat orphan.txt)"
+qemu-img info orphan.qcow2 > orphan.ref
+cmp -s orphan.txt orphan.ref || die "info of an orphan differs from qemu-img info: $(diff orphan.txt orphan.ref)"
+expect_fail "orphan.qcow2.*gone-base.qcow2.*No such file" sluice info --backing-chain orphan.qcow2
 mkdir dir.qcow2
 bad dir.qcow2 "directory"
 : > empty.qcow2

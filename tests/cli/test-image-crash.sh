@@ -2,7 +2,8 @@
 # Issue 2, acceptance 4: a writer doing random writes, discards and flushes
 # is killed with SIGKILL at random instants, 50 rounds.  After every kill
 # qemu-img check finds no corruption (leaks are allowed), and every write
-# that completed before a completed flush reads back.  At the end
+# that completed before a completed flush reads back (through qemu-img
+# convert, and sluice convert reads the same bytes).  At the end
 # `sluice check -r leaks` leaves the image clean.
 # test-image-crash-snapshot.sh does the same on an image with an internal
 # snapshot and a persistent dirty bitmap.
@@ -27,6 +28,10 @@ for round in $(seq 1 "$rounds"); do
   rc=0; qemu-img check -q img.qcow2 >check.out 2>&1 || rc=$?
   [[ $rc -eq 0 || $rc -eq 3 ]] || die "round $round: qemu-img check exit $rc: $(cat check.out)"
   qemu-img convert -O raw img.qcow2 after.raw
+  # sluice reads the crashed image as qemu-img does.
+  sluice convert -O raw img.qcow2 after-sluice.raw ||
+    die "round $round: sluice cannot read the crashed image"
+  cmp -s after.raw after-sluice.raw || die "round $round: sluice and qemu-img read the crashed image differently"
   python3 - "$round" <<'PY' || die "round $round: durable data lost"
 import sys
 data = bytearray(open("before.raw", "rb").read())

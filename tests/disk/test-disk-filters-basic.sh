@@ -33,10 +33,12 @@ out=$(sluice io d.disk cat 4096 16 | tr -d '\0')
 python3 -c "
 f = open('mods/crypt.so', 'r+b'); f.seek(100); b = f.read(1); f.seek(100); f.write(bytes([b[0] ^ 0xff]))"
 expect_fail "crypt.*(untrusted|SHA-256)" sluice io d.disk cat 0 16
-# A module never installed is refused.
+# A module never installed is refused: by attach (the descriptor is left
+# as it was), and by open when a descriptor names it anyway.
 sluice disk create e.disk img.raw
-sluice filter attach e.disk passthru 2>/dev/null || true
-if grep -q passthru e.disk; then
-  expect_fail "passthru" sluice io e.disk cat 0 16
-fi
+cp e.disk e.orig
+expect_fail "filter passthru: not installed" sluice filter attach e.disk passthru
+cmp -s e.disk e.orig || die "a refused attach changed the descriptor"
+printf 'sluice-disk 1\nimage img.raw\nfilter passthru\n' > f.disk
+expect_fail "filter passthru: not installed.*sluice filter install" sluice io f.disk cat 0 16
 echo ok
