@@ -624,8 +624,10 @@ int main(int argc, char **argv)
   struct sl_twophase *tp = sl_twophase_create(&prm);
   struct sl_twophase_stats st;
   sl_twophase_get_stats(tp, &st);
-  printf("twophase metadata: %.1f bytes per resident block, %.2f bytes per ghost entry\n",
-         st.bytes_per_resident, st.bytes_per_ghost);
+  printf("twophase metadata: %.1f bytes per resident block, %.2f bytes per ghost entry "
+         "(%" PRIu64 " bytes allocated for %" PRIu64 " entries: the ghost holds %.2fx the cache)\n",
+         st.bytes_per_resident, st.bytes_per_ghost, st.ghost_bytes, st.ghost_entries,
+         (double)st.ghost_entries / (double)prm.capacity);
   sl_twophase_destroy(tp);
   printf("load average at end: %.2f\n", loadavg());
   for (int i = 0; i < 4; i++) {

@@ -76,6 +76,7 @@ struct sl_tp_shard {
   uint32_t *ghost;
   uint32_t ghost_mask;              /* buckets - 1 */
   uint64_t ghost_nominal;
+  size_t ghost_bytes;               /* as allocated, for the stats */
   bool fixed;
 
   _Alignas(64) pthread_mutex_t lock; /* everything below */
@@ -132,7 +133,8 @@ struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint3
   t->state = calloc(t->n, sizeof *t->state);
   t->pins = calloc(t->n, sizeof *t->pins);
   t->cold_ring = calloc(t->n, sizeof *t->cold_ring);
-  t->ghost = calloc((size_t)buckets * GHOST_WAYS, sizeof *t->ghost);
+  t->ghost_bytes = (size_t)buckets * GHOST_WAYS * sizeof *t->ghost;
+  t->ghost = calloc(1, t->ghost_bytes);
   if (!t->keys || !t->state || !t->pins || !sl_slot_index_init(&t->ix, t->n) ||
       !t->cold_ring || !t->ghost)
     goto fail;
@@ -524,11 +526,14 @@ void sl_tp_shard_get_stats(struct sl_tp_shard *t, struct sl_twophase_stats *s)
     }
   }
   s->bytes_per_resident = (double)sl_tp_shard_meta_bytes(t) / t->n;
-  s->bytes_per_ghost = (double)sizeof(uint32_t); /* buckets are bare arrays */
   s->ghost = 0;
   for (size_t i = 0; i < (size_t)(t->ghost_mask + 1) * GHOST_WAYS; i++)
     s->ghost += t->ghost[i] != 0;
-  s->ghost_bytes = (size_t)(t->ghost_mask + 1) * GHOST_WAYS * sizeof *t->ghost;
+  /* Measured, not declared: what the ghost allocation takes over what it
+   * can hold (every way of every bucket the mask can reach). */
+  s->ghost_entries = ((uint64_t)t->ghost_mask + 1) * GHOST_WAYS;
+  s->ghost_bytes = t->ghost_bytes;
+  s->bytes_per_ghost = (double)s->ghost_bytes / (double)s->ghost_entries;
   pthread_mutex_unlock(&t->lock);
 }
 

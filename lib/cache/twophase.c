@@ -228,10 +228,11 @@ void sl_twophase_get_stats(struct sl_twophase *t, struct sl_twophase_stats *s)
     s->ghost_bytes += x.ghost_bytes;
     s->cold_target += x.cold_target;
     s->ref_stores = x.ref_stores;       /* per thread, the same from every shard */
-    s->bytes_per_ghost = x.bytes_per_ghost; /* per entry, the same in every shard */
+    s->ghost_entries += x.ghost_entries;
     bytes += sl_tp_shard_meta_bytes(t->shard[i].sh);
   }
   s->bytes_per_resident = (double)bytes / t->capacity;
+  s->bytes_per_ghost = s->ghost_entries ? (double)s->ghost_bytes / (double)s->ghost_entries : 0;
 }
 
 int sl_twophase_check(struct sl_twophase *t, char *msg, size_t len)

@@ -67,9 +67,12 @@ struct sl_twophase_stats {
   uint64_t resident, cold, hot, pinned;
   uint64_t cold_target;         /* summed over shards, as are all the counts */
   double bytes_per_resident;    /* metadata per resident block */
-  double bytes_per_ghost;       /* metadata per ghost entry */
   uint64_t ghost;               /* ghost entries remembered now (a scan) */
-  uint64_t ghost_bytes;         /* the ghost's memory, all shards */
+  uint64_t ghost_entries;       /* keys the ghost can hold: every shard's buckets
+                                 * times their ways (power-of-two rounding makes
+                                 * it 1-2x ghost_fraction * capacity) */
+  uint64_t ghost_bytes;         /* what the ghost allocation takes, all shards */
+  double bytes_per_ghost;       /* ghost_bytes / ghost_entries */
 };
 
 #define SL_TWOPHASE_NONE UINT32_MAX

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <inttypes.h>
 #include <cmocka.h>
 
 #include "cache/twophase.h"
@@ -202,6 +203,53 @@ static void test_remove_and_memory(void **state)
   sl_twophase_destroy(t);
 }
 
+/* The ghost is what the stats say it is: bytes per ghost entry is what the
+ * allocation takes over the entries it can hold, the ghost can hold
+ * between ghost_fraction and twice ghost_fraction times the cache (buckets
+ * are a power of two per shard), and -- measured by behaviour -- after a
+ * long stream of misses it remembers about as many evicted keys as it can
+ * hold, never more.  A ghost allocated or sized many times too large fails
+ * here. */
+static void check_ghost_size(uint64_t cap, unsigned shards, double fraction)
+{
+  struct sl_twophase_params p = {.capacity = cap, .shards = shards,
+                                 .ghost_fraction = fraction};
+  struct sl_twophase *t = sl_twophase_create(&p);
+  assert_non_null(t);
+  struct sl_twophase_stats s;
+  sl_twophase_get_stats(t, &s);
+  double nominal = fraction * (double)cap;
+  if (s.bytes_per_ghost < 3.99 || s.bytes_per_ghost > 4.01)
+    fail_msg("%.2f bytes per ghost entry (%" PRIu64 " bytes for %" PRIu64 " entries), expected 4",
+             s.bytes_per_ghost, s.ghost_bytes, s.ghost_entries);
+  /* Per shard: at most twice its nominal share plus one bucket's rounding. */
+  if ((double)s.ghost_entries < nominal ||
+      (double)s.ghost_entries > 2 * nominal + 20.0 * SL_TWOPHASE_MAX_SHARDS)
+    fail_msg("the ghost holds %" PRIu64 " entries for a nominal %.0f", s.ghost_entries, nominal);
+  /* 5x the capacity of distinct keys: every one misses, and all but the
+   * last cap are evicted (from cold, into the ghost). */
+  const uint64_t base = 50000000, n = 5 * cap;
+  for (uint64_t k = 0; k < n; k++)
+    assert_false(sl_twophase_access(t, base + k));
+  uint64_t remembered = 0;
+  for (uint64_t k = 0; k < n; k++)
+    remembered += sl_twophase_in_ghost(t, base + k);
+  if (remembered > s.ghost_entries || (double)remembered < 0.85 * nominal)
+    fail_msg("cache %" PRIu64 " (%u shards), ghost of %" PRIu64 " entries (nominal %.0f) "
+             "remembers %" PRIu64 " evicted keys", cap, shards, s.ghost_entries, nominal,
+             remembered);
+  sl_twophase_destroy(t);
+}
+
+static void test_ghost_size(void **state)
+{
+  (void)state;
+  check_ghost_size(1000, 1, 1.0);
+  check_ghost_size(3000, 1, 0.5);
+  check_ghost_size(40000, 0, 1.0);   /* automatic shards: 8 */
+  check_ghost_size(20000, 4, 2.0);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -212,6 +260,7 @@ int main(void)
     cmocka_unit_test(test_everything_pinned),
     cmocka_unit_test(test_hit_stores_only_until_saturated),
     cmocka_unit_test(test_remove_and_memory),
+    cmocka_unit_test(test_ghost_size),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
