@@ -1,5 +1,7 @@
 /* Throughput of the twophase cache structure against lock-based
- * comparators (LRU, CLOCK, S3-FIFO behind one mutex), in one harness, at
+ * comparators (LRU, CLOCK, S3-FIFO behind one mutex), and against two that
+ * are built like twophase -- a sharded LRU and a sharded CLOCK whose hits
+ * take no lock, both with twophase's shard count -- in one harness, at
  * 1, 2 and 4 threads, on three workloads:
  *   a  all hits: Zipf(1.0) keys over a footprint that fits in the cache;
  *   b  Zipf(1.0) keys, cache of 10% of the footprint;
@@ -10,8 +12,9 @@
  * plus the metadata bytes per resident block and per ghost entry of
  * twophase.
  *   cache-bench [--seconds S] [--reps N] [--footprint N] [--keys N]
- *               [--workloads abc] [--policies 0123] [--pin]
- * (policies: 0 twophase, 1 LRU, 2 CLOCK, 3 S3-FIFO; --pin binds worker i
+ *               [--workloads abc] [--policies 012345] [--pin]
+ * (policies: 0 twophase, 1 LRU, 2 CLOCK, 3 S3-FIFO, 4 sharded LRU, 5 sharded
+ * CLOCK with lock-free hits; --pin binds worker i
  * to CPU i modulo the CPU count, so that the scheduler cannot move a lone
  * worker between cores and cool its private caches mid-run) */
 #include <inttypes.h>
@@ -76,6 +79,7 @@ struct locked {
   /* LRU: doubly linked list by slot; CLOCK/S3-FIFO: ring + bits. */
   uint32_t *prev, *next, head, tail;
   uint8_t *ref;
+  _Atomic uint8_t *aref;  /* CLOCK with lock-free hits: set without the lock */
   uint32_t hand;
   /* S3-FIFO: small FIFO ring of slots, main ring by slot, ghost FIFO of
    * keys indexed by ring position. */
@@ -88,9 +92,11 @@ struct locked {
   uint64_t ghost_pos, ghost_cap;
 };
 
-enum policy { P_TWOPHASE, P_LRU, P_CLOCK, P_S3FIFO, P_COUNT };
+enum policy { P_TWOPHASE, P_LRU, P_CLOCK, P_S3FIFO, P_SLRU, P_CLOCKLF, P_COUNT };
 static const char *const policy_names[] = {"twophase", "LRU (global lock)",
-                                           "CLOCK (global lock)", "S3-FIFO (global lock)"};
+                                           "CLOCK (global lock)", "S3-FIFO (global lock)",
+                                           "LRU (sharded locks)",
+                                           "CLOCK (sharded, lock-free hits)"};
 
 static void locked_init(struct locked *c, uint64_t cap)
 {
@@ -109,6 +115,7 @@ static void locked_init(struct locked *c, uint64_t cap)
   c->prev = calloc(cap, sizeof *c->prev);
   c->next = calloc(cap, sizeof *c->next);
   c->ref = calloc(cap, 1);
+  c->aref = calloc(cap, sizeof *c->aref);
   c->in_small = calloc(cap, 1);
   c->small = calloc(cap, sizeof *c->small);
   c->small_cap = cap / 10 ? cap / 10 : 1;
@@ -125,6 +132,7 @@ static void locked_free(struct locked *c)
   sl_slot_index_fini(&c->ix);
   sl_slot_index_fini(&c->ghost);
   free(c->key); free(c->prev); free(c->next); free(c->ref); free(c->in_small);
+  free((void *)c->aref);
   free(c->small); free(c->ghost_keys); free(c->ghost_live);
   pthread_mutex_destroy(&c->lock);
 }
@@ -196,6 +204,56 @@ static bool clock_access(struct locked *c, uint64_t key)
   }
   pthread_mutex_unlock(&c->lock);
   return hit;
+}
+
+/* CLOCK as twophase serves a hit: an index lookup without the lock (the
+ * index's readers are lock-free, slot-index.h) and one relaxed store of the
+ * reference bit, skipped when it is already set; only a miss takes the
+ * lock, and looks again under it. */
+static bool clocklf_access(struct locked *c, uint64_t key)
+{
+  uint32_t s = ix_get(&c->ix, c->key, key);
+  if (s != SL_SLOT_INDEX_NONE) {
+    if (!atomic_load_explicit(&c->aref[s], memory_order_relaxed))
+      atomic_store_explicit(&c->aref[s], 1, memory_order_relaxed);
+    return true;
+  }
+  pthread_mutex_lock(&c->lock);
+  s = ix_get(&c->ix, c->key, key);
+  bool hit = s != SL_SLOT_INDEX_NONE;
+  if (hit) {
+    atomic_store_explicit(&c->aref[s], 1, memory_order_relaxed);
+  } else {
+    uint32_t slot = fresh_slot(c);
+    if (slot == UINT32_MAX) {
+      while (atomic_load_explicit(&c->aref[c->hand], memory_order_relaxed)) {
+        atomic_store_explicit(&c->aref[c->hand], 0, memory_order_relaxed);
+        c->hand = (uint32_t)((c->hand + 1) % c->cap);
+      }
+      slot = c->hand;
+      c->hand = (uint32_t)((c->hand + 1) % c->cap);
+      ix_del(&c->ix, c->key, get_key(c->key, slot));
+    }
+    set_key(c->key, slot, key);
+    atomic_store_explicit(&c->aref[slot], 0, memory_order_relaxed);
+    ix_put(&c->ix, key, slot);
+  }
+  pthread_mutex_unlock(&c->lock);
+  return hit;
+}
+
+/* The sharded comparators: SHARDS independent structures, each with its
+ * own lock and an equal share of the capacity, the key's shard chosen as
+ * twophase chooses it (multiplicative hash scaled into [0, shards)). */
+struct sharded {
+  unsigned n;
+  struct locked *sh;
+};
+
+static struct locked *shard_for(struct sharded *s, uint64_t key)
+{
+  uint32_t h = (uint32_t)((key * 0x9e3779b97f4a7c15ull) >> 32);
+  return &s->sh[((uint64_t)h * s->n) >> 32];
 }
 
 /* S3-FIFO (threshold 1): small FIFO 10%, main CLOCK with 2-bit counters,
@@ -303,6 +361,7 @@ struct worker {
   _Alignas(64) enum policy p; /* each worker on its own cache lines */
   struct sl_twophase *tp;
   struct locked *lk;
+  struct sharded *sd;
   int cpu_index; /* -1: let the scheduler place this worker */
   const uint64_t *keys;
   uint64_t nkeys;
@@ -320,23 +379,26 @@ static double now(clockid_t clk)
 }
 
 static inline bool access_one(enum policy p, struct sl_twophase *tp, struct locked *lk,
-                              uint64_t k)
+                              struct sharded *sd, uint64_t k)
 {
   switch (p) {
   case P_TWOPHASE: return sl_twophase_access(tp, k);
   case P_LRU: return lru_access(lk, k);
   case P_CLOCK: return clock_access(lk, k);
+  case P_SLRU: return lru_access(shard_for(sd, k), k);
+  case P_CLOCKLF: return clocklf_access(shard_for(sd, k), k);
   default: return s3_access(lk, k);
   }
 }
 
 /* COUNT keys of the stream, wrapping; the hit count. */
 static uint64_t replay(enum policy p, struct sl_twophase *tp, struct locked *lk,
-                       const uint64_t *keys, uint64_t nkeys, uint64_t *pos, uint64_t count)
+                       struct sharded *sd, const uint64_t *keys, uint64_t nkeys,
+                       uint64_t *pos, uint64_t count)
 {
   uint64_t hits = 0, i = *pos;
   for (uint64_t n = 0; n < count; n++) {
-    hits += access_one(p, tp, lk, keys[i]);
+    hits += access_one(p, tp, lk, sd, keys[i]);
     if (++i == nkeys)
       i = 0;
   }
@@ -350,6 +412,7 @@ static void *worker_main(void *opaque)
   enum policy p = w->p;
   struct sl_twophase *tp = w->tp;
   struct locked *lk = w->lk;
+  struct sharded *sd = w->sd;
   uint64_t ops = 0, hits = 0, pos = 0;
   if (w->cpu_index >= 0) {
     cpu_set_t set;
@@ -360,7 +423,7 @@ static void *worker_main(void *opaque)
   pthread_barrier_wait(w->start);
   double cpu0 = now(CLOCK_THREAD_CPUTIME_ID);
   while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
-    hits += replay(p, tp, lk, w->keys, w->nkeys, &pos, 1024);
+    hits += replay(p, tp, lk, sd, w->keys, w->nkeys, &pos, 1024);
     ops += 1024;
   }
   w->end = now(CLOCK_MONOTONIC);
@@ -404,6 +467,20 @@ static double *zipf_cdf(uint64_t n)
   return cdf;
 }
 
+/* The shard count twophase picks for CAP blocks: the sharded comparators
+ * use the same, so that they and twophase spread misses over as many
+ * locks. */
+static unsigned twophase_shards(uint64_t cap)
+{
+  struct sl_twophase_params prm = {.capacity = cap};
+  struct sl_twophase *tp = sl_twophase_create(&prm);
+  if (!tp)
+    abort();
+  unsigned n = sl_twophase_shard_count(tp);
+  sl_twophase_destroy(tp);
+  return n;
+}
+
 enum warm { WARM_NONE, WARM_ALL, WARM_ONE };
 
 struct cell {
@@ -419,11 +496,22 @@ static struct cell measure(enum policy p, uint64_t cap, int threads, uint64_t **
 {
   struct sl_twophase *tp = NULL;
   struct locked *lk = NULL;
+  struct sharded *sd = NULL;
   if (p == P_TWOPHASE) {
     struct sl_twophase_params prm = {.capacity = cap};
     tp = sl_twophase_create(&prm);
     if (!tp)
       abort();
+  } else if (p == P_SLRU || p == P_CLOCKLF) {
+    sd = malloc(sizeof *sd);
+    if (!sd)
+      abort();
+    sd->n = twophase_shards(cap);
+    sd->sh = calloc(sd->n, sizeof *sd->sh);
+    if (!sd->sh)
+      abort();
+    for (unsigned i = 0; i < sd->n; i++) /* sizes differ by at most one */
+      locked_init(&sd->sh[i], cap / sd->n + (i < cap % sd->n));
   } else {
     lk = malloc(sizeof *lk);
     if (!lk)
@@ -435,7 +523,7 @@ static struct cell measure(enum policy p, uint64_t cap, int threads, uint64_t **
   int warm_streams = warm == WARM_ALL ? threads : warm == WARM_ONE ? 1 : 0;
   for (int i = 0; i < warm_streams; i++) {
     uint64_t pos = 0;
-    replay(p, tp, lk, keys[i], nkeys, &pos, nkeys);
+    replay(p, tp, lk, sd, keys[i], nkeys, &pos, nkeys);
   }
   struct worker *w = aligned_alloc(64, sizeof *w * (size_t)threads);
   pthread_t tid[8];
@@ -444,7 +532,7 @@ static struct cell measure(enum policy p, uint64_t cap, int threads, uint64_t **
   pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
   int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
   for (int i = 0; i < threads; i++) {
-    w[i] = (struct worker){.p = p, .tp = tp, .lk = lk, .keys = keys[i], .nkeys = nkeys,
+    w[i] = (struct worker){.p = p, .tp = tp, .lk = lk, .sd = sd, .keys = keys[i], .nkeys = nkeys,
                            .cpu_index = pin_workers && ncpu > 0 ? i % ncpu : -1,
                            .start = &start, .stop = &stop};
     if (pthread_create(&tid[i], NULL, worker_main, &w[i]) != 0)
@@ -472,6 +560,12 @@ static struct cell measure(enum policy p, uint64_t cap, int threads, uint64_t **
   if (lk) {
     locked_free(lk);
     free(lk);
+  }
+  if (sd) {
+    for (unsigned i = 0; i < sd->n; i++)
+      locked_free(&sd->sh[i]);
+    free(sd->sh);
+    free(sd);
   }
   return (struct cell){.mops = (double)ops / (end - t0) / 1e6,
                        .cpu_ns = cpu * 1e9 / (double)ops,
@@ -510,7 +604,7 @@ static double loadavg(void)
 static void usage(void)
 {
   fprintf(stderr, "usage: cache-bench [--seconds S] [--reps N] [--footprint N] [--keys N]\n"
-                  "                   [--workloads abc] [--policies 0123] [--pin]\n");
+                  "                   [--workloads abc] [--policies 012345] [--pin]\n");
   exit(2);
 }
 
@@ -519,7 +613,7 @@ int main(int argc, char **argv)
   uint64_t footprint = 1 << 20, nkeys = 2 << 20;
   double seconds = 0.5;
   int reps = 3;
-  const char *workloads = "abc", *policies = "0123";
+  const char *workloads = "abc", *policies = "012345";
   for (int i = 1; i < argc; i += 2) {
     if (strcmp(argv[i], "--pin") == 0) {
       pin_workers = true;
@@ -568,7 +662,8 @@ int main(int argc, char **argv)
   printf("| workload | policy | 1 thread | 2 threads | 4 threads | 2T/1T "
          "| CPU ns/op 1T | 2T | hit ratio | load |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|\n");
-  double lru2[3] = {0}, tp2[3] = {0}, tp_scale_a = 0;
+  double lru2[3] = {0}, tp2[3] = {0}, like2[3] = {0}, tp_scale_a = 0;
+  int like_best[3] = {-1, -1, -1};
   for (int wi = 0; wi < 3; wi++) {
     if (!strchr(workloads, work[wi].id))
       continue;
@@ -604,6 +699,8 @@ int main(int argc, char **argv)
         continue;
       struct cell *b = best[p];
       if (p == P_LRU) lru2[wi] = b[1].mops;
+      if ((p == P_SLRU || p == P_CLOCKLF) && b[1].mops > like2[wi])
+        like2[wi] = b[1].mops, like_best[wi] = p;
       if (p == P_TWOPHASE) tp2[wi] = b[1].mops;
       double scale = median(pair_ratio[p], reps);
       if (p == P_TWOPHASE && wi == 0) tp_scale_a = scale;
@@ -619,6 +716,13 @@ int main(int argc, char **argv)
   printf("twophase / global-lock LRU at 2 threads: a %.2fx, b %.2fx, c %.2fx "
          "(goal: b >= 2x)\n", lru2[0] ? tp2[0] / lru2[0] : 0, lru2[1] ? tp2[1] / lru2[1] : 0,
          lru2[2] ? tp2[2] / lru2[2] : 0);
+  printf("twophase / best sharded comparator at 2 threads (like for like: the same shard "
+         "count, lock-free hits for CLOCK):");
+  for (int wi = 0; wi < 3; wi++)
+    printf(" %c %.2fx%s%s%s", 'a' + wi, like2[wi] ? tp2[wi] / like2[wi] : 0,
+           like_best[wi] >= 0 ? " (vs " : "", like_best[wi] >= 0 ? policy_names[like_best[wi]] : "",
+           like_best[wi] >= 0 ? ")" : "");
+  printf(" (goal: b >= 2x)\n");
   printf("twophase a, 2 threads / 1 thread: %.2fx (goal: >= 1.6x)\n", tp_scale_a);
   struct sl_twophase_params prm = {.capacity = footprint / 10};
   struct sl_twophase *tp = sl_twophase_create(&prm);

@@ -207,6 +207,11 @@ uint32_t sl_twophase_test_hand_step(struct sl_twophase *t, uint64_t *evicted,
   return s == NONE ? NONE : r->base + s;
 }
 
+unsigned sl_twophase_shard_count(const struct sl_twophase *t)
+{
+  return t->nshards;
+}
+
 void sl_twophase_get_stats(struct sl_twophase *t, struct sl_twophase_stats *s)
 {
   memset(s, 0, sizeof *s);

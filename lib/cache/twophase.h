@@ -117,6 +117,9 @@ bool sl_twophase_in_ghost(struct sl_twophase *t, uint64_t key);
 uint32_t sl_twophase_test_hand_step(struct sl_twophase *t, uint64_t *evicted,
                                     bool *did_evict);
 
+/* How many shards (each with its own eviction lock) T was built with. */
+unsigned sl_twophase_shard_count(const struct sl_twophase *t);
+
 /* Counts are summed over the shards, each read under its own lock, one
  * shard after the other (a consistent total only when T is idle). */
 void sl_twophase_get_stats(struct sl_twophase *t, struct sl_twophase_stats *s);
