@@ -7,6 +7,13 @@ set -euo pipefail
 : "${SLUICE:?run through meson test, or set SLUICE=build/sluice}"
 SRCDIR=${SRCDIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 TEST_NAME=$(basename "$0" .sh)
+# The shared traces sit beside the main checkout (/work/shared beside
+# /work/main); a git worktree elsewhere finds them beside its main tree.
+if [[ -n ${SHARED:-} && ! -d $SHARED ]]; then
+  _common=$(git -C "$SRCDIR" rev-parse --path-format=absolute --git-common-dir 2>/dev/null || true)
+  [[ -n $_common && -d $(dirname "$_common")/../shared ]] &&
+    SHARED=$(cd "$(dirname "$_common")/../shared" && pwd)
+fi
 TMP=$(mktemp -d "/tmp/$TEST_NAME.XXXXXX")
 
 _cleanups=()
