@@ -3,8 +3,14 @@
 # the same image and machine, in the same run (issue 5).  Servers are
 # measured alternately, best of ROUNDS, and reported with ratios:
 #   sluice (qcow2) / qemu-nbd (qcow2) and sluice (raw) / nbdkit file (raw).
+# sluice also runs with polling off (--poll-us 0): by default its reader
+# polls for up to 64 us after a lone request, which buys depth-1 latency
+# with CPU the peers do not spend.  So every server's CPU time (user +
+# system, all threads, from /proc/PID/stat) is measured over each job and
+# reported as CPU seconds per million requests.
 #   bench/nbd/run.sh [--quick]       (--quick: 64 MiB image, 2 s per job)
-# Prints IOPS and throughput per server and line, and the two ratios.
+# Prints IOPS and throughput per server and line, the ratios, and a second
+# table of CPU seconds per million requests.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -33,31 +39,44 @@ start() { # NAME SOCK COMMAND...: start a server, wait for its socket
   rm -f "$sock"
   "$@" >/dev/null 2>&1 &
   pids+=($!)
+  server_pid=$!
   for _ in $(seq 100); do [[ -S $sock ]] && return 0; sleep 0.05; done
   echo "server did not start: $*" >&2; exit 1
 }
 stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
 
-job() { # URI RW BS DEPTH -> IOPS
-  local out
+cpu_ticks() { # PID: user + system clock ticks of all its threads so far
+  awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+job() { # URI RW BS DEPTH -> "IOPS CPU-SECONDS-PER-MILLION-REQUESTS" of server_pid
+  local out c0 c1
   # Every job starts with both images in the page cache: this kernel
   # reclaims cold page cache proactively (DAMON), and no server's job
   # should pay for reading back what was evicted during an earlier one.
   cat "$dir/disk.raw" "$dir/disk.qcow2" >/dev/null
+  c0=$(cpu_ticks "$server_pid")
   out=$(fio --name=j --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
         --size="$size" --runtime="$runtime" --time_based --group_reporting \
         --output-format=json 2>"$dir/fio.err") || { cat "$dir/fio.err" >&2; exit 1; }
+  c1=$(cpu_ticks "$server_pid")
   python3 -c "
-import json,sys; s=sys.argv[1]; d=json.loads(s[s.index('{'):])['jobs'][0]
-print(round(d['read']['iops'] + d['write']['iops']))" "$out"
+import json, os, sys; s=sys.argv[1]; d=json.loads(s[s.index('{'):])['jobs'][0]
+ios = d['read']['total_ios'] + d['write']['total_ios']
+cpu = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf('SC_CLK_TCK')
+print(round(d['read']['iops'] + d['write']['iops']), '%.3f' % (cpu / max(ios, 1) * 1e6))" "$out" "$c0" "$c1"
 }
 
-servers=(sluice-qcow2 qemu-nbd sluice-raw nbdkit)
+servers=(sluice-qcow2 sluice-qcow2-nopoll qemu-nbd sluice-raw sluice-raw-nopoll nbdkit)
 launch() {
   local s=$dir/$1.sock
   case $1 in
     sluice-qcow2) start "$1" "$s" "$root/build/sluice" serve --nbd "unix:$s" "$dir/disk.qcow2" ;;
     sluice-raw) start "$1" "$s" "$root/build/sluice" serve --nbd "unix:$s" "$dir/disk.raw" ;;
+    sluice-qcow2-nopoll) start "$1" "$s" "$root/build/sluice" serve --poll-us 0 --nbd "unix:$s" \
+                           "$dir/disk.qcow2" ;;
+    sluice-raw-nopoll) start "$1" "$s" "$root/build/sluice" serve --poll-us 0 --nbd "unix:$s" \
+                         "$dir/disk.raw" ;;
     qemu-nbd) start "$1" "$s" qemu-nbd -k "$s" -f qcow2 --cache=writeback --aio=threads \
                 -e 4 -t "$dir/disk.qcow2" ;;
     nbdkit) start "$1" "$s" nbdkit -f -U "$s" file "$dir/disk.raw" ;;
@@ -67,29 +86,50 @@ launch() {
 
 lines=("4K random read, depth 1|randread|4k|1" "4K random read, depth 32|randread|4k|32"
        "4K random write, depth 32|randwrite|4k|32" "1M sequential read, depth 4|read|1M|4")
-declare -A best
+declare -A best cpu
 for ((r = 0; r < rounds; r++)); do
   for l in "${lines[@]}"; do
     IFS='|' read -r name rw bs depth <<<"$l"
     for s in "${servers[@]}"; do
       launch "$s"
-      v=$(job "$uri" "$rw" "$bs" "$depth")
+      out=$(job "$uri" "$rw" "$bs" "$depth")
+      read -r v c <<<"$out"
       stop_all
       key="$name|$s"
       [[ ${best[$key]:-0} -ge $v ]] || best[$key]=$v
+      # The least CPU per request over the rounds, like the best IOPS.
+      if [[ -z ${cpu[$key]:-} ]] || python3 -c "import sys; sys.exit(not $c < ${cpu[$key]})"; then
+        cpu[$key]=$c
+      fi
     done
   done
 done
 
-echo "| line | sluice qcow2 | qemu-nbd qcow2 | ratio | sluice raw | nbdkit file | ratio |"
-echo "|---|---|---|---|---|---|---|"
+echo "| line | sluice qcow2 | qemu-nbd qcow2 | ratio | sluice raw | nbdkit file | ratio | sluice qcow2 --poll-us 0 | ratio | sluice raw --poll-us 0 | ratio |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for l in "${lines[@]}"; do
   IFS='|' read -r name rw bs depth <<<"$l"
   a=${best["$name|sluice-qcow2"]} b=${best["$name|qemu-nbd"]}
   c=${best["$name|sluice-raw"]} d=${best["$name|nbdkit"]}
+  e=${best["$name|sluice-qcow2-nopoll"]} f=${best["$name|sluice-raw-nopoll"]}
   python3 -c "
-a,b,c,d=$a,$b,$c,$d
+a,b,c,d,e,f=$a,$b,$c,$d,$e,$f
 bs={'4k': 4096, '1M': 1 << 20}['$bs']
 def cell(v): return '%d IOPS, %.1f MiB/s' % (v, v * bs / 1048576)
-print('| $name | %s | %s | %.2fx | %s | %s | %.2fx |' % (cell(a), cell(b), a/max(b,1), cell(c), cell(d), c/max(d,1)))"
+print('| $name | %s | %s | %.2fx | %s | %s | %.2fx | %s | %.2fx | %s | %.2fx |' % (cell(a), cell(b), a/max(b,1), cell(c), cell(d), c/max(d,1), cell(e), e/max(b,1), cell(f), f/max(d,1)))"
 done
+echo
+echo "CPU seconds per million requests (server process, user + system; least over $rounds rounds):"
+echo
+echo "| line | sluice qcow2 | sluice qcow2 --poll-us 0 | qemu-nbd qcow2 | sluice raw | sluice raw --poll-us 0 | nbdkit file |"
+echo "|---|---|---|---|---|---|---|"
+for l in "${lines[@]}"; do
+  IFS='|' read -r name rw bs depth <<<"$l"
+  row="| $name"
+  for s in sluice-qcow2 sluice-qcow2-nopoll qemu-nbd sluice-raw sluice-raw-nopoll nbdkit; do
+    row+=" | ${cpu["$name|$s"]}"
+  done
+  echo "$row |"
+done
+echo
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
