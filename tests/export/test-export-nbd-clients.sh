@@ -52,9 +52,15 @@ for name, a, b in (("base:allocation", n_alloc, q_alloc), ("qemu:allocation-dept
     bad = [i for i in range(len(a)) if a[i] != b[i]]
     assert not bad, "%s: block %d: nbd %s, qemu-img map %s" % (name, bad[0], a[bad[0]], b[bad[0]])
 PY
-# Writes are refused on a read-only export.
+# Writes are refused on a read-only export, and the export says it is
+# read-only in the handshake (so clients need not try).
 if qemu-io -f raw -c "write 0 512" "$uri" >out 2>&1; then die "write accepted on a read-only export"; fi
+nbdinfo --json "$uri" | python3 -c '
+import json, sys; e = json.load(sys.stdin)["exports"][0]
+assert e["is_read_only"] is True, e' || die "a --read-only export does not advertise NBD_FLAG_READ_ONLY"
 stop_server
+qemu-img convert -O raw top.qcow2 after.raw
+cmp -s after.raw ref.raw || die "the read-only export's image changed"
 
 # --- a writable qcow2, through qemu-io and fio ----------------------------
 qemu-img create -q -f qcow2 rw.qcow2 64M

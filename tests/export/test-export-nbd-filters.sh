@@ -54,6 +54,17 @@ start_server c.sock --read-only --at crypt d.disk
 qemu-img compare -q -f raw -F raw "$uri" img.raw || die "--at crypt does not serve the image as stored"
 stop_server
 
+# --- a failing read reaches the NBD client as an error, not as data --------
+sluice filter install "$BUILDDIR/filters/fault.so" >/dev/null
+sluice create -q -f raw f.raw 4M
+start_server e.sock --filter fault:op=read,start=1M,end=2M,error=EIO,prob=1 f.raw
+qemu-io -f raw -c "read 0 64k" "$uri" >/dev/null || die "a read outside the faulty range failed"
+if qemu-io -f raw -c "read 1M 4k" "$uri" >eio.out 2>&1; then
+  die "a read that failed below the export was answered as data: $(cat eio.out)"
+fi
+grep -q "Input/output error" eio.out || die "the read error is not EIO: $(cat eio.out)"
+stop_server
+
 # An unknown --at names the problem and fails.
 expect_fail "no filter 'nope'" sluice serve --nbd "unix:$TMP/x.sock" --at nope d.disk
 echo ok

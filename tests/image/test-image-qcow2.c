@@ -823,6 +823,80 @@ static int teardown(void **state)
   return 0;
 }
 
+/* The image API itself refuses I/O past the end and writes to a layer
+ * opened read-only (the disk layer checks too, but tools and the daemon
+ * call the image API directly), leaving the file as it was; and a layer's
+ * identity tells two files apart even when their size and modification
+ * time agree, and changes when a read-only layer is modified. */
+static void test_range_read_only_identity(void **state)
+{
+  (void)state;
+  static const enum sl_format fmts[] = {SL_FORMAT_QCOW2, SL_FORMAT_RAW};
+  for (size_t f = 0; f < 2; f++) {
+    const char *p = path_in(fmts[f] == SL_FORMAT_RAW ? "rng.raw" : "rng.qcow2");
+    struct sl_image_create_opts co = {.format = fmts[f], .size = 1 << 20,
+                                      .cluster_size = 65536};
+    assert_int_equal(sl_image_create(p, &co), 0);
+    struct sl_image *im;
+    assert_int_equal(sl_image_open(p, NULL, &im), 0);
+    char buf[4096];
+    memset(buf, 0x5a, sizeof buf);
+    assert_int_equal(sl_image_pwrite(im, buf, sizeof buf, 0, 0), 0);
+    assert_int_equal(sl_image_pwrite(im, buf, sizeof buf, (1 << 20) - 2048, 0), -EINVAL);
+    assert_non_null(strstr(sl_last_error(), "beyond the end"));
+    assert_int_equal(sl_image_pread(im, buf, sizeof buf, (1 << 20) - 2048), -EINVAL);
+    assert_int_equal(sl_image_pread(im, buf, 1, 1 << 20), -EINVAL);
+    assert_int_equal(sl_image_pread(im, buf, 16, UINT64_MAX - 8), -EINVAL);
+    assert_int_equal(sl_image_close(im), 0);
+    struct stat before;
+    assert_int_equal(stat(p, &before), 0);
+    size_t len0;
+    uint8_t *bytes0 = read_file(p, &len0);
+    struct sl_image_open_opts ro = {.read_only = true};
+    assert_int_equal(sl_image_open(p, &ro, &im), 0);
+    memset(buf, 0x11, sizeof buf);
+    assert_int_equal(sl_image_pwrite(im, buf, sizeof buf, 0, 0), -EROFS);
+    assert_int_equal(sl_image_write_zeroes(im, 0, 65536, 0), -EROFS);
+    assert_int_equal(sl_image_discard(im, 0, 65536), -EROFS);
+    assert_int_equal(sl_image_pread(im, buf, sizeof buf, 0), 0);
+    assert_int_equal(buf[0], 0x5a);
+    assert_int_equal(sl_image_close(im), 0);
+    size_t len1;
+    uint8_t *bytes1 = read_file(p, &len1);
+    assert_int_equal(len0, len1);
+    assert_memory_equal(bytes0, bytes1, len0);
+    free(bytes0);
+    free(bytes1);
+  }
+
+  /* Two raw files of the same size and mtime: only the inode differs. */
+  const char *a = path_in("id-a.raw"), *b = path_in("id-b.raw");
+  struct sl_image_create_opts co = {.format = SL_FORMAT_RAW, .size = 65536};
+  assert_int_equal(sl_image_create(a, &co), 0);
+  assert_int_equal(sl_image_create(b, &co), 0);
+  assert_int_equal(sh("touch -r '%s' '%s'", a, b), 0);
+  struct sl_image_open_opts ro = {.format = SL_FORMAT_RAW, .read_only = true};
+  struct sl_image *ia, *ib, *ia2;
+  assert_int_equal(sl_image_open(a, &ro, &ia), 0);
+  assert_int_equal(sl_image_open(b, &ro, &ib), 0);
+  assert_int_equal(sl_image_open(a, &ro, &ia2), 0);
+  struct sl_layer_id ida, idb, ida2;
+  assert_int_equal(sl_image_layer_id(ia, &ida), 0);
+  assert_int_equal(sl_image_layer_id(ib, &idb), 0);
+  assert_int_equal(sl_image_layer_id(ia2, &ida2), 0);
+  assert_true(ida.size == idb.size && ida.mtime_ns == idb.mtime_ns);
+  assert_true(memcmp(&ida, &idb, sizeof ida) != 0);   /* different files */
+  assert_memory_equal(&ida, &ida2, sizeof ida);        /* the same file */
+  /* A modified read-only layer gets a new identity. */
+  assert_int_equal(sh("touch -d '2001-01-01' '%s'", a), 0);
+  struct sl_layer_id ida3;
+  assert_int_equal(sl_image_layer_id(ia, &ida3), 0);
+  assert_true(memcmp(&ida, &ida3, sizeof ida) != 0);
+  sl_image_close(ia);
+  sl_image_close(ib);
+  sl_image_close(ia2);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -838,6 +912,7 @@ int main(void)
     cmocka_unit_test(test_zero_fill_reused_cluster),
     cmocka_unit_test(test_check_agrees_with_qemu),
     cmocka_unit_test(test_feature_bits),
+    cmocka_unit_test(test_range_read_only_identity),
   };
   int failed = cmocka_run_group_tests(tests, setup, teardown);
   if (failed == 0 && n_skipped > 0) {
