@@ -128,6 +128,13 @@ M = [
   "filters/crypt/crypt.c",
   [("  else\n    pthread_rwlock_wrlock(&c->rmw);\n", "  else\n    pthread_rwlock_rdlock(&c->rmw);\n")],
   ["test-disk-stack-threads"]),
+ ("image-lock-not-taken", "a writer does not publish its permission lock bytes (QEMU cannot see it)",
+  "lib/image/lock.c",
+  [("racing, at least one sees the other. */\n  for (int i = 0; i < SL_PERM_BITS; i++) {\n"
+    "    int r = 0;\n    if (perm & (1u << i))\n      r = lock_byte(fd, LOCK_PERM_BASE + i);\n",
+    "racing, at least one sees the other. */\n  for (int i = 0; i < SL_PERM_BITS; i++) {\n"
+    "    int r = 0;\n    if (perm & (1u << i))\n      r = 0;\n")],
+  ["test-image-locking"]),
  ("throttle-no-wait", "throttle never delays a request", "filters/throttle/throttle.c",
   [("  if (wait)\n    fu_sleep_ns(wait);\n", "  (void)wait;\n")],
   ["test-filter-throttle-limit"]),
