@@ -9,7 +9,8 @@
  *    bitmap directory are parsed and checked with QEMU's constraints.
  *    The extension is trusted only while autoclear bit 0 is set (the
  *    spec: a program that does not know bitmaps clears it on its first
- *    writable open, and the bitmaps then count as inconsistent).
+ *    writable open, and the bitmaps then count as inconsistent); a
+ *    writable open then removes the extension, as QEMU does.
  *  - writable open: every bitmap not already IN_USE is loaded into memory
  *    and marked IN_USE in the directory, which is written and synced
  *    before the first guest write.  A crash from then on leaves the
@@ -356,6 +357,50 @@ static int header_sync(struct qcow2_state *s)
   return r == 0 ? qcow2_sync(s) : r;
 }
 
+/* Remove the bitmaps extension from the header, as QEMU does on a
+ * writable open when autoclear bit 0 is clear: the extensions after it
+ * move up over it, in one write of the extension area.  Its clusters are
+ * left to `check -r leaks`. */
+static int drop_bitmap_ext(struct qcow2_state *s)
+{
+  const char *fn = s->img->filename;
+  uint64_t fsize = qcow2_file_size(s);
+  size_t clen = (size_t)SL_MIN(s->cluster_size, fsize);
+  size_t limit = s->backing_file_offset
+                     ? (size_t)SL_MIN(s->backing_file_offset, clen) : clen;
+  size_t start = s->bitmap_ext_pos - 8;
+  CLEANUP_FREE uint8_t *c = malloc(clen);
+  if (!c)
+    return sl_error(ENOMEM, "%s: out of memory", fn);
+  int r = qcow2_io_read(s, c, clen, 0);
+  if (r < 0)
+    return r;
+  if (start + 8 > limit || qcow2_be32(c + start) != QCOW2_EXT_BITMAPS)
+    return sl_error(EIO, "%s: the bitmaps extension moved under us", fn);
+  size_t total = 8 + SL_ROUND_UP((size_t)qcow2_be32(c + start + 4), 8);
+  size_t end = s->header_length;
+  while (end + 8 <= limit) {
+    uint32_t type = qcow2_be32(c + end), len = qcow2_be32(c + end + 4);
+    if (type == QCOW2_EXT_END) {
+      end += 8;
+      break;
+    }
+    end += 8 + SL_ROUND_UP((size_t)len, 8);
+  }
+  end = SL_MIN(end, limit);
+  if (start + total > end)
+    return sl_error(EIO, "%s: the bitmaps extension runs past the header "
+                    "extensions", fn);
+  memmove(c + start, c + start + total, end - start - total);
+  memset(c + end - total, 0, total);
+  r = qcow2_io_write(s, c + start, end - start, start);
+  if (r == 0)
+    r = qcow2_sync(s);
+  if (r == 0)
+    s->bitmap_ext = false;
+  return r;
+}
+
 int qcow2_bitmaps_open_rw(struct qcow2_state *s)
 {
   const char *fn = s->img->filename;
@@ -371,6 +416,11 @@ int qcow2_bitmaps_open_rw(struct qcow2_state *s)
   if (keep != s->autoclear) {
     s->autoclear = keep;
     r = header_sync(s);
+    if (r < 0)
+      return r;
+  }
+  if (s->bitmap_ext && !(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS)) {
+    r = drop_bitmap_ext(s);
     if (r < 0)
       return r;
   }
