@@ -675,6 +675,11 @@ static void op_invalidate(struct sd_server *srv, struct conn *c, const struct sl
 static void op_drop(struct sd_server *srv, struct conn *c, const struct sl_cs_request *r)
 {
   struct sd_layer *l = NULL;
+  if ((r->u.drop->flags & SL_CS_DROP_ALL) && c->uid != 0) {
+    /* Every client's blocks, private ones included: the host's to decide. */
+    reply_error(srv, c, r->hdr.op, r->hdr.id, -EPERM, "dropping every layer needs root");
+    return;
+  }
   if (!(r->u.drop->flags & SL_CS_DROP_ALL)) {
     l = layer_ref(c, r->u.drop->layer);
     if (!l) {

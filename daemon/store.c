@@ -282,6 +282,17 @@ struct sd_layer *sd_layer_register(struct sd_store *s, int fd, bool private_,
     *err = sl_error(EINVAL, "layer descriptor is neither a regular file nor a block device");
     return NULL;
   }
+  if (blk && !private_) {
+    /* Nothing tells the daemon when a writable device changes (no lease,
+     * no useful times), so only a device the kernel holds read-only is
+     * shared; a writable one may still be cached privately. */
+    int ro = 0;
+    if (ioctl(fd, BLKROGET, &ro) < 0 || !ro) {
+      *err = sl_error(EROFS, "layer descriptor is a writable block device: only a read-only "
+                             "device (blockdev --setro) is shared");
+      return NULL;
+    }
+  }
   uint64_t size;
   int r = file_size(fd, &st, &size);
   if (r < 0) {
@@ -521,6 +532,8 @@ static long read_block(struct sd_store *s, struct sd_layer *l, uint64_t block, u
 
 /* Bring block BLOCK of L into the cache (or wait for the thread that does)
  * and copy [in_off, in_off+len) of it to DST.  0 or -errno. */
+static void forget_slot(struct sd_store *s, uint32_t slot, uint64_t t);
+
 static int fill_and_copy(struct sd_store *s, struct sd_layer *l, uint64_t block,
                          uint32_t in_off, uint32_t len, uint8_t *dst)
 {
@@ -562,6 +575,9 @@ static int fill_and_copy(struct sd_store *s, struct sd_layer *l, uint64_t block,
       sched_yield();
     }
     uint8_t *b = s->data + ((size_t)slot << s->shift);
+    /* An invalidation that runs while we read finds this slot FILLING and
+     * skips it; the generations tell us afterwards that it happened. */
+    uint64_t gen = atomic_load(&l->inval_gen), sgen = atomic_load(&s->inval_gen);
     long n = read_block(s, l, block, b);
     if (n >= 0 && atomic_load(&l->dead))
       n = -ESTALE; /* changed while we read: keep nothing of it */
@@ -582,6 +598,12 @@ static int fill_and_copy(struct sd_store *s, struct sd_layer *l, uint64_t block,
     atomic_store(&s->tag[slot], tag_of(key, ST_VALID));
     wake_waiters(s);
     sl_twophase_unpin(s->tp, slot);
+    /* Published first, generations checked second (both seq_cst): either
+     * an invalidation that overlapped the read sees VALID and forgets the
+     * block, or we see its generation here and forget it ourselves.  The
+     * caller keeps its copy: its read was concurrent with the write. */
+    if (atomic_load(&l->inval_gen) != gen || atomic_load(&s->inval_gen) != sgen)
+      forget_slot(s, slot, tag_of(key, ST_VALID));
     return 0;
   }
   /* No slot to be had: read this piece straight from the file. */
@@ -707,6 +729,11 @@ void sd_store_invalidate(struct sd_store *s, struct sd_layer *l, uint64_t off, u
                                                          : (off + len - 1) >> s->shift;
   if (len == 0)
     return;
+  /* Before the scan: a fill in progress checks it after publishing. */
+  if (l)
+    atomic_fetch_add(&l->inval_gen, 1);
+  else
+    atomic_fetch_add(&s->inval_gen, 1);
   if (l && last != UINT64_MAX && last - first < s->nblocks) {
     for (uint64_t b = first; b <= last; b++) {
       uint64_t key = key_of(l, b);

@@ -33,6 +33,7 @@ struct sd_layer {
   int fd;                         /* the daemon's own read-only descriptor */
   int dfd;                        /* the same file with O_DIRECT, or -1 */
   _Atomic bool dead;              /* changed: never served again */
+  _Atomic uint64_t inval_gen;     /* bumped by every invalidation of this layer */
   _Atomic uint64_t refs;          /* registrations (connections' handles) */
   struct sd_counters c;
   char path[SL_CS_PATH_MAX];
@@ -52,6 +53,7 @@ struct sd_store {
   struct sd_layer *live;
   struct sd_layer **dir[SD_MAX_LAYERS >> 12]; /* index -> layer, under layers_lock */
   uint32_t next_index;
+  _Atomic uint64_t inval_gen;     /* bumped by every invalidation of all layers */
   struct sd_counters c;           /* totals */
   _Atomic uint64_t fill_wait_spins; /* for tests: fills that waited for readers */
 };
