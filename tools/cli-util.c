@@ -2,7 +2,23 @@
 #include <string.h>
 #include <strings.h>
 
+#include <sluice/sluice.h>
 #include "tools/cli-util.h"
+
+void warn_if_probed_raw(struct sl_disk *disk)
+{
+  struct sl_image *img = sl_disk_image(disk);
+  if (!img || sl_image_read_only(img) || !sl_image_probed_raw(img))
+    return;
+  fprintf(stderr,
+          "sluice: warning: Image format was not specified for '%s' and "
+          "probing guessed raw.\n"
+          "         Automatically detecting the format is dangerous for raw "
+          "images, write operations on block 0 will be restricted.\n"
+          "         Specify the 'raw' format explicitly (-f raw, or 'format "
+          "raw' in a disk descriptor) to remove the restrictions.\n",
+          sl_image_filename(img));
+}
 
 void json_string(FILE *f, const char *s)
 {

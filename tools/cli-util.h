@@ -27,4 +27,8 @@ void progress_init(struct progress *p, bool enabled, uint64_t total);
 void progress_update(struct progress *p, uint64_t done);
 void progress_finish(struct progress *p);
 
+struct sl_disk;
+/* QEMU's warning for a writable image whose format was probed as raw. */
+void warn_if_probed_raw(struct sl_disk *disk);
+
 #endif

@@ -11,6 +11,7 @@
 
 #include <sluice/sluice.h>
 #include "common/util.h"
+#include "tools/cli-util.h"
 #include "tools/cli.h"
 
 #define MAX_WORDS 16
@@ -307,6 +308,7 @@ int cmd_io(int argc, char **argv)
   struct sl_disk *disk;
   if (sl_disk_open(file, &o, &disk) < 0)
     return cli_fail("io", "%s", sl_last_error());
+  warn_if_probed_raw(disk);
   struct sl_handle *h = at ? sl_disk_at(disk, at) : sl_disk_top(disk);
   int ret = 0;
   if (!h) {

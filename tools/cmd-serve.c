@@ -20,6 +20,7 @@
 #include "common/util.h"
 #include "export/export.h"
 #include "ipc/process.h"
+#include "tools/cli-util.h"
 #include "tools/cli.h"
 
 #include "config.h"
@@ -223,6 +224,7 @@ int cmd_serve(int argc, char **argv)
     free(sluiced_filter);
     return r;
   }
+  warn_if_probed_raw(disk);
   struct sl_handle *h = at ? sl_disk_at(disk, at) : sl_disk_top(disk);
   if (!h) {
     sl_disk_close(disk);

@@ -57,9 +57,24 @@ struct sl_image_open_opts {
 int sl_cache_mode_parse(const char *mode, bool *direct, bool *dsync,
                         bool *no_flush);
 
+enum sl_prealloc {
+  SL_PREALLOC_OFF = 0,
+  SL_PREALLOC_METADATA,         /* qcow2: every cluster allocated */
+  SL_PREALLOC_FALLOC,           /* ... and the file's blocks reserved */
+  SL_PREALLOC_FULL,             /* ... and written (zeros) */
+};
+const char *sl_prealloc_name(enum sl_prealloc p);
+int sl_prealloc_parse(const char *name, enum sl_prealloc *out);
+
+/* As qemu-img create: the size is rounded up to a multiple of 512. */
 struct sl_image_create_opts {
   enum sl_format format;        /* default qcow2 */
   uint64_t size;                /* 0 with a backing file: take its size */
+  bool size_set;                /* SIZE was given: 0 is then a size */
+  int compat;                   /* qcow2 version 2 (compat=0.10) or 3 (0 = 3) */
+  bool lazy_refcounts;          /* qcow2 v3 */
+  unsigned refcount_bits;       /* qcow2: 1..64, a power of two; 0 = 16 */
+  enum sl_prealloc preallocation;
   const char *backing_file;     /* stored as given; resolved relative to FILE */
   enum sl_format backing_format;/* AUTO: probe it and record what was found */
   uint32_t cluster_size;        /* 0 = 65536; power of two, 512 .. 2 MiB */
@@ -77,6 +92,9 @@ uint64_t sl_image_size(const struct sl_image *img);
 const char *sl_image_filename(const struct sl_image *img);
 enum sl_format sl_image_format(const struct sl_image *img);
 bool sl_image_read_only(const struct sl_image *img);
+/* Opened without a format and probed as raw: writes that would make the
+ * first sector probe as another format fail with EPERM (as in QEMU). */
+bool sl_image_probed_raw(const struct sl_image *img);
 
 /* Data path.  Any offset and length within the virtual size. */
 int sl_image_pread(struct sl_image *img, void *buf, size_t len, uint64_t off);

@@ -11,6 +11,7 @@
 #ifndef SLUICE_IMAGE_DRIVER_H
 #define SLUICE_IMAGE_DRIVER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -56,6 +57,10 @@ struct sl_image {
   char *backing_path;      /* resolved path of the backing file */
   struct sl_image *backing;
   int depth;               /* 0 for the image opened by the user */
+  /* Opened without a format and probed as raw: writes that would make its
+   * first sector probe as another format are refused (image.c). */
+  bool probed_raw;
+  atomic_bool warned_probe; /* the refusal was reported on stderr once */
 };
 
 extern const struct sl_image_driver sl_raw_driver;

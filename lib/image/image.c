@@ -9,6 +9,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,6 +21,10 @@
 #include "image/driver.h"
 
 #define DEFAULT_MAX_CHAIN 1024
+#define PROBE_SECTOR 512u
+
+/* Serialises writes to the first sector of probed raw images (rare). */
+static pthread_mutex_t probe_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const struct sl_image_driver *driver_for(enum sl_format fmt)
 {
@@ -157,6 +163,7 @@ static int open_layer(const char *path, const struct sl_image_open_opts *opts,
   int r;
   if (fmt == SL_FORMAT_AUTO) {
     r = probe_fd(img->fd, path, &img->drv);
+    img->probed_raw = r == 0 && img->drv == &sl_raw_driver;
   } else {
     img->drv = driver_for(fmt);
     r = img->drv ? 0 : sl_error(ENOTSUP, "%s: format %s is not built in", path,
@@ -254,6 +261,65 @@ int sl_image_close(struct sl_image *img)
   return ret;
 }
 
+const char *sl_prealloc_name(enum sl_prealloc p)
+{
+  static const char *const names[] = {"off", "metadata", "falloc", "full"};
+  return (unsigned)p < 4 ? names[p] : "?";
+}
+
+int sl_prealloc_parse(const char *name, enum sl_prealloc *out)
+{
+  for (int p = SL_PREALLOC_OFF; p <= SL_PREALLOC_FULL; p++)
+    if (strcmp(name, sl_prealloc_name((enum sl_prealloc)p)) == 0) {
+      *out = (enum sl_prealloc)p;
+      return 0;
+    }
+  return sl_error(EINVAL, "preallocation '%s' is not off, metadata, falloc or "
+                  "full", name);
+}
+
+/* Allocate every cluster of a new image (qcow2: by writing zeros through
+ * the driver, so L2 tables and refcounts are what a write makes; raw:
+ * fallocate or zeros).  The image is new, so nothing is overwritten. */
+static int preallocate(const char *path, const struct sl_image_create_opts *o,
+                       uint64_t size)
+{
+  int r = 0;
+  if (o->format == SL_FORMAT_RAW) {
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+      return sl_error(errno, "%s: %s", path, strerror(errno));
+    if (o->preallocation == SL_PREALLOC_FALLOC) {
+      int e = size ? posix_fallocate(fd, 0, (off_t)size) : 0;
+      if (e)
+        r = sl_error(e, "%s: cannot preallocate: %s", path, strerror(e));
+    } else {
+      static const char zeros[65536];
+      for (uint64_t off = 0; r == 0 && off < size; off += sizeof zeros)
+        r = sl_pwrite_full(fd, zeros, (size_t)SL_MIN(size - off, sizeof zeros), off);
+      if (r < 0)
+        r = sl_error(-r, "%s: cannot preallocate: %s", path, strerror(-r));
+    }
+    if (r == 0 && fsync(fd) < 0)
+      r = sl_error(errno, "%s: %s", path, strerror(errno));
+    close(fd);
+    return r;
+  }
+  struct sl_image_open_opts oo = {.format = o->format, .no_backing = true};
+  struct sl_image *img;
+  if ((r = sl_image_open(path, &oo, &img)) < 0)
+    return r;
+  const size_t chunk = 1u << 20;
+  char *zeros = calloc(1, chunk);
+  if (!zeros)
+    r = sl_error(ENOMEM, "%s: out of memory", path);
+  for (uint64_t off = 0; r == 0 && off < size; off += chunk)
+    r = sl_image_pwrite(img, zeros, (size_t)SL_MIN(size - off, chunk), off, 0);
+  free(zeros);
+  int r2 = sl_image_close(img);
+  return r < 0 ? r : r2;
+}
+
 int sl_image_create(const char *path, const struct sl_image_create_opts *opts)
 {
   struct sl_image_create_opts o = *opts;
@@ -263,7 +329,22 @@ int sl_image_create(const char *path, const struct sl_image_create_opts *opts)
   if (!drv)
     return sl_error(ENOTSUP, "%s: format %s is not built in", path,
                     sl_format_name(o.format));
-  uint64_t size = o.size;
+  /* qemu-img create's checks, before anything is touched. */
+  if (o.size > UINT64_MAX - 511)
+    return sl_error(EINVAL, "%s: size %" PRIu64 " is too large", path, o.size);
+  uint64_t size = SL_ROUND_UP(o.size, (uint64_t)512);
+  if (o.backing_file && strlen(o.backing_file) > 1023)
+    return sl_error(EINVAL, "%s: backing file name too long (%zu bytes; qcow2 "
+                    "allows at most 1023)", path, strlen(o.backing_file));
+  if (o.format == SL_FORMAT_RAW && o.preallocation == SL_PREALLOC_METADATA)
+    return sl_error(EINVAL, "%s: raw images take preallocation=off, falloc or "
+                    "full, not metadata", path);
+  if (o.compat == 2 && o.preallocation != SL_PREALLOC_OFF)
+    return sl_error(ENOTSUP, "%s: preallocation needs compat=1.1: sluice opens "
+                    "version 2 (compat=0.10) images read-only", path);
+  if (o.backing_file && o.preallocation != SL_PREALLOC_OFF)
+    return sl_error(EINVAL, "%s: a backing file and preallocation cannot be "
+                    "used together", path);
   if (o.backing_file) {
     CLEANUP_FREE char *bpath = resolve_backing(path, o.backing_file);
     if (!bpath)
@@ -281,16 +362,19 @@ int sl_image_create(const char *path, const struct sl_image_create_opts *opts)
       sl_image_close(b);
       return r;
     }
-    if (size == 0)
+    if (size == 0 && !o.size_set)
       size = b->size;
     if (o.backing_format == SL_FORMAT_AUTO)
       o.backing_format = b->drv->format;
     sl_image_close(b);
-  } else if (size == 0 && o.format == SL_FORMAT_QCOW2) {
+  } else if (size == 0 && !o.size_set && o.format == SL_FORMAT_QCOW2) {
     return sl_error(EINVAL, "%s: a size is needed when there is no backing file",
                     path);
   }
-  return drv->create(path, &o, size);
+  int r = drv->create(path, &o, size);
+  if (r == 0 && o.preallocation != SL_PREALLOC_OFF)
+    r = preallocate(path, &o, size);
+  return r;
 }
 
 uint64_t sl_image_size(const struct sl_image *img) { return img->size; }
@@ -324,6 +408,53 @@ int sl_image_pread(struct sl_image *img, void *buf, size_t len, uint64_t off)
   return img->drv->pread(img, buf, len, off);
 }
 
+/* Magics by which QEMU 7.2 probes a format at offset 0 (qcow and qcow2,
+ * QED, VMDK, LUKS, VHDX, VPC, Parallels).  A guest must not turn a probed
+ * raw disk into one of them: the next probe would obey its header, e.g. a
+ * qcow2 backing file naming any host file (CVE-2008-2004). */
+static bool probes_as_other(const uint8_t *s)
+{
+  static const struct { const char *m; size_t n; } magics[] = {
+    {"QFI\xfb", 4}, {"QED\0", 4}, {"KDMV", 4}, {"# Disk DescriptorFile", 21},
+    {"LUKS\xba\xbe", 6}, {"vhdxfile", 8}, {"conectix", 8},
+    {"WithoutFreeSpace", 16}, {"WithouFreSpacExt", 16},
+  };
+  for (size_t i = 0; i < SL_ARRAY_SIZE(magics); i++)
+    if (memcmp(s, magics[i].m, magics[i].n) == 0)
+      return true;
+  return sl_qcow2_driver.probe(s, PROBE_SECTOR);
+}
+
+/* As QEMU's raw driver does for a probed image: a write to the first
+ * sector is refused with EPERM if the sector would then probe as another
+ * format.  Called with probe_lock held, so that two partial writes cannot
+ * each pass against the old sector and together form a header. */
+static int check_probe_write(struct sl_image *img, const void *buf, size_t len,
+                             uint64_t off)
+{
+  uint8_t s[PROBE_SECTOR];
+  memset(s, 0, sizeof s);
+  if (off > 0 || len < PROBE_SECTOR) {
+    uint64_t n = SL_MIN(img->size, (uint64_t)PROBE_SECTOR);
+    int r = n ? img->drv->pread(img, s, (size_t)n, 0) : 0;
+    if (r < 0)
+      return r;
+  }
+  size_t wn = (size_t)SL_MIN((uint64_t)len, PROBE_SECTOR - off);
+  memcpy(s + off, buf, wn);
+  if (!probes_as_other(s))
+    return 0;
+  bool was = atomic_exchange(&img->warned_probe, true);
+  if (!was)
+    fprintf(stderr, "sluice: warning: %s: a write to sector 0 was refused: it "
+            "would make the image probe as another format.  The format was "
+            "probed as raw; give it explicitly (-f raw, or format raw in the "
+            "disk descriptor) to allow such writes.\n", img->filename);
+  return sl_error(EPERM, "%s: write to sector 0 refused: the image was probed "
+                  "as raw and would then probe as another format (give the "
+                  "format explicitly to allow it)", img->filename);
+}
+
 int sl_image_pwrite(struct sl_image *img, const void *buf, size_t len,
                     uint64_t off, uint32_t flags)
 {
@@ -332,8 +463,18 @@ int sl_image_pwrite(struct sl_image *img, const void *buf, size_t len,
     r = check_range(img, "write", off, len);
   if (r < 0 || len == 0)
     return r;
+  if (img->probed_raw && off < PROBE_SECTOR) {
+    pthread_mutex_lock(&probe_lock);
+    r = check_probe_write(img, buf, len, off);
+    if (r == 0)
+      r = img->drv->pwrite(img, buf, len, off, flags);
+    pthread_mutex_unlock(&probe_lock);
+    return r;
+  }
   return img->drv->pwrite(img, buf, len, off, flags);
 }
+
+bool sl_image_probed_raw(const struct sl_image *img) { return img->probed_raw; }
 
 int sl_image_flush(struct sl_image *img)
 {

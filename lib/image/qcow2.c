@@ -129,7 +129,7 @@ static int build_header(struct qcow2_state *s, const char *backing,
 {
   memset(h, 0, hlen);
   qcow2_put_be32(h, QCOW2_MAGIC);
-  qcow2_put_be32(h + 4, 3);
+  qcow2_put_be32(h + 4, s->version);
   qcow2_put_be32(h + 20, s->cluster_bits);
   qcow2_put_be64(h + 24, s->size);
   qcow2_put_be32(h + 36, s->l1_size);
@@ -138,13 +138,16 @@ static int build_header(struct qcow2_state *s, const char *backing,
   qcow2_put_be32(h + 56, s->rt_clusters);
   qcow2_put_be32(h + 60, s->nb_snapshots);
   qcow2_put_be64(h + 64, s->snapshots_offset);
-  qcow2_put_be64(h + 72, s->incompat);
-  qcow2_put_be64(h + 80, s->compat);
-  qcow2_put_be64(h + 88, s->autoclear);
-  qcow2_put_be32(h + 96, s->refcount_order);
-  qcow2_put_be32(h + 100, QCOW2_V3_HEADER_LEN);
-  h[104] = s->compression_type;
-  size_t p = QCOW2_V3_HEADER_LEN;
+  size_t p = 72; /* version 2 ends its header here */
+  if (s->version >= 3) {
+    qcow2_put_be64(h + 72, s->incompat);
+    qcow2_put_be64(h + 80, s->compat);
+    qcow2_put_be64(h + 88, s->autoclear);
+    qcow2_put_be32(h + 96, s->refcount_order);
+    qcow2_put_be32(h + 100, QCOW2_V3_HEADER_LEN);
+    h[104] = s->compression_type;
+    p = QCOW2_V3_HEADER_LEN;
+  }
   if (backing && backing_fmt != SL_FORMAT_AUTO) {
     const char *fmt = sl_format_name(backing_fmt);
     size_t n = strlen(fmt);
@@ -615,6 +618,25 @@ static int qcow2_create(const char *path, const struct sl_image_create_opts *opt
                     "zstd)", path, opts->compression_type);
   if (size > (1ull << 61))
     return sl_error(EINVAL, "%s: size %" PRIu64 " is too large", path, size);
+  int version = opts->compat ? opts->compat : 3;
+  if (version != 2 && version != 3)
+    return sl_error(EINVAL, "%s: compat level %d is not 0.10 (2) or 1.1 (3)",
+                    path, version);
+  unsigned rbits = opts->refcount_bits ? opts->refcount_bits : 16;
+  if (rbits > 64 || !SL_IS_POWER_OF_2(rbits))
+    return sl_error(EINVAL, "%s: refcount_bits %u is not a power of two up to "
+                    "64", path, rbits);
+  /* QEMU's rules: these need a version 3 header. */
+  if (version == 2 && rbits != 16)
+    return sl_error(EINVAL, "%s: different refcount widths than 16 bits "
+                    "require compatibility level 1.1 or above (use compat=1.1)",
+                    path);
+  if (version == 2 && opts->lazy_refcounts)
+    return sl_error(EINVAL, "%s: lazy refcounts only supported with "
+                    "compatibility level 1.1 and above (use compat=1.1)", path);
+  if (version == 2 && (opts->extended_l2 || ctype != QCOW2_COMPRESSION_ZLIB))
+    return sl_error(EINVAL, "%s: extended_l2 and compression_type=zstd "
+                    "require compatibility level 1.1 (use compat=1.1)", path);
 
   struct sl_image fake = {.filename = (char *)path, .fd = -1};
   struct qcow2_state st = {0};
@@ -624,8 +646,12 @@ static int qcow2_create(const char *path, const struct sl_image_create_opts *opt
   s->cluster_bits = (uint32_t)__builtin_ctz(cs);
   s->cluster_size = cs;
   s->size = size;
-  s->refcount_order = 4;
+  s->version = (uint32_t)version;
+  s->refcount_order = (uint32_t)__builtin_ctz(rbits);
+  s->refcount_bits = rbits;
   s->compression_type = ctype;
+  if (opts->lazy_refcounts)
+    s->compat |= QCOW2_COMPAT_LAZY_REFCOUNTS;
   if (ctype == QCOW2_COMPRESSION_ZSTD)
     s->incompat |= QCOW2_INCOMPAT_COMPRESSION;
   if (opts->extended_l2)
@@ -637,7 +663,7 @@ static int qcow2_create(const char *path, const struct sl_image_create_opts *opt
                     "32 MiB with %u-byte clusters", path, size, cs);
   uint64_t l1_clusters = SL_DIV_ROUND_UP(l1_size * 8, cs);
   /* Layout: header, refcount table, refcount block(s), L1 table. */
-  uint64_t rb_entries = (uint64_t)cs * 8 / 16;
+  uint64_t rb_entries = (uint64_t)cs * 8 / rbits;
   uint64_t nrb = 1, used;
   for (;;) {
     used = 2 + nrb + l1_clusters;
@@ -689,10 +715,8 @@ static int qcow2_create(const char *path, const struct sl_image_create_opts *opt
     memset(buf, 0, cs);
     for (uint64_t j = 0; j < rb_entries; j++) {
       uint64_t c = b * rb_entries + j;
-      if (c < used) {
-        buf[j * 2] = 0;
-        buf[j * 2 + 1] = 1;
-      }
+      if (c < used)
+        qcow2_rc_set_entry(s, buf, j, 1);
     }
     r = sl_pwrite_full(fd, buf, cs, (rb_first + b) * cs);
   }
