@@ -3,12 +3,17 @@
 #include <strings.h>
 
 #include <sluice/sluice.h>
+#include "disk/descriptor.h"
 #include "tools/cli-util.h"
 
-void warn_if_probed_raw(struct sl_disk *disk)
+void warn_if_probed_raw(struct sl_disk *disk, const char *path)
 {
+  /* A disk descriptor is configuration, not a user's ad hoc command line:
+   * descriptors made by `sluice disk create` record the format, and older
+   * ones keep the sector-0 guard without the noise. */
   struct sl_image *img = sl_disk_image(disk);
-  if (!img || sl_image_read_only(img) || !sl_image_probed_raw(img))
+  if (!img || sl_is_descriptor(path) || sl_image_read_only(img) ||
+      !sl_image_probed_raw(img))
     return;
   fprintf(stderr,
           "sluice: warning: Image format was not specified for '%s' and "

@@ -29,6 +29,6 @@ void progress_finish(struct progress *p);
 
 struct sl_disk;
 /* QEMU's warning for a writable image whose format was probed as raw. */
-void warn_if_probed_raw(struct sl_disk *disk);
+void warn_if_probed_raw(struct sl_disk *disk, const char *path);
 
 #endif

@@ -106,6 +106,7 @@ int cmd_create(int argc, char **argv)
   };
   struct create_args a = {.o = {.format = SL_FORMAT_QCOW2}};
   bool quiet = false;
+  uint64_t given_size = 0;
   char *optlists[16];
   int nopt = 0;
   int c;
@@ -141,7 +142,13 @@ int cmd_create(int argc, char **argv)
   if (optind < argc) {
     if (sl_parse_size("size", argv[optind++], &a.o.size) < 0)
       return cli_fail("create", "%s", sl_last_error());
-    a.o.size_set = true; /* rounded up to 512 by sl_image_create, as qemu-img */
+    a.o.size_set = true;
+    /* As qemu-img: whole 512-byte sectors (the message shows what was
+     * given, as qemu-img's does). */
+    if (a.o.size > UINT64_MAX - 511)
+      return cli_fail("create", "%s: size %" PRIu64 " is too large", file, a.o.size);
+    given_size = a.o.size;
+    a.o.size = SL_ROUND_UP(a.o.size, (uint64_t)512);
   } else if (!a.o.backing_file) {
     return cli_fail("create", "%s: a SIZE is needed without a backing file (-b)", file);
   }
@@ -166,7 +173,7 @@ int cmd_create(int argc, char **argv)
       printf(" compression_type=%s",
              a.o.compression_type ? a.o.compression_type : "zlib");
     if (a.o.size_set || a.o.size)
-      printf(" size=%" PRIu64, a.o.size);
+      printf(" size=%" PRIu64, given_size);
     if (!q && a.o.preallocation)
       printf(" preallocation=%s", sl_prealloc_name(a.o.preallocation));
     if (q && a.o.compat)

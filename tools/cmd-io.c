@@ -308,7 +308,7 @@ int cmd_io(int argc, char **argv)
   struct sl_disk *disk;
   if (sl_disk_open(file, &o, &disk) < 0)
     return cli_fail("io", "%s", sl_last_error());
-  warn_if_probed_raw(disk);
+  warn_if_probed_raw(disk, file);
   struct sl_handle *h = at ? sl_disk_at(disk, at) : sl_disk_top(disk);
   int ret = 0;
   if (!h) {

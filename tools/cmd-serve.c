@@ -224,7 +224,12 @@ int cmd_serve(int argc, char **argv)
     free(sluiced_filter);
     return r;
   }
-  warn_if_probed_raw(disk);
+  warn_if_probed_raw(disk, path);
+  /* The pidfile is written over: it must not be a layer of the disk. */
+  if (pidfile && sl_image_refuse_layer(sl_disk_image(disk), pidfile, "--pidfile") < 0) {
+    sl_disk_close(disk);
+    return cli_fail("serve", "%s", sl_last_error());
+  }
   struct sl_handle *h = at ? sl_disk_at(disk, at) : sl_disk_top(disk);
   if (!h) {
     sl_disk_close(disk);

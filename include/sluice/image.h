@@ -66,7 +66,6 @@ enum sl_prealloc {
 const char *sl_prealloc_name(enum sl_prealloc p);
 int sl_prealloc_parse(const char *name, enum sl_prealloc *out);
 
-/* As qemu-img create: the size is rounded up to a multiple of 512. */
 struct sl_image_create_opts {
   enum sl_format format;        /* default qcow2 */
   uint64_t size;                /* 0 with a backing file: take its size */

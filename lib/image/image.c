@@ -330,9 +330,7 @@ int sl_image_create(const char *path, const struct sl_image_create_opts *opts)
     return sl_error(ENOTSUP, "%s: format %s is not built in", path,
                     sl_format_name(o.format));
   /* qemu-img create's checks, before anything is touched. */
-  if (o.size > UINT64_MAX - 511)
-    return sl_error(EINVAL, "%s: size %" PRIu64 " is too large", path, o.size);
-  uint64_t size = SL_ROUND_UP(o.size, (uint64_t)512);
+  uint64_t size = o.size;
   if (o.backing_file && strlen(o.backing_file) > 1023)
     return sl_error(EINVAL, "%s: backing file name too long (%zu bytes; qcow2 "
                     "allows at most 1023)", path, strlen(o.backing_file));

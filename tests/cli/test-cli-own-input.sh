@@ -38,6 +38,7 @@ refused sluice convert -U top.qcow2 base.disk            # ... of a layer of SRC
 refused sluice create -q -f qcow2 -b base.qcow2 -F qcow2 base.qcow2
 refused sluice create -q -f qcow2 -b top.qcow2 -F qcow2 link.qcow2
 refused sluice create -q -f qcow2 -b top.qcow2 -F qcow2 base.qcow2   # a deeper layer
+refused sluice serve --nbd "unix:$TMP/s.sock" --pidfile link-base.qcow2 top.qcow2
 assert_eq "$(sums)" "$before" "checksums of the inputs after the refusals"
 
 # A mirror whose target is the disk's own image, or one of its layers.
