@@ -87,7 +87,7 @@ run() {
   if [[ $cfg == a ]]; then
     "$SLUICED" --socket "$W/d.sock" --memory 768M --quiet 2>>"$W/sluiced.log" &
     dpid=$!; pids+=($dpid); join_cgroup $dpid
-    for _ in $(seq 100); do [[ -S $W/d.sock ]] && break; sleep 0.05; done
+    for _ in $(seq 1200); do [[ -S $W/d.sock ]] && break; sleep 0.05; done
   fi
   for i in $(seq "$N"); do
     rm -f "$W/s$i.sock"
@@ -101,7 +101,8 @@ run() {
     srv+=($!); pids+=($!); join_cgroup $!
   done
   for i in $(seq "$N"); do
-    for _ in $(seq 200); do [[ -S $W/s$i.sock ]] && break; sleep 0.05; done
+    # A loaded machine can take long to start 8 servers: wait up to 60 s.
+    for _ in $(seq 1200); do [[ -S $W/s$i.sock ]] && break; sleep 0.05; done
   done
   {
     echo "[global]"
@@ -111,7 +112,12 @@ run() {
   } >"$W/storm.fio"
   local t0 t1
   t0=$(date +%s%N)
-  fio --output-format=json --output="$W/fio.json" "$W/storm.fio"
+  if ! fio --output-format=json --output="$W/fio.json" "$W/storm.fio"; then
+    # One failed configuration does not lose the others' figures.
+    echo "bootstorm: $profile ($cfg) failed: $(tail -n 3 "$W/serve.log" "$W/qemu-nbd.log" 2>/dev/null)" >&2
+    for p in "${srv[@]}" $dpid; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    return 0
+  fi
   t1=$(date +%s%N)
   local cpu=0 rb=0 dbytes=0
   for p in "${srv[@]}" $dpid; do
@@ -124,7 +130,7 @@ run() {
   fi
   for p in "${srv[@]}" $dpid; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   python3 - "$W/fio.json" "$profile" "$cfg" $(( (t1 - t0) / 1000 )) "$cpu" "$rb" "$dbytes" \
-    >>"$W/results" <<'PY'
+    <<'PY' | tee -a "$W/results" >&2
 import json, sys
 d = json.load(open(sys.argv[1]))
 j = d["jobs"][0]["read"]
@@ -161,6 +167,9 @@ print("Boot storm: %s clones of a %s base, boot set %s each, fio nbd randread 4K
       (sys.argv[3], sys.argv[4], sys.argv[5]))
 for prof in ("network", "local"):
     rs = {r["cfg"]: r for r in rows if r["profile"] == prof}
+    if any(c not in rs for c in "abcde"):
+        print("\n%s storage: incomplete (%s), see the lines above" % (prof, ", ".join(sorted(rs))))
+        continue
     b = rs["b"]
     print("\n%s storage%s\n" % (prof, " (blkio throttle 200 MB/s, 5000 IOPS)" if prof == "network" else " (unthrottled)"))
     print("| configuration | storm s | vs (b) | IOPS | p99 ms | CPU s | storage read (x boot set) | daemon read (x boot set) |")
