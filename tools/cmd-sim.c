@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "sluice/error.h"
 #include "sim/policy.h"
 #include "sim/sim.h"
 #include "sim/trace.h"
@@ -88,9 +89,42 @@ static int parse_list(const struct list_option *lo, const char *arg,
   return 0;
 }
 
-static int parse_policy(const char *name, void *out, unsigned i)
+/* The copies parse_policy makes for "NAME:ARGS", freed when cmd_sim ends. */
+static struct sl_sim_policy *arg_copies[MAX_POLICIES];
+static unsigned n_arg_copies;
+
+static int parse_policy(const char *full, void *out, unsigned i)
 {
+  /* "NAME:ARGS" runs NAME with arguments (twophase's tunables): the job
+   * gets a copy of the policy named by the full text, carrying ARGS. */
+  char name[64];
+  const char *colon = strchr(full, ':');
+  size_t len = colon ? (size_t)(colon - full) : strlen(full);
+  if (len >= sizeof name)
+    len = sizeof name - 1;
+  memcpy(name, full, len);
+  name[len] = 0;
   const struct sl_sim_policy *p = sl_sim_policy_find(name);
+  if (p && colon) {
+    if (!p->create_args)
+      return cli_fail("sim", "policy %s takes no arguments (\"%s\")", name, full);
+    void *probe = p->create_args(16, colon + 1);
+    if (!probe)
+      return cli_fail("sim", "policy \"%s\": %s", full, sl_last_error());
+    p->destroy(probe);
+    struct sl_sim_policy *copy = malloc(sizeof *copy);
+    char *text = strdup(full);
+    if (!copy || !text) {
+      free(copy);
+      free(text);
+      return cli_fail("sim", "out of memory");
+    }
+    *copy = *p;
+    copy->name = text;
+    copy->args = text + (colon - full) + 1;
+    arg_copies[n_arg_copies++] = copy; /* at most one per listed policy */
+    p = copy;
+  }
   if (!p) {
     char valid[512];
     list_policies(valid, sizeof valid);
@@ -235,7 +269,20 @@ static int plot(const char *png, const char *trace,
   return 0;
 }
 
+static int sim_main(int argc, char **argv);
+
 int cmd_sim(int argc, char **argv)
+{
+  int rc = sim_main(argc, argv);
+  while (n_arg_copies > 0) {
+    struct sl_sim_policy *c = arg_copies[--n_arg_copies];
+    free((char *)c->name);
+    free(c);
+  }
+  return rc;
+}
+
+static int sim_main(int argc, char **argv)
 {
   static const struct option longopts[] = {
     { "trace", required_argument, NULL, 't' },

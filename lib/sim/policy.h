@@ -19,6 +19,11 @@ struct sl_sim_policy {
   const char *description;   /* one line for --help */
   bool needs_future;         /* the simulator must compute NEXT_USE */
   void *(*create)(uint64_t capacity);
+  /* Optional: create with ARGS, the text after "NAME:" on the command
+   * line ("twophase:cold=0.05:classic=1"); NULL with a message (sl_error)
+   * if ARGS is not understood.  A policy without it takes no arguments. */
+  void *(*create_args)(uint64_t capacity, const char *args);
+  const char *args;          /* set on the copy cmd-sim makes for "NAME:ARGS" */
   bool (*access)(void *state, uint64_t block, uint64_t next_use);
   void (*destroy)(void *state);
 };

@@ -25,7 +25,8 @@ static void replay(const struct sl_trace *t, const uint64_t *next_use,
                    struct sl_sim_job *job)
 {
   const struct sl_sim_policy *p = job->policy;
-  void *state = p->create(job->cache_blocks);
+  void *state = p->args && p->create_args ? p->create_args(job->cache_blocks, p->args)
+                                           : p->create(job->cache_blocks);
   if (!state) {
     job->error = -ENOMEM;
     return;

@@ -25,6 +25,7 @@
 
 #include "sim/input.h"
 #include "sim/simhash.h"
+#include "sim/synth.h"
 #include "sluice/error.h"
 
 static int push(struct sl_trace *t, uint64_t block)
@@ -393,6 +394,9 @@ static const struct format formats[] = {
     parse_tencent },
   { "systor", "SYSTOR'17 VDI CSV, 4 KiB blocks per LUN", NULL,
     parse_systor },
+  /* not read at all: sl_trace_read hands the "path" to synth.c */
+  { "synth", "synthetic: the \"path\" is a spec like loop:n=1500,len=1e5",
+    NULL, NULL },
 };
 
 #define N_FORMATS (sizeof formats / sizeof formats[0])
@@ -401,7 +405,7 @@ const char *const *sl_trace_formats(void)
 {
   static const char *const names[] = { "vscsi", "oracle", "lis", "txt",
                                         "u32", "msr", "tencent", "systor",
-                                        NULL };
+                                        "synth", NULL };
   _Static_assert(sizeof names / sizeof names[0] == N_FORMATS + 1,
                  "format names out of step");
   return names;
@@ -443,6 +447,8 @@ int sl_trace_read(const char *path, const char *format,
     return sl_error(EINVAL, "unknown trace format \"%s\" (valid: %s)", format,
                     list);
   }
+  if (strcmp(f->name, "synth") == 0)
+    return sl_synth_generate(path, t);
   struct sl_input *in;
   int r = sl_input_open(path, &in);
   if (r < 0)
