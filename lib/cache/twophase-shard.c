@@ -32,6 +32,12 @@
  * (phase two); a block hit often survives up to three passes, as in
  * S3-FIFO's main queue.  A scan therefore only churns cold and the ghost.
  *
+ * Admission contest (issue 15; off with params.classic): a ghost hit that
+ * would take its slot from hot must have been seen more often than the
+ * block the hand would evict, by a frequency sketch that counts misses and
+ * the hand's demotions, all under the lock (contest() below).  Without it
+ * a loop larger than the cache cycles through hot and misses every time.
+ *
  * Adaptation (opt-in, params.adaptive): a ghost hit on a block that left from cold
  * says cold was too small; one that left from hot says hot was.  Each moves
  * cold's target by a step, as ARC moves its split between recency and
@@ -46,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/sketch.h"
 #include "cache/slot-index.h"
 #include "cache/twophase-shard.h"
 #include "common/util.h"
@@ -83,6 +90,10 @@ struct sl_tp_shard {
   uint32_t cold_head, cold_count;
   uint32_t hot_count, bump, hand;
   uint32_t cold_target, cold_min, cold_max, step;
+  bool contest;                     /* ghost hits contest for hot (!classic) */
+  unsigned contest_min_age;
+  struct sl_sketch sketch;          /* frequencies, miss path only */
+  uint64_t sketch_events, sketch_period;
   struct sl_twophase_stats st;
 };
 
@@ -115,6 +126,7 @@ struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint3
   double cf = p->cold_fraction > 0 ? p->cold_fraction : 0.10;
   double gf = p->ghost_fraction > 0 ? p->ghost_fraction : 1.0;
   t->fixed = !p->adaptive;
+  t->contest_min_age = p->contest_min_age;
   t->cold_hit = p->cold_hit;
   t->cold_target = (uint32_t)(cf * t->n);
   if (t->cold_target < 1)
@@ -135,6 +147,10 @@ struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint3
   t->cold_ring = calloc(t->n, sizeof *t->cold_ring);
   t->ghost_bytes = (size_t)buckets * GHOST_WAYS * sizeof *t->ghost;
   t->ghost = calloc(1, t->ghost_bytes);
+  t->contest = !p->classic;
+  t->sketch_period = 10ull * t->n;
+  if (t->contest && sl_sketch_init(&t->sketch, t->n) < 0)
+    goto fail;
   if (!t->keys || !t->state || !t->pins || !sl_slot_index_init(&t->ix, t->n) ||
       !t->cold_ring || !t->ghost)
     goto fail;
@@ -163,6 +179,7 @@ void sl_tp_shard_destroy(struct sl_tp_shard *t)
   sl_slot_index_fini(&t->ix);
   free(t->cold_ring);
   free(t->ghost);
+  sl_sketch_free(&t->sketch);
   free(t);
 }
 
@@ -205,14 +222,17 @@ static void ghost_add(struct sl_tp_shard *t, uint64_t key, bool from_hot)
 }
 
 /* 0 if KEY is not remembered, else 1 (left from cold) or 2 (from hot);
- * a found entry is forgotten. */
-static int ghost_take(struct sl_tp_shard *t, uint64_t key)
+ * a found entry is forgotten.  *AGE is its place in the bucket (0 = the
+ * newest): each bucket receives one entry in every `buckets` evictions,
+ * so place i means it left roughly i * ghost / 8 evictions ago. */
+static int ghost_take(struct sl_tp_shard *t, uint64_t key, int *age)
 {
   uint32_t *b = ghost_bucket(t, key), fp = ghost_fp(key);
   for (int i = 0; i < GHOST_WAYS; i++)
     if (b[i] && (b[i] & ~GHOST_HOT) == fp) {
       int origin = (b[i] & GHOST_HOT) ? 2 : 1;
       b[i] = 0;
+      *age = i;
       return origin;
     }
   return 0;
@@ -288,6 +308,17 @@ static uint32_t cold_step(struct sl_tp_shard *t, uint64_t *evicted, bool *did_ev
   return s;
 }
 
+/* One sighting of KEY in the frequency sketch; all of it ages (halves)
+ * after ten sightings per slot. */
+static void count(struct sl_tp_shard *t, uint64_t key)
+{
+  sl_sketch_add(&t->sketch, key);
+  if (++t->sketch_events >= t->sketch_period) {
+    t->sketch_events = 0;
+    sl_sketch_halve(&t->sketch);
+  }
+}
+
 /* One step of the hand over the slot array. */
 static uint32_t hand_step(struct sl_tp_shard *t, uint64_t *evicted, bool *did_evict)
 {
@@ -301,6 +332,8 @@ static uint32_t hand_step(struct sl_tp_shard *t, uint64_t *evicted, bool *did_ev
   if (st & ST_LEVEL) { /* phase one: demote by a level */
     atomic_fetch_sub_explicit(&t->state[s], ST_REF, memory_order_acq_rel);
     t->st.demotions++;
+    if (t->contest) /* the level it loses stands for hits: count them */
+      count(t, atomic_load_explicit(&t->keys[s], memory_order_relaxed));
     return NONE;
   }
   /* Phase two, unless a hit slipped in since we looked. */
@@ -313,15 +346,18 @@ static uint32_t hand_step(struct sl_tp_shard *t, uint64_t *evicted, bool *did_ev
   return s;
 }
 
-static uint32_t take_slot(struct sl_tp_shard *t, uint64_t *evicted, bool *did_evict)
+/* A free slot, from cold's head or the hand.  FROM_COLD: a ghost hit lost
+ * its contest, and the hot block it challenged must not go after all. */
+static uint32_t take_slot(struct sl_tp_shard *t, bool from_cold_first, uint64_t *evicted,
+                          bool *did_evict)
 {
   if (t->bump < t->n)
     return t->bump++;
   /* Each slot is visited at most a few times before something gives:
    * a referenced entry is demoted on the first visit. */
   for (uint64_t guard = 0; guard < 4ull * t->n + 64; guard++) {
-    bool from_cold = t->cold_count > 0 &&
-                     (t->cold_count > t->cold_target || t->hot_count == 0);
+    bool from_cold = t->cold_count > 0 && (from_cold_first || t->cold_count > t->cold_target ||
+                                           t->hot_count == 0);
     uint32_t s = from_cold ? cold_step(t, evicted, did_evict)
                            : hand_step(t, evicted, did_evict);
     if (s != NONE)
@@ -330,16 +366,63 @@ static uint32_t take_slot(struct sl_tp_shard *t, uint64_t *evicted, bool *did_ev
   return NONE; /* everything is pinned */
 }
 
-static void adapt(struct sl_tp_shard *t, int origin)
+/* A ghost hit that would take its slot from hot: move the hand to the
+ * block it would evict next (demoting referenced ones on the way, as it
+ * always does) and let the two compete on frequency.  The newcomer wins
+ * only if it was seen more often; a loser enters cold like a new block and
+ * the hot block stays (the hand has passed it, so it is safe for a round).
+ * On a loop larger than the cache, every block is seen equally often, so
+ * the hot set stays put and keeps hitting, where admitting every ghost
+ * hit would cycle the loop through hot and miss every time.  Returns the
+ * slot freed for KEY in hot, or NONE with *ORIGIN cleared if KEY lost (the
+ * caller then takes a slot the ordinary way). */
+static uint32_t contest(struct sl_tp_shard *t, uint64_t key, int *origin,
+                        uint64_t *evicted, bool *did_evict)
+{
+  for (uint64_t guard = 0; guard < 4ull * t->n + 64; guard++) {
+    uint32_t s = t->hand;
+    uint8_t st = atomic_load_explicit(&t->state[s], memory_order_acquire);
+    if ((st & ST_WHERE) != ST_HOT || (st & ST_LEVEL) || pinned(t, s)) {
+      uint32_t f = hand_step(t, evicted, did_evict);
+      if (f != NONE)
+        return f; /* a free slot: no contest needed */
+      continue;
+    }
+    t->st.contests++;
+    uint64_t victim = atomic_load_explicit(&t->keys[s], memory_order_relaxed);
+    if (sl_sketch_estimate(&t->sketch, key) >
+        sl_sketch_estimate(&t->sketch, victim))
+      return hand_step(t, evicted, did_evict); /* phase two on the victim */
+    t->st.rejections++;
+    t->hand = t->hand + 1 == t->n ? 0 : t->hand + 1;
+    *origin = 0;
+    return NONE;
+  }
+  return NONE;
+}
+
+/* Move cold's target after a ghost hit of the given origin and AGE.
+ * Classic adaptive mode (ARC's rule): any ghost hit from cold says cold
+ * was too small, any from hot that hot was.  Default mode: a ghost hit
+ * from cold counts only if it is young -- it left no more evictions ago
+ * than cold holds blocks, so a cold twice as long would have kept it.
+ * Reuse just beyond cold's reach (a zigzag, a burst re-read) grows cold
+ * towards a FIFO of the whole cache, which is what LRU-friendly patterns
+ * want; the even reuse of a loop larger than the cache comes back old and
+ * leaves cold small, so the admission contest can keep a hot set. */
+static void adapt(struct sl_tp_shard *t, int origin, int age)
 {
   if (t->fixed)
     return;
-  if (origin == 1)
+  if (origin == 1) {
+    if (t->contest && (uint64_t)age * t->ghost_nominal / GHOST_WAYS > t->cold_target)
+      return;
     t->cold_target = t->cold_target + t->step > t->cold_max ? t->cold_max
                                                             : t->cold_target + t->step;
-  else
+  } else {
     t->cold_target = t->cold_target < t->cold_min + t->step ? t->cold_min
                                                             : t->cold_target - t->step;
+  }
 }
 
 /* ---- operations (twophase-shard.h) ------------------------------------ */
@@ -393,12 +476,23 @@ static uint32_t insert_hashed(struct sl_tp_shard *t, uint64_t key, uint32_t hash
     pthread_mutex_unlock(&t->lock);
     return s;
   }
-  int origin = ghost_take(t, key);
+  int age = 0, origin = ghost_take(t, key, &age);
   if (origin) {
     t->st.ghost_hits++;
-    adapt(t, origin);
+    adapt(t, origin, age);
   }
-  s = take_slot(t, evicted, did_evict);
+  s = NONE;
+  bool lost = false;
+  if (t->contest) {
+    count(t, key);
+    if (origin && t->bump >= t->n && t->hot_count > 0 &&
+        t->cold_count <= t->cold_target && (unsigned)age >= t->contest_min_age) {
+      s = contest(t, key, &origin, evicted, did_evict);
+      lost = origin == 0;
+    }
+  }
+  if (s == NONE)
+    s = take_slot(t, lost, evicted, did_evict);
   if (s == NONE) {
     pthread_mutex_unlock(&t->lock);
     return NONE;
@@ -500,7 +594,8 @@ char sl_tp_shard_where(struct sl_tp_shard *t, uint32_t slot)
 size_t sl_tp_shard_meta_bytes(struct sl_tp_shard *t)
 {
   /* key, state, pin count and cold-ring entry per slot, plus the index */
-  return (size_t)t->n * (sizeof(uint64_t) + 2 + sizeof(uint32_t)) + sl_slot_index_bytes(&t->ix);
+  return (size_t)t->n * (sizeof(uint64_t) + 2 + sizeof(uint32_t)) + sl_slot_index_bytes(&t->ix) +
+         (t->contest ? sl_sketch_bytes(&t->sketch) : 0);
 }
 
 uint32_t sl_tp_shard_capacity(const struct sl_tp_shard *t)

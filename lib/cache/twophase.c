@@ -222,6 +222,8 @@ void sl_twophase_get_stats(struct sl_twophase *t, struct sl_twophase_stats *s)
     s->inserts += x.inserts;
     s->ghost_hits += x.ghost_hits;
     s->promotions += x.promotions;
+    s->contests += x.contests;
+    s->rejections += x.rejections;
     s->demotions += x.demotions;
     s->hot_evictions += x.hot_evictions;
     s->cold_evictions += x.cold_evictions;

@@ -52,6 +52,13 @@ struct sl_twophase_params {
    * capacity exactly.  The fractions, adaptive and cold_hit apply within
    * each shard. */
   unsigned shards;
+  /* Issue 15: ghost hits enter hot only by winning a frequency contest
+   * (docs/cache-policy.md, "Admission").  true = the fixed split of
+   * before, where every ghost hit enters hot. */
+  bool classic;
+  /* Only ghost hits at least this old (0..7, the eighths of the ghost's
+   * age range) contest; younger ones enter hot as in the classic mode. */
+  unsigned contest_min_age;
 };
 
 struct sl_twophase_stats {
@@ -66,6 +73,8 @@ struct sl_twophase_stats {
                                  * counter, so that hits share no cache line */
   uint64_t resident, cold, hot, pinned;
   uint64_t cold_target;         /* summed over shards, as are all the counts */
+  uint64_t contests;            /* ghost hits that had to displace a hot block */
+  uint64_t rejections;          /* ... and lost: they entered cold instead */
   double bytes_per_resident;    /* metadata per resident block */
   uint64_t ghost;               /* ghost entries remembered now (a scan) */
   uint64_t ghost_entries;       /* keys the ghost can hold: every shard's buckets

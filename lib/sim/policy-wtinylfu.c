@@ -45,7 +45,7 @@
 
 #include "sim/policy.h"
 #include "sim/policy-common.h"
-#include "sim/sketch.h"
+#include "cache/sketch.h"
 
 enum { NONE, WINDOW, PROBATION, PROTECTED };
 
@@ -163,7 +163,7 @@ static void *create_common(uint64_t capacity, bool adaptive, bool use_cbf)
   w->window_target = (double)w->window_max;
   w->use_cbf = use_cbf;
   if (use_cbf ? cbf_init(&w->cbf, w->main_max)
-              : sl_sketch_init(&w->sketch, w->main_max > 0 ? w->main_max : 1)) {
+              : sl_sketch_init(&w->sketch, 4 * w->main_max)) {
     sl_simcache_destroy(w);
     return NULL;
   }

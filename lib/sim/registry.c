@@ -20,6 +20,8 @@ extern const struct sl_sim_policy sl_sim_policy_wtinylfu;
 extern const struct sl_sim_policy sl_sim_policy_wtinylfu_adapt;
 extern const struct sl_sim_policy sl_sim_policy_wtinylfu_cbf;
 extern const struct sl_sim_policy sl_sim_policy_twophase;
+extern const struct sl_sim_policy sl_sim_policy_twophase_classic
+  __attribute__((weak));
 
 const struct sl_sim_policy *const *sl_sim_policies(void)
 {
@@ -32,7 +34,7 @@ const struct sl_sim_policy *const *sl_sim_policies(void)
       &sl_sim_policy_s3fifo1, &sl_sim_policy_sieve, &sl_sim_policy_lirs,
       &sl_sim_policy_belady, &sl_sim_policy_wtinylfu,
       &sl_sim_policy_wtinylfu_adapt, &sl_sim_policy_wtinylfu_cbf,
-      &sl_sim_policy_twophase,
+      &sl_sim_policy_twophase, &sl_sim_policy_twophase_classic,
     };
     int n = 0;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)

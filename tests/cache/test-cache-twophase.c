@@ -250,6 +250,38 @@ static void test_ghost_size(void **state)
   check_ghost_size(20000, 4, 2.0);
 }
 
+static void test_contest_keeps_hot_on_a_loop(void **state)
+{
+  /* Issue 15: a loop 1.5 times the cache.  Once hot is full, every ghost
+   * hit must win a frequency contest against the hand's victim; in a loop
+   * all blocks are seen equally often, so most lose and enter cold, and
+   * hot keeps the blocks it has (they hit on every round).  The classic
+   * mode has no contest and every ghost hit displaces a hot block. */
+  (void)state;
+  const uint64_t cap = 400, n = 600;
+  for (int classic = 0; classic < 2; classic++) {
+    struct sl_twophase_params p = {.capacity = cap, .classic = classic};
+    struct sl_twophase *t = sl_twophase_create(&p);
+    assert_non_null(t);
+    uint64_t hits = 0;
+    for (uint64_t i = 0; i < 40 * n; i++)
+      hits += sl_twophase_access(t, i % n);
+    assert_consistent(t);
+    struct sl_twophase_stats s;
+    sl_twophase_get_stats(t, &s);
+    if (classic) {
+      assert_int_equal(s.contests, 0);
+      assert_true(hits < 40 * n / 10);
+    } else {
+      assert_true(s.contests > 0);
+      assert_true(s.rejections > s.contests / 2);
+      assert_true(hits > 40 * n / 3);
+      assert_true(s.bytes_per_resident <= 32.0);
+    }
+    sl_twophase_destroy(t);
+  }
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -261,6 +293,7 @@ int main(void)
     cmocka_unit_test(test_hit_stores_only_until_saturated),
     cmocka_unit_test(test_remove_and_memory),
     cmocka_unit_test(test_ghost_size),
+    cmocka_unit_test(test_contest_keeps_hot_on_a_loop),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

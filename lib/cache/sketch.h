@@ -18,10 +18,11 @@
  *    caller-chosen number of events has been counted, so yesterday's hot
  *    set does not keep out today's.
  *
- * Header-only and single-threaded: the simulator's policies each own one.
+ * Header-only and single-threaded: the simulator's W-TinyLFU owns one, and
+ * each twophase shard one, used only under its eviction lock.
  */
-#ifndef SLUICE_SIM_SKETCH_H
-#define SLUICE_SIM_SKETCH_H
+#ifndef SLUICE_CACHE_SKETCH_H
+#define SLUICE_CACHE_SKETCH_H
 
 #include <errno.h>
 #include <stdbool.h>
@@ -45,12 +46,14 @@ static inline uint64_t sl_sketch_mix(uint64_t x)
   return x;
 }
 
-/* Room for about WIDTH distinct blocks (the cache's capacity): each row
- * gets the next power of two >= 2 * WIDTH counters.  -ENOMEM on failure. */
+/* Each row gets the next power of two >= WIDTH counters (and at least
+ * 32): W-TinyLFU gives 4 x its capacity (8 bytes per block over the four
+ * rows, as Caffeine sizes its sketch), twophase its capacity (2 to 4
+ * bytes per block, within its metadata budget).  -ENOMEM on failure. */
 static inline int sl_sketch_init(struct sl_sketch *s, uint64_t width)
 {
   uint64_t n = 32;
-  while (n < 4 * width)
+  while (n < width)
     n <<= 1;
   s->mask = n - 1;
   s->row_words = n / 16;
@@ -62,6 +65,12 @@ static inline int sl_sketch_init(struct sl_sketch *s, uint64_t width)
     return -ENOMEM;
   }
   return 0;
+}
+
+/* Bytes the sketch allocated. */
+static inline size_t sl_sketch_bytes(const struct sl_sketch *s)
+{
+  return (size_t)(4 * s->row_words + (s->mask + 1) * 2 / 64) * 8;
 }
 
 static inline void sl_sketch_free(struct sl_sketch *s)
