@@ -53,7 +53,9 @@ static int write_back(struct qcow2_state *s, struct qcow2_cache *c,
     if (r < 0)
       return r;
   }
-  int r = qcow2_io_write(s, e->data, c->table_size, e->offset);
+  /* A table may overlap anything but its own kind. */
+  unsigned ign = c == &s->l2_cache ? QCOW2_OL_ACTIVE_L2 : QCOW2_OL_REFBLOCK;
+  int r = qcow2_write_checked(s, ign, e->data, c->table_size, e->offset);
   if (r < 0)
     return r;
   e->dirty = false;
@@ -106,11 +108,16 @@ int qcow2_cache_get(struct qcow2_state *s, struct qcow2_cache *c,
   if (fresh) {
     memset(victim->data, 0, c->table_size);
   } else {
-    uint64_t fsize = qcow2_file_size(s);
-    if (offset + c->table_size > fsize && !s->writable)
+    uint64_t fsize = qcow2_file_size(s), n = c->table_size;
+    if (offset + n > fsize && s->for_check) {
+      /* check reads what is missing as zeros, as qemu-img does */
+      n = offset < fsize ? fsize - offset : 0;
+      memset(victim->data + n, 0, c->table_size - n);
+    } else if (offset + n > fsize && !s->writable) {
       return sl_error(EIO, "%s: %s at 0x%" PRIx64 " lies past the end of the "
                       "file", s->img->filename, c->what, offset);
-    r = qcow2_io_read(s, victim->data, c->table_size, offset);
+    }
+    r = n ? qcow2_io_read(s, victim->data, n, offset) : 0;
     if (r < 0)
       return r;
   }

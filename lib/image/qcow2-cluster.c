@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,6 +82,18 @@ static int check_l2_offset(struct qcow2_state *s, uint64_t l1i, uint64_t off)
     return bad_table(s, "L2 table", l1i, off,
                      "overlaps the L1 or refcount table");
   return 0;
+}
+
+/* A write found metadata that cannot be right (an L2 table over other
+ * metadata or unaligned): as QEMU does, the image is marked corrupt so
+ * that nothing writes to it until it is repaired.  Keeps the message. */
+static int write_refused_corrupt(struct qcow2_state *s, int r)
+{
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s", sl_last_error());
+  qcow2_mark_corrupt(s, msg);
+  return sl_error(-r, "%s; the image is marked corrupt: repair it with "
+                  "'sluice check -r all'", msg);
 }
 
 /* The L2 table for L1 index L1I, pinned, or NULL when there is none. */
@@ -290,7 +303,7 @@ int qcow2_flush_l1(struct qcow2_state *s)
     return sl_error(ENOMEM, "%s: out of memory", s->img->filename);
   for (uint32_t i = 0; i < s->l1_size; i++)
     qcow2_put_be64(buf + i * 8, s->l1[i]);
-  r = qcow2_io_write(s, buf, bytes, s->l1_offset);
+  r = qcow2_write_checked(s, QCOW2_OL_ACTIVE_L1, buf, bytes, s->l1_offset);
   free(buf);
   if (r == 0)
     s->l1_dirty = false;
@@ -309,7 +322,7 @@ static int l2_table_for_write(struct qcow2_state *s, uint64_t l1i, uint8_t **tbl
   if (off) {
     r = check_l2_offset(s, l1i, off);
     if (r < 0)
-      return r;
+      return write_refused_corrupt(s, r);
     if (l1e & QCOW2_OFLAG_COPIED)
       return qcow2_cache_get(s, &s->l2_cache, off, false, tbl);
     uint64_t rc;
@@ -324,6 +337,8 @@ static int l2_table_for_write(struct qcow2_state *s, uint64_t l1i, uint8_t **tbl
   }
   uint64_t nw, got;
   r = qcow2_alloc_clusters(s, 1, &nw, &got);
+  if (r == 0) /* not in the L1 yet: checked against everything */
+    r = qcow2_overlap_check(s, 0, nw, s->cluster_size);
   if (r < 0)
     return r;
   r = qcow2_cache_get(s, &s->l2_cache, nw, true, tbl);
@@ -533,7 +548,7 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
   if (writable_in_place(s, e, b, in0, SL_MIN(len, cs - in0))) {
     /* Another thread allocated it meanwhile. */
     uint64_t n = SL_MIN(len, cs - in0);
-    r = qcow2_io_write(s, data, n, (e & QCOW2_OFFSET_MASK) + in0);
+    r = qcow2_write_checked(s, 0, data, n, (e & QCOW2_OFFSET_MASK) + in0);
     *done = n;
     goto out;
   }
@@ -551,7 +566,7 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
       while (k < 32 && ((alloc >> k) & 1))
         k++;
       n = SL_MIN(n, k * scs - in0);
-      r = qcow2_io_write(s, data, n, (e & QCOW2_OFFSET_MASK) + in0);
+      r = qcow2_write_checked(s, 0, data, n, (e & QCOW2_OFFSET_MASK) + in0);
       *done = n;
       goto out;
     }
@@ -560,8 +575,11 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
       hi++;
     n = SL_MIN(n, (hi + 1) * scs - in0);
     uint64_t span = gc0 * cs + lo * scs;
-    r = write_span(s, (e & QCOW2_OFFSET_MASK) + lo * scs, span,
-                   (hi - lo + 1) * scs, data, off, len, true);
+    r = qcow2_overlap_check(s, 0, (e & QCOW2_OFFSET_MASK) + lo * scs,
+                            (hi - lo + 1) * scs);
+    if (r == 0)
+      r = write_span(s, (e & QCOW2_OFFSET_MASK) + lo * scs, span,
+                     (hi - lo + 1) * scs, data, off, len, true);
     if (r == 0) {
       uint32_t m = sc_mask(lo, hi);
       b = (b | m) & ~((uint64_t)m << 32);
@@ -597,6 +615,10 @@ static int write_alloc(struct qcow2_state *s, const uint8_t *data, uint64_t off,
   }
   uint64_t host, got;
   r = qcow2_alloc_clusters(s, n, &host, &got);
+  /* Refcounts of 0 on metadata would hand it out as free: the new
+   * clusters are checked before anything is written into them. */
+  if (r == 0)
+    r = qcow2_overlap_check(s, 0, host, got * cs);
   if (r == 0)
     r = inflight_add(s, gc0, got);
   if (r < 0)
@@ -670,9 +692,15 @@ static int in_place_run(struct qcow2_state *s, uint64_t off, uint64_t len,
   uint64_t cs = s->cluster_size;
   *n = 0;
   uint64_t pos = off, end = off + len;
-  uint64_t gc = pos >> s->cluster_bits;
+  uint64_t gc = pos >> s->cluster_bits, l1i = gc >> s->l2_bits;
   uint8_t *tbl;
-  int r = l2_table_for_read(s, gc >> s->l2_bits, &tbl);
+  int r;
+  if (l1i < s->l1_size && (s->l1[l1i] & QCOW2_OFFSET_MASK)) {
+    r = check_l2_offset(s, l1i, s->l1[l1i] & QCOW2_OFFSET_MASK);
+    if (r < 0)
+      return write_refused_corrupt(s, r);
+  }
+  r = l2_table_for_read(s, l1i, &tbl);
   if (r < 0 || !tbl)
     return r;
   uint64_t table_end = ((gc >> s->l2_bits) + 1) << (s->l2_bits + s->cluster_bits);
@@ -687,6 +715,7 @@ static int in_place_run(struct qcow2_state *s, uint64_t off, uint64_t len,
     if ((e & QCOW2_OFFSET_MASK) < cs) {
       r = sl_error(EIO, "%s: L2 entry for cluster %" PRIu64 " points into the "
                    "header", s->img->filename, gc);
+      r = write_refused_corrupt(s, r);
       break;
     }
     if (*n == 0)
@@ -714,6 +743,8 @@ int qcow2_write(struct qcow2_state *s, const void *buf, size_t len, uint64_t off
                       s->img->filename);
     }
     r = in_place_run(s, off, len, &host, &n);
+    if (r == 0 && n)
+      r = qcow2_overlap_check(s, 0, host, n);
     if (r == 0 && n == 0) {
       r = write_alloc(s, p, off, len, &n);
       pending |= s->npending > 0;

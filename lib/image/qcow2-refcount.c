@@ -9,6 +9,20 @@
  * new blocks; the header is switched to the new table with one write after
  * both are on disk, then the old table is freed.
  *
+ * The metadata overlap check (qcow2_overlap_check) also lives here, as in
+ * QEMU: before any cluster is written, its range is compared with every
+ * piece of metadata the image holds in memory -- header, active L1, active
+ * L2 tables (through the L1), refcount table and blocks (through the
+ * table), snapshot table, snapshots' L1 tables, bitmap directory.  That is
+ * QEMU's default "cached" check: nothing is read from the file for it.
+ * Metadata that points into other metadata (a refcount of 0 on an L2
+ * table, an L2 entry naming the L1 table) would otherwise make the next
+ * write overwrite it; the check refuses the write, marks the image corrupt
+ * (incompatible bit 1) so that nothing writes to it until `check -r all`,
+ * and the request fails with EIO.  Cost: a walk of the L1 table and of the
+ * used part of the refcount table per write, a few hundred compares for
+ * typical images, as QEMU pays.
+ *
  * Callers hold s->lock.
  */
 #include <errno.h>
@@ -52,6 +66,103 @@ void qcow2_rc_set_entry(const struct qcow2_state *s, uint8_t *blk, uint64_t i,
   }
 }
 
+static inline bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b,
+                                  uint64_t blen)
+{
+  return alen && blen && a < b + blen && b < a + alen;
+}
+
+void qcow2_update_rt_used(struct qcow2_state *s)
+{
+  uint64_t n = s->rt_size;
+  while (n > 0 && s->rt[n - 1] == 0)
+    n--;
+  s->rt_used = n;
+}
+
+/* Which metadata (one QCOW2_OL_* bit) [off, off+len) overlaps, or 0. */
+static unsigned overlap_kind(const struct qcow2_state *s, unsigned chk,
+                             uint64_t off, uint64_t len)
+{
+  uint64_t cs = s->cluster_size;
+  if (len == 0)
+    return 0;
+  if ((chk & QCOW2_OL_HEADER) && off < cs)
+    return QCOW2_OL_HEADER;
+  /* Whole clusters: metadata owns the clusters it starts in. */
+  uint64_t start = off & ~(cs - 1);
+  uint64_t end = SL_ROUND_UP(off + len, cs);
+  len = end - start;
+  off = start;
+  if ((chk & QCOW2_OL_ACTIVE_L1) &&
+      ranges_overlap(off, len, s->l1_offset, (uint64_t)s->l1_size * 8))
+    return QCOW2_OL_ACTIVE_L1;
+  if ((chk & QCOW2_OL_REFTABLE) &&
+      ranges_overlap(off, len, s->rt_offset, (uint64_t)s->rt_clusters * cs))
+    return QCOW2_OL_REFTABLE;
+  if ((chk & QCOW2_OL_SNAPTABLE) &&
+      ranges_overlap(off, len, s->snapshots_offset, s->snapshots_size))
+    return QCOW2_OL_SNAPTABLE;
+  if ((chk & QCOW2_OL_INACTIVE_L1) && s->snapshots)
+    for (uint32_t i = 0; i < s->nsnapshots; i++)
+      if (ranges_overlap(off, len, s->snapshots[i].l1_offset,
+                         (uint64_t)s->snapshots[i].l1_size * 8))
+        return QCOW2_OL_INACTIVE_L1;
+  if ((chk & QCOW2_OL_BITMAP_DIR) && s->bitmap_ext &&
+      ranges_overlap(off, len, s->bitmap_dir_offset, s->bitmap_dir_size))
+    return QCOW2_OL_BITMAP_DIR;
+  if ((chk & QCOW2_OL_ACTIVE_L2) && s->l1)
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+      uint64_t t = s->l1[i] & QCOW2_OFFSET_MASK;
+      if (t && t < end && off < t + cs)
+        return QCOW2_OL_ACTIVE_L2;
+    }
+  if ((chk & QCOW2_OL_REFBLOCK) && s->rt)
+    for (uint64_t i = 0; i < s->rt_used; i++) {
+      uint64_t b = s->rt[i] & ~QCOW2_RT_RESERVED;
+      if (b && b < end && off < b + cs)
+        return QCOW2_OL_REFBLOCK;
+    }
+  return 0;
+}
+
+static const char *overlap_name(unsigned kind)
+{
+  switch (kind) {
+  case QCOW2_OL_HEADER: return "qcow2_header";
+  case QCOW2_OL_ACTIVE_L1: return "active L1 table";
+  case QCOW2_OL_ACTIVE_L2: return "active L2 table";
+  case QCOW2_OL_REFTABLE: return "refcount table";
+  case QCOW2_OL_REFBLOCK: return "refcount block";
+  case QCOW2_OL_SNAPTABLE: return "snapshot table";
+  case QCOW2_OL_INACTIVE_L1: return "inactive L1 table";
+  default: return "bitmap directory";
+  }
+}
+
+int qcow2_overlap_check(struct qcow2_state *s, unsigned ign, uint64_t off,
+                        uint64_t len)
+{
+  unsigned kind = overlap_kind(s, ~ign, off, len);
+  if (!kind)
+    return 0;
+  const char *what = overlap_name(kind);
+  qcow2_mark_corrupt(s, what);
+  return sl_error(EIO, "%s: Preventing invalid write on metadata (overlaps "
+                  "with %s) at 0x%" PRIx64 " (%" PRIu64 " bytes); the image "
+                  "is marked corrupt: repair it with 'sluice check -r all'",
+                  s->img->filename, what, off, len);
+}
+
+int qcow2_write_checked(struct qcow2_state *s, unsigned ign, const void *buf,
+                        size_t len, uint64_t off)
+{
+  if (!s->writable) /* marked corrupt meanwhile: nothing more is written */
+    return sl_error(EROFS, "%s: image is not writable", s->img->filename);
+  int r = qcow2_overlap_check(s, ign, off, len);
+  return r < 0 ? r : qcow2_io_write(s, buf, len, off);
+}
+
 static uint64_t rc_max(const struct qcow2_state *s)
 {
   return s->refcount_bits == 64 ? UINT64_MAX : (1ull << s->refcount_bits) - 1;
@@ -59,7 +170,7 @@ static uint64_t rc_max(const struct qcow2_state *s)
 
 static int load_block(struct qcow2_state *s, uint64_t idx, uint8_t **blk)
 {
-  uint64_t off = s->rt[idx];
+  uint64_t off = s->rt[idx] & ~QCOW2_RT_RESERVED;
   if (off & (s->cluster_size - 1) || off < s->cluster_size)
     return sl_error(EIO, "%s: refcount block %" PRIu64 " at 0x%" PRIx64
                     " is misaligned or overlaps the header",
@@ -86,7 +197,8 @@ static int write_rt_entry(struct qcow2_state *s, uint64_t idx)
 {
   uint8_t be[8];
   qcow2_put_be64(be, s->rt[idx]);
-  return qcow2_io_write(s, be, 8, s->rt_offset + idx * 8);
+  return qcow2_write_checked(s, QCOW2_OL_REFTABLE, be, 8,
+                             s->rt_offset + idx * 8);
 }
 
 /* Write a fresh refcount block for range RANGE at cluster AT, counting the
@@ -101,7 +213,8 @@ static int write_new_block(struct qcow2_state *s, uint64_t range, uint64_t at,
   uint64_t lo = range * s->rb_entries, hi = lo + s->rb_entries;
   for (uint64_t c = SL_MAX(first, lo); c < SL_MIN(first + n, hi); c++)
     qcow2_rc_set_entry(s, blk, c - lo, 1);
-  r = qcow2_io_write(s, blk, s->cluster_size, at * s->cluster_size);
+  /* Not yet in the refcount table: checked against everything. */
+  r = qcow2_write_checked(s, 0, blk, s->cluster_size, at * s->cluster_size);
   qcow2_cache_put(&s->rb_cache, blk);
   return r;
 }
@@ -158,7 +271,7 @@ int qcow2_install_reftable(struct qcow2_state *s, uint64_t *table,
   if (r == 0) {
     for (uint64_t i = 0; i < entries; i++)
       qcow2_put_be64(buf + i * 8, table[i]);
-    r = qcow2_io_write(s, buf, bytes, off);
+    r = qcow2_write_checked(s, 0, buf, bytes, off);
   }
   free(buf);
   if (r == 0)
@@ -172,6 +285,7 @@ int qcow2_install_reftable(struct qcow2_state *s, uint64_t *table,
   s->rt_size = entries;
   s->rt_offset = off;
   s->rt_clusters = (uint32_t)clusters;
+  qcow2_update_rt_used(s);
   r = qcow2_write_header_fields(s);
   if (r == 0)
     r = qcow2_sync(s);
@@ -192,6 +306,8 @@ static int ensure_block(struct qcow2_state *s, uint64_t idx)
   if (r < 0)
     return r;
   s->rt[idx] = at * s->cluster_size;
+  if (idx + 1 > s->rt_used)
+    s->rt_used = idx + 1;
   r = write_rt_entry(s, idx);
   s->l2_needs_refcount_flush = true;
   return r;

@@ -197,10 +197,13 @@ int qcow2_write_header_fields(struct qcow2_state *s)
 int qcow2_mark_corrupt(struct qcow2_state *s, const char *why)
 {
   (void)why;
-  if (!s->writable || s->version < 3)
+  if (!s->writable)
+    return 0;
+  /* No more writes from this open, whatever the header can record. */
+  s->writable = false;
+  if (s->version < 3)
     return 0;
   s->incompat |= QCOW2_INCOMPAT_CORRUPT;
-  s->writable = false;
   int r = qcow2_write_header_fields(s);
   if (r == 0)
     r = qcow2_sync(s);
@@ -215,11 +218,12 @@ static int parse_extensions(struct qcow2_state *s, const uint8_t *c,
   size_t p = start;
   while (p + 8 <= end) {
     uint32_t type = qcow2_be32(c + p), len = qcow2_be32(c + p + 4);
-    if (type == QCOW2_EXT_END)
-      return 0;
+    /* The length is checked first, even the end marker's, as QEMU does. */
     if ((uint64_t)p + 8 + len > end)
       return sl_error(EINVAL, "%s: header extension 0x%08x of %u bytes "
                       "runs past the end of the header cluster", fn, type, len);
+    if (type == QCOW2_EXT_END)
+      return 0;
     const uint8_t *d = c + p + 8;
     size_t total = 8 + SL_ROUND_UP((size_t)len, 8);
     if (type == QCOW2_EXT_BACKING_FMT) {
@@ -252,8 +256,11 @@ static int parse_extensions(struct qcow2_state *s, const uint8_t *c,
 }
 
 static int table_in_file(const char *fn, const char *what, uint64_t off,
-                         uint64_t bytes, uint64_t cs, uint64_t fsize)
+                         uint64_t bytes, uint64_t cs, uint64_t fsize,
+                         bool for_check)
 {
+  if (for_check) /* check reports it; only alignment stops QEMU's open */
+    fsize = UINT64_MAX;
   uint64_t end;
   if (off % cs)
     return sl_error(EINVAL, "%s: %s offset 0x%" PRIx64 " is not aligned to "
@@ -276,7 +283,13 @@ static int read_table(struct qcow2_state *s, uint64_t off, uint64_t n,
   uint64_t *t;
   if (posix_memalign((void **)&t, DIRECT_ALIGN, SL_ROUND_UP(n * 8, DIRECT_ALIGN)))
     return sl_error(ENOMEM, "%s: out of memory", s->img->filename);
-  int r = qcow2_io_read(s, t, n * 8, off);
+  uint64_t bytes = n * 8, fsize = qcow2_file_size(s);
+  if (s->for_check) { /* what lies past the end of the file reads as 0 */
+    uint64_t have = off < fsize ? SL_MIN(bytes, fsize - off) : 0;
+    memset((uint8_t *)t + have, 0, bytes - have);
+    bytes = have;
+  }
+  int r = bytes ? qcow2_io_read(s, t, bytes, off) : 0;
   if (r < 0) {
     free(t);
     return r;
@@ -408,7 +421,7 @@ static int parse_header(struct qcow2_state *s, enum sl_format *backing_fmt,
     return sl_error(EINVAL, "%s: L1 table (%u entries) is too small for the "
                     "virtual size %" PRIu64, fn, s->l1_size, s->size);
   r = table_in_file(fn, "L1 table", s->l1_offset, (uint64_t)s->l1_size * 8,
-                    s->cluster_size, fsize);
+                    s->cluster_size, fsize, s->for_check);
   if (r < 0)
     return r;
   if (s->rt_clusters == 0)
@@ -418,12 +431,13 @@ static int parse_header(struct qcow2_state *s, enum sl_format *backing_fmt,
                     fn, s->rt_clusters);
   r = table_in_file(fn, "refcount table", s->rt_offset,
                     (uint64_t)s->rt_clusters * s->cluster_size,
-                    s->cluster_size, fsize);
+                    s->cluster_size, fsize, s->for_check);
   if (r < 0)
     return r;
   uint64_t l1_end = s->l1_offset + (uint64_t)s->l1_size * 8;
   uint64_t rt_end = s->rt_offset + (uint64_t)s->rt_clusters * s->cluster_size;
-  if (s->l1_size && s->l1_offset < rt_end && s->rt_offset < l1_end)
+  if (!s->for_check && s->l1_size && s->l1_offset < rt_end &&
+      s->rt_offset < l1_end)
     return sl_error(EINVAL, "%s: L1 table at 0x%" PRIx64 " overlaps the "
                     "refcount table at 0x%" PRIx64, fn, s->l1_offset,
                     s->rt_offset);
@@ -464,19 +478,21 @@ static int parse_header(struct qcow2_state *s, enum sl_format *backing_fmt,
     r = read_table(s, s->l1_offset, s->l1_size, &s->l1);
   if (r == 0)
     r = read_table(s, s->rt_offset, s->rt_size, &s->rt);
+  if (r == 0)
+    qcow2_update_rt_used(s);
   return r;
 }
 
 int qcow2_open_state(struct sl_image *img, const char *path, int fd,
-                     bool writable, bool direct, size_t cache_bytes,
+                     bool writable, bool for_check, size_t cache_bytes,
                      struct qcow2_state **out)
 {
   (void)path;
   (void)fd;
-  (void)direct;
   struct qcow2_state *s = calloc(1, sizeof *s);
   if (!s)
     return sl_error(ENOMEM, "%s: out of memory", img->filename);
+  s->for_check = for_check;
   pthread_mutex_init(&s->lock, NULL);
   pthread_mutex_init(&s->rmw_lock, NULL);
   pthread_cond_init(&s->alloc_done, NULL);
@@ -551,7 +567,7 @@ static int qcow2_open(struct sl_image *img, const struct sl_image_open_opts *opt
 {
   struct qcow2_state *s;
   int r = qcow2_open_state(img, img->filename, img->fd, !img->read_only,
-                           img->direct, opts->metadata_cache_bytes, &s);
+                           false, opts->metadata_cache_bytes, &s);
   if (r < 0)
     return r;
   img->priv = s;

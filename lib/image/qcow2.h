@@ -65,6 +65,18 @@
 #define QCOW2_L1_RESERVED      0x7f000000000001ffull
 #define QCOW2_L2_RESERVED      0x3f000000000001feull
 
+#define QCOW2_RT_RESERVED      0x00000000000001ffull
+
+/* Kinds of metadata for the overlap check (QEMU's QCOW2_OL_*). */
+#define QCOW2_OL_HEADER        (1u << 0)
+#define QCOW2_OL_ACTIVE_L1     (1u << 1)
+#define QCOW2_OL_ACTIVE_L2     (1u << 2)
+#define QCOW2_OL_REFTABLE      (1u << 3)
+#define QCOW2_OL_REFBLOCK      (1u << 4)
+#define QCOW2_OL_SNAPTABLE     (1u << 5)
+#define QCOW2_OL_INACTIVE_L1   (1u << 6)
+#define QCOW2_OL_BITMAP_DIR    (1u << 7)
+
 #define QCOW2_COMPRESSION_ZLIB 0
 #define QCOW2_COMPRESSION_ZSTD 1
 
@@ -161,10 +173,12 @@ struct qcow2_state {
   /* What get_info hands out (built on first use, freed with the state). */
   struct sl_snapshot_info *info_snapshots;
   struct sl_bitmap_info *info_bitmaps;
+  uint64_t rt_used;             /* refcount table entries up to the last set */
   uint8_t *unknown_exts;        /* raw bytes of extensions we preserve */
   size_t unknown_exts_len;
   bool extended_l2;
   bool writable;
+  bool for_check;               /* opened by check: tables past EOF read as 0 */
 
   /* Geometry. */
   uint32_t l2_bits;             /* log2 of entries per L2 table */
@@ -216,11 +230,23 @@ int qcow2_sync(struct qcow2_state *s);
 uint64_t qcow2_file_size(struct qcow2_state *s);
 int qcow2_write_header_fields(struct qcow2_state *s);
 int qcow2_mark_corrupt(struct qcow2_state *s, const char *why);
+/* FOR_CHECK: open as check does, accepting what QEMU's check accepts
+ * (tables past the end of the file read as zeros, tables overlapping). */
 int qcow2_open_state(struct sl_image *img, const char *path, int fd,
-                     bool writable, bool direct, size_t cache_bytes,
+                     bool writable, bool for_check, size_t cache_bytes,
                      struct qcow2_state **out);
 void qcow2_free_state(struct qcow2_state *s);
 int qcow2_flush_locked(struct qcow2_state *s);
+
+/* qcow2-refcount.c: the metadata overlap check.  Returns -EIO (the image
+ * then marked corrupt and no longer writable) when [off, off+len) overlaps
+ * metadata of a kind not in IGN.  Caller holds s->lock. */
+int qcow2_overlap_check(struct qcow2_state *s, unsigned ign, uint64_t off,
+                        uint64_t len);
+/* qcow2_overlap_check() then qcow2_io_write(). */
+int qcow2_write_checked(struct qcow2_state *s, unsigned ign, const void *buf,
+                        size_t len, uint64_t off);
+void qcow2_update_rt_used(struct qcow2_state *s);
 
 /* qcow2-cache.c */
 int qcow2_cache_init(struct qcow2_cache *c, const char *what, size_t nslots,
