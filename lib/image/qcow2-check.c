@@ -38,6 +38,7 @@ struct check {
   uint32_t *ref;      /* expected refcount per cluster */
   uint64_t nref;
   uint64_t file_clusters;
+  uint64_t file_len;  /* bytes */
   bool rebuild;       /* the refcount structure itself is broken */
   uint64_t bad_rt_entries;
 };
@@ -47,16 +48,20 @@ static int inc_refs(struct check *c, uint64_t off, uint64_t bytes)
   if (bytes == 0)
     return 0;
   struct qcow2_state *s = c->s;
+  /* The last cluster may be partly past the end of the file; anything
+   * further is a corruption and is not counted (as qemu-img does). */
+  uint64_t end;
+  if (!sl_add_ok(off, bytes, &end) ||
+      (end > c->file_len && end - c->file_len >= s->cluster_size)) {
+    fprintf(stderr, "ERROR: counting reference for region exceeding the "
+            "end of the file by one cluster or more: offset 0x%" PRIx64
+            " size 0x%" PRIx64 "\n", off, bytes);
+    c->res->corruptions++;
+    return 0;
+  }
   uint64_t first = off >> s->cluster_bits;
   uint64_t last = (off + bytes - 1) >> s->cluster_bits;
   if (last >= c->nref) {
-    /* Bound what an absurd offset can make us allocate. */
-    if (last > c->file_clusters + (1ull << 26)) {
-      fprintf(stderr, "ERROR: cluster %" PRIu64 " (offset 0x%" PRIx64
-              ") is far beyond the end of the image\n", last, off);
-      c->res->corruptions++;
-      return 0;
-    }
     uint64_t n = SL_MAX(last + 1, c->nref * 2);
     uint32_t *nr = realloc(c->ref, n * sizeof *nr);
     if (!nr)
@@ -87,6 +92,14 @@ static int read_be64_table(struct qcow2_state *s, uint64_t off, uint64_t n,
   return 0;
 }
 
+/* Read BYTES at OFF; what lies past the end of the file reads as zeros. */
+static int read_padded(struct check *c, void *buf, uint64_t bytes, uint64_t off)
+{
+  uint64_t have = off < c->file_len ? SL_MIN(bytes, c->file_len - off) : 0;
+  memset((uint8_t *)buf + have, 0, bytes - have);
+  return have ? qcow2_io_read(c->s, buf, have, off) : 0;
+}
+
 static bool in_file(struct check *c, uint64_t off, uint64_t bytes)
 {
   return off + bytes <= c->file_clusters << c->s->cluster_bits;
@@ -100,7 +113,7 @@ static int check_l2(struct check *c, uint64_t l2off, bool active)
   CLEANUP_FREE uint8_t *t = malloc(cs);
   if (!t)
     return sl_error(ENOMEM, "%s: out of memory", s->img->filename);
-  int r = qcow2_io_read(s, t, cs, l2off);
+  int r = read_padded(c, t, cs, l2off);
   if (r < 0)
     return r;
   uint64_t next = 0;
@@ -138,6 +151,11 @@ static int check_l2(struct check *c, uint64_t l2off, bool active)
         c->res->corruptions++;
       }
     }
+    if (e & QCOW2_L2_RESERVED) {
+      fprintf(stderr, "ERROR found l2 entry with reserved bits set: %" PRIx64
+              "\n", e);
+      c->res->corruptions++;
+    }
     uint64_t host = e & QCOW2_OFFSET_MASK;
     if (!host)
       continue;
@@ -145,7 +163,6 @@ static int check_l2(struct check *c, uint64_t l2off, bool active)
       fprintf(stderr, "ERROR offset=%" PRIx64 ": Cluster is not properly "
               "aligned; L2 entry corrupted.\n", host);
       c->res->corruptions++;
-      continue;
     }
     if (active) {
       c->res->allocated_clusters++;
@@ -167,17 +184,25 @@ static int check_l1(struct check *c, uint64_t l1off, uint64_t l1size,
   int r = inc_refs(c, l1off, l1size * 8);
   if (r < 0 || l1size == 0)
     return r;
-  if (l1size * 8 > QCOW2_MAX_L1_BYTES || !in_file(c, l1off, l1size * 8)) {
+  if (l1size * 8 > QCOW2_MAX_L1_BYTES) {
     fprintf(stderr, "ERROR: L1 table at 0x%" PRIx64 " (%" PRIu64 " entries) "
-            "is invalid or lies past the end of the file\n", l1off, l1size);
+            "is too large\n", l1off, l1size);
     c->res->corruptions++;
     return 0;
   }
-  CLEANUP_FREE uint64_t *l1 = NULL;
-  r = read_be64_table(s, l1off, l1size, &l1);
+  CLEANUP_FREE uint64_t *l1 = malloc(l1size * 8);
+  if (!l1)
+    return sl_error(ENOMEM, "%s: out of memory", s->img->filename);
+  r = read_padded(c, l1, l1size * 8, l1off);
   if (r < 0)
     return r;
   for (uint64_t i = 0; i < l1size; i++) {
+    l1[i] = be64toh(l1[i]);
+    if (l1[i] & QCOW2_L1_RESERVED) {
+      fprintf(stderr, "ERROR found L1 entry with reserved bits set: %" PRIx64
+              "\n", l1[i]);
+      c->res->corruptions++;
+    }
     uint64_t l2off = l1[i] & QCOW2_OFFSET_MASK;
     if (!l2off)
       continue;
@@ -190,11 +215,8 @@ static int check_l1(struct check *c, uint64_t l1off, uint64_t l1size,
       c->res->corruptions++;
       continue;
     }
-    if (!in_file(c, l2off, s->cluster_size)) {
-      fprintf(stderr, "ERROR l2_offset=%" PRIx64 ": L2 table lies past the "
-              "end of the file\n", l2off);
-      continue; /* counted through the refcount comparison */
-    }
+    if (!in_file(c, l2off, 1))
+      continue; /* reported by inc_refs; reads as zeros */
     r = check_l2(c, l2off, active);
     if (r < 0)
       return r;
@@ -216,7 +238,7 @@ static int check_snapshots(struct check *c)
   for (uint32_t i = 0; i < s->nb_snapshots; i++) {
     uint8_t h[40];
     if (!in_file(c, off, 40)) {
-      fprintf(stderr, "ERROR snapshot %u lies past the end of the file\n", i);
+      fprintf(stderr, "ERROR snapshot table entry %u is incomplete\n", i);
       c->res->corruptions++;
       return 0;
     }
@@ -295,14 +317,22 @@ static int check_refcount_structures(struct check *c)
   struct qcow2_state *s = c->s;
   int r = inc_refs(c, s->rt_offset, (uint64_t)s->rt_clusters * s->cluster_size);
   for (uint64_t i = 0; r == 0 && i < s->rt_size; i++) {
-    uint64_t off = s->rt[i] & QCOW2_OFFSET_MASK;
+    uint64_t off = s->rt[i] & ~QCOW2_RT_RESERVED;
+    if (s->rt[i] & QCOW2_RT_RESERVED) {
+      fprintf(stderr, "ERROR refcount table entry %" PRIu64 " has reserved "
+              "bits set\n", i);
+      c->res->corruptions++;
+      c->rebuild = true;
+      c->bad_rt_entries++;
+      continue;
+    }
     if (!off)
       continue;
     if (off & (s->cluster_size - 1)) {
+      /* Kept: reading its refcounts then fails, as in qemu-img. */
       fprintf(stderr, "ERROR refcount block %" PRIu64 " is not cluster "
               "aligned; refcount table entry corrupted\n", i);
       c->res->corruptions++;
-      s->rt[i] = 0; /* do not use it below */
       c->rebuild = true;
       c->bad_rt_entries++;
       continue;
@@ -316,6 +346,15 @@ static int check_refcount_structures(struct check *c)
       continue;
     }
     r = inc_refs(c, off, s->cluster_size);
+    uint64_t k = off >> s->cluster_bits;
+    if (r == 0 && k < c->nref && c->ref[k] != 1) {
+      /* Over other metadata: updating it would overwrite that. */
+      fprintf(stderr, "ERROR refcount block %" PRIu64 " refcount=%u\n", i,
+              c->ref[k]);
+      c->res->corruptions++;
+      c->rebuild = true;
+      c->bad_rt_entries++;
+    }
   }
   return r;
 }
@@ -342,6 +381,11 @@ static int compare_refcounts(struct check *c, unsigned repair, bool *fixed_any)
     if (disk == want)
       continue;
     bool leak = disk > want;
+    if (disk == 0 && (repair & SL_CHECK_REPAIR_ALL) && !c->rebuild) {
+      /* As qemu-img: a referenced cluster counted 0 means the refcount
+       * structure cannot be trusted to say what is free. */
+      c->rebuild = true;
+    }
     bool fix = leak ? (repair & (SL_CHECK_REPAIR_LEAKS | SL_CHECK_REPAIR_ALL))
                     : (repair & SL_CHECK_REPAIR_ALL);
     fprintf(stderr, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
@@ -411,8 +455,13 @@ static int rebuild_refcounts(struct check *c)
     if (c->ref[rt_first + i])
       c->ref[rt_first + i]--;
   for (uint64_t i = 0; i < s->rt_size; i++) {
-    uint64_t b = (s->rt[i] & QCOW2_OFFSET_MASK) >> s->cluster_bits;
-    if (s->rt[i] && b < c->nref && c->ref[b])
+    /* Only the blocks check_refcount_structures() counted. */
+    uint64_t off = s->rt[i] & ~QCOW2_RT_RESERVED;
+    uint64_t b = off >> s->cluster_bits;
+    if (!off || (s->rt[i] & QCOW2_RT_RESERVED) || (off & (cs - 1)) ||
+        !in_file(c, off, cs))
+      continue;
+    if (b < c->nref && c->ref[b])
       c->ref[b]--;
   }
   uint64_t used = 0;
@@ -469,7 +518,7 @@ static int rebuild_refcounts(struct check *c)
     }
     nt[b] = (start + b) * cs;
     if (r == 0)
-      r = qcow2_io_write(s, buf, cs, (start + b) * cs);
+      r = qcow2_write_checked(s, 0, buf, cs, (start + b) * cs);
   }
   uint64_t toff = (start + nblocks) * cs;
   free(buf);
@@ -546,7 +595,8 @@ static int check_copied(struct check *c, unsigned repair, bool *fixed_any)
       }
     }
     if (l2_changed) {
-      r = qcow2_io_write(s, t, s->cluster_size, l2off);
+      r = qcow2_write_checked(s, QCOW2_OL_ACTIVE_L2, t, s->cluster_size,
+                              l2off);
       if (r < 0)
         return r;
       *fixed_any = true;
@@ -584,7 +634,7 @@ static int check_once(const char *path, unsigned repair,
   }
   img.read_only = !repair;
   struct qcow2_state *s;
-  int r = qcow2_open_state(&img, path, img.fd, false, false, 0, &s);
+  int r = qcow2_open_state(&img, path, img.fd, false, true, 0, &s);
   if (r < 0) {
     close(img.fd);
     return r;
@@ -592,7 +642,8 @@ static int check_once(const char *path, unsigned repair,
   free(img.backing_file);
   s->writable = repair != 0;
   struct check c = {.s = s, .res = res};
-  c.file_clusters = SL_DIV_ROUND_UP(qcow2_file_size(s), s->cluster_size);
+  c.file_len = qcow2_file_size(s);
+  c.file_clusters = SL_DIV_ROUND_UP(c.file_len, s->cluster_size);
   c.nref = SL_MAX(c.file_clusters, 1);
   c.ref = calloc(c.nref, sizeof *c.ref);
   if (!c.ref) {
