@@ -171,7 +171,8 @@ static uint64_t rc_max(const struct qcow2_state *s)
 static int load_block(struct qcow2_state *s, uint64_t idx, uint8_t **blk)
 {
   uint64_t off = s->rt[idx] & ~QCOW2_RT_RESERVED;
-  if (off & (s->cluster_size - 1) || off < s->cluster_size)
+  if (off & (s->cluster_size - 1) || off < s->cluster_size ||
+      off > (uint64_t)INT64_MAX - s->cluster_size)
     return sl_error(EIO, "%s: refcount block %" PRIu64 " at 0x%" PRIx64
                     " is misaligned or overlaps the header",
                     s->img->filename, idx, off);
