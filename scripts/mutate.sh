@@ -113,7 +113,7 @@ M = [
   ["test-disk-drain-threads", "test-export-serve-multi"]),
  ("module-digest-skipped", "a module whose bytes changed after install still loads",
   "lib/disk/trust.c",
-  [("    if (strcmp(digest, e.sha256) != 0)\n", "    if (strcmp(e.sha256, e.sha256) != 0)\n")],
+  [("    if (strcmp(digest, e.sha256) != 0)\n", "    if (strcmp(digest, e.sha256) != 0 && digest[0] == 'x')\n")],
   ["test-disk-trusted-modules", "test-disk-filters-basic"]),
  ("crypt-no-encrypt", "crypt writes its plaintext (skips the transform)",
   "filters/crypt/crypt.c",
