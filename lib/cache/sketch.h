@@ -29,6 +29,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "common/util.h"
+
 struct sl_sketch {
   uint64_t *rows;      /* 4 rows of (mask + 1) 4-bit counters */
   uint64_t *door;      /* doorkeeper bits, (mask + 1) * 2 of them */
@@ -36,14 +38,10 @@ struct sl_sketch {
   uint64_t row_words;  /* 64-bit words per row */
 };
 
+/* The block hash every table keyed by block uses (common/util.h). */
 static inline uint64_t sl_sketch_mix(uint64_t x)
 {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
+  return sl_mix64(x);
 }
 
 /* Each row gets the next power of two >= WIDTH counters (and at least
