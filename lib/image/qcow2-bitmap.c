@@ -242,23 +242,6 @@ static bool table_entry_ok(const struct qcow2_state *s, uint64_t e)
   return !off || (!(e & 1) && !(off & (s->cluster_size - 1)));
 }
 
-static int read_bitmap_table(struct qcow2_state *s, uint64_t off, uint32_t n,
-                             uint64_t **out)
-{
-  uint64_t *t = malloc((size_t)n * 8);
-  if (!t)
-    return sl_error(ENOMEM, "%s: out of memory", s->img->filename);
-  int r = qcow2_io_read(s, t, (size_t)n * 8, off);
-  if (r < 0) {
-    free(t);
-    return r;
-  }
-  for (uint32_t i = 0; i < n; i++)
-    t[i] = be64toh(t[i]);
-  *out = t;
-  return 0;
-}
-
 /* Read bitmap BM's data into memory (bm->dirty). */
 static int load_bitmap(struct qcow2_state *s, struct qcow2_bitmap *bm)
 {
@@ -280,7 +263,7 @@ static int load_bitmap(struct qcow2_state *s, struct qcow2_bitmap *bm)
     return sl_error(ENOMEM, "%s: out of memory for bitmap '%s'", fn, bm->name);
   CLEANUP_FREE uint64_t *t = NULL;
   CLEANUP_FREE uint8_t *buf = malloc(cs);
-  int r = buf ? read_bitmap_table(s, bm->table_offset, bm->table_size, &t)
+  int r = buf ? qcow2_read_table(s, bm->table_offset, bm->table_size, &t)
               : sl_error(ENOMEM, "%s: out of memory", fn);
   uint64_t total = nwords * 8;
   for (uint32_t i = 0; r == 0 && i < bm->table_size; i++) {
@@ -564,7 +547,7 @@ static int free_bitmap_clusters(struct qcow2_state *s, uint64_t toff,
                                 uint32_t tsize)
 {
   CLEANUP_FREE uint64_t *t = NULL;
-  int r = read_bitmap_table(s, toff, tsize, &t);
+  int r = qcow2_read_table(s, toff, tsize, &t);
   for (uint32_t i = 0; r == 0 && i < tsize; i++)
     if (table_entry_ok(s, t[i]) && (t[i] & QCOW2_OFFSET_MASK))
       r = qcow2_queue_free(s, t[i] & QCOW2_OFFSET_MASK, s->cluster_size);

@@ -75,23 +75,6 @@ static int inc_refs(struct check *c, uint64_t off, uint64_t bytes)
   return 0;
 }
 
-static int read_be64_table(struct qcow2_state *s, uint64_t off, uint64_t n,
-                           uint64_t **out)
-{
-  uint64_t *t = malloc(SL_MAX(n, 1) * 8);
-  if (!t)
-    return sl_error(ENOMEM, "%s: out of memory", s->img->filename);
-  int r = qcow2_io_read(s, t, n * 8, off);
-  if (r < 0) {
-    free(t);
-    return r;
-  }
-  for (uint64_t i = 0; i < n; i++)
-    t[i] = be64toh(t[i]);
-  *out = t;
-  return 0;
-}
-
 /* Read BYTES at OFF; what lies past the end of the file reads as zeros. */
 static int read_padded(struct check *c, void *buf, uint64_t bytes, uint64_t off)
 {
@@ -290,7 +273,7 @@ static int check_bitmaps(struct check *c)
       continue;
     }
     CLEANUP_FREE uint64_t *t = NULL;
-    r = read_be64_table(s, bm->table_offset, bm->table_size, &t);
+    r = qcow2_read_table(s, bm->table_offset, bm->table_size, &t);
     if (r < 0)
       return r;
     for (uint32_t j = 0; j < bm->table_size; j++) {

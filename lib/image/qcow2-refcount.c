@@ -445,17 +445,26 @@ int qcow2_flush_refcounts(struct qcow2_state *s)
   return r;
 }
 
+/* The crash-critical order, written once: refcount blocks first (a
+ * cluster's refcount is on disk before any table that references it), then
+ * the L2 tables, then the L1 table that points at them. */
+int qcow2_write_tables(struct qcow2_state *s)
+{
+  int r = qcow2_flush_refcounts(s);
+  if (r == 0)
+    r = qcow2_cache_flush(s, &s->l2_cache);
+  if (r == 0)
+    r = qcow2_flush_l1(s);
+  return r;
+}
+
 /* Decrement the refcounts of queued clusters, once no table on disk refers
  * to them any more. */
 int qcow2_apply_pending_frees(struct qcow2_state *s)
 {
   if (s->npending == 0)
     return 0;
-  int r = qcow2_flush_refcounts(s);
-  if (r == 0)
-    r = qcow2_cache_flush(s, &s->l2_cache);
-  if (r == 0)
-    r = qcow2_flush_l1(s);
+  int r = qcow2_write_tables(s);
   if (r == 0)
     r = qcow2_sync(s);
   if (r < 0)

@@ -17,75 +17,30 @@
 
 #include <sluice/error.h>
 #include "common/util.h"
+#include "image/direct-io.h"
 #include "image/qcow2.h"
 
-#define DIRECT_ALIGN 4096u
+#define DIRECT_ALIGN SL_DIRECT_ALIGN
 
-/* ---- file I/O: O_DIRECT needs aligned buffers, offsets and lengths ---- */
-
-static bool is_aligned(const void *buf, size_t len, uint64_t off)
-{
-  return (((uintptr_t)buf | len | off) & (DIRECT_ALIGN - 1)) == 0;
-}
+/* ---- file I/O: O_DIRECT's alignment is direct-io.c's business ---- */
 
 int qcow2_io_read(struct qcow2_state *s, void *buf, size_t len, uint64_t off)
 {
-  struct sl_image *img = s->img;
-  int r;
-  if (!img->direct || is_aligned(buf, len, off)) {
-    r = sl_pread_full(img->fd, buf, len, off);
-  } else {
-    uint64_t start = off & ~(uint64_t)(DIRECT_ALIGN - 1);
-    size_t blen = (size_t)SL_ROUND_UP(off + len - start, DIRECT_ALIGN);
-    void *b;
-    if (posix_memalign(&b, DIRECT_ALIGN, blen))
-      return sl_error(ENOMEM, "%s: out of memory", img->filename);
-    r = sl_pread_full(img->fd, b, blen, start);
-    if (r == 0)
-      memcpy(buf, (char *)b + (off - start), len);
-    free(b);
-  }
+  int r = sl_image_io_read(s->img, buf, len, off);
   if (r < 0)
     return sl_error(-r, "%s: read of %zu bytes at 0x%" PRIx64 ": %s",
-                    img->filename, len, off, strerror(-r));
+                    s->img->filename, len, off, strerror(-r));
   return 0;
 }
 
+/* A qcow2 file only grows by whole clusters, so it has no short tail. */
 int qcow2_io_write(struct qcow2_state *s, const void *buf, size_t len,
                    uint64_t off)
 {
-  struct sl_image *img = s->img;
-  int r;
-  if (!img->direct || is_aligned(buf, len, off)) {
-    r = sl_pwrite_full(img->fd, buf, len, off);
-  } else {
-    uint64_t start = off & ~(uint64_t)(DIRECT_ALIGN - 1);
-    size_t blen = (size_t)SL_ROUND_UP(off + len - start, DIRECT_ALIGN);
-    void *b;
-    if (posix_memalign(&b, DIRECT_ALIGN, blen))
-      return sl_error(ENOMEM, "%s: out of memory", img->filename);
-    bool partial = start != off || blen != len;
-    /* Two writers patching the same block must not lose each other's bytes. */
-    if (partial)
-      pthread_mutex_lock(&s->rmw_lock);
-    r = 0;
-    if (start != off)
-      r = sl_pread_full(img->fd, b, DIRECT_ALIGN, start);
-    if (r == 0 && (off + len) & (DIRECT_ALIGN - 1) &&
-        (blen > DIRECT_ALIGN || start == off))
-      r = sl_pread_full(img->fd, (char *)b + blen - DIRECT_ALIGN, DIRECT_ALIGN,
-                        start + blen - DIRECT_ALIGN);
-    if (r == 0) {
-      memcpy((char *)b + (off - start), buf, len);
-      r = sl_pwrite_full(img->fd, b, blen, start);
-    }
-    if (partial)
-      pthread_mutex_unlock(&s->rmw_lock);
-    free(b);
-  }
+  int r = sl_image_io_write(s->img, &s->rmw_lock, UINT64_MAX, buf, len, off);
   if (r < 0)
     return sl_error(-r, "%s: write of %zu bytes at 0x%" PRIx64 ": %s",
-                    img->filename, len, off, strerror(-r));
+                    s->img->filename, len, off, strerror(-r));
   return 0;
 }
 
@@ -274,8 +229,8 @@ static int table_in_file(const char *fn, const char *what, uint64_t off,
   return 0;
 }
 
-static int read_table(struct qcow2_state *s, uint64_t off, uint64_t n,
-                      uint64_t **out)
+int qcow2_read_table(struct qcow2_state *s, uint64_t off, uint64_t n,
+                     uint64_t **out)
 {
   *out = NULL;
   if (n == 0)
@@ -475,9 +430,9 @@ static int parse_header(struct qcow2_state *s, enum sl_format *backing_fmt,
   if (r == 0)
     r = qcow2_read_bitmaps(s);
   if (r == 0)
-    r = read_table(s, s->l1_offset, s->l1_size, &s->l1);
+    r = qcow2_read_table(s, s->l1_offset, s->l1_size, &s->l1);
   if (r == 0)
-    r = read_table(s, s->rt_offset, s->rt_size, &s->rt);
+    r = qcow2_read_table(s, s->rt_offset, s->rt_size, &s->rt);
   if (r == 0)
     qcow2_update_rt_used(s);
   return r;
@@ -580,11 +535,7 @@ static int write_metadata(struct qcow2_state *s)
 {
   if (!s->writable)
     return 0;
-  int r = qcow2_flush_refcounts(s);
-  if (r == 0)
-    r = qcow2_cache_flush(s, &s->l2_cache);
-  if (r == 0)
-    r = qcow2_flush_l1(s);
+  int r = qcow2_write_tables(s);
   if (r == 0)
     r = qcow2_apply_pending_frees(s);
   if (r == 0)

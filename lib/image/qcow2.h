@@ -224,6 +224,10 @@ struct qcow2_state {
 
 /* qcow2.c */
 int qcow2_io_read(struct qcow2_state *s, void *buf, size_t len, uint64_t off);
+/* N big-endian 64-bit entries at OFF (an L1, refcount or bitmap table),
+ * host order, in an aligned buffer (*out NULL when N is 0; free()). */
+int qcow2_read_table(struct qcow2_state *s, uint64_t off, uint64_t n,
+                     uint64_t **out);
 int qcow2_io_write(struct qcow2_state *s, const void *buf, size_t len,
                    uint64_t off);
 int qcow2_sync(struct qcow2_state *s);
@@ -271,6 +275,9 @@ int qcow2_alloc_clusters(struct qcow2_state *s, uint64_t n, uint64_t *offset,
 int qcow2_queue_free(struct qcow2_state *s, uint64_t offset, uint64_t bytes);
 int qcow2_install_reftable(struct qcow2_state *s, uint64_t *table,
                            uint64_t clusters, uint64_t off);
+/* Refcount blocks, then L2 tables, then L1: the order that keeps a crash
+ * at any instant to leaked clusters at worst. */
+int qcow2_write_tables(struct qcow2_state *s);
 int qcow2_apply_pending_frees(struct qcow2_state *s);
 int qcow2_flush_refcounts(struct qcow2_state *s);
 uint64_t qcow2_rc_get_entry(const struct qcow2_state *s, const uint8_t *blk,

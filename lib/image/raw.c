@@ -15,6 +15,7 @@
 
 #include <sluice/error.h>
 #include "common/util.h"
+#include "image/direct-io.h"
 #include "image/driver.h"
 
 static bool raw_probe(const uint8_t *buf, size_t len)
@@ -61,83 +62,19 @@ static int raw_close(struct sl_image *img)
   return 0;
 }
 
-#define RAW_ALIGN 4096u
+/* Serialises read-modify-write of partial blocks under O_DIRECT. */
 static pthread_mutex_t rmw_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static bool direct_unaligned(const struct sl_image *img, const void *buf,
-                             size_t len, uint64_t off)
-{
-  return img->direct && (((uintptr_t)buf | len | off) & (RAW_ALIGN - 1));
-}
-
-/* Aligned superset of [off, off+len): *START and the bounce buffer. */
-static int bounce_alloc(size_t len, uint64_t off, uint64_t *start,
-                        size_t *blen, uint8_t **b)
-{
-  *start = off & ~(uint64_t)(RAW_ALIGN - 1);
-  *blen = (size_t)SL_ROUND_UP(off + len - *start, RAW_ALIGN);
-  return posix_memalign((void **)b, RAW_ALIGN, *blen) ? -ENOMEM : 0;
-}
 
 static int raw_io_read(struct sl_image *img, void *buf, size_t len, uint64_t off)
 {
-  if (!direct_unaligned(img, buf, len, off))
-    return sl_pread_full(img->fd, buf, len, off);
-  uint64_t start;
-  size_t blen;
-  uint8_t *b;
-  if (bounce_alloc(len, off, &start, &blen, &b) < 0)
-    return -ENOMEM;
-  int r = sl_pread_full(img->fd, b, blen, start);
-  if (r == 0)
-    memcpy(buf, b + (off - start), len);
-  free(b);
-  return r;
+  return sl_image_io_read(img, buf, len, off);
 }
 
+/* The file is the disk: its end is the disk's, and may not be aligned. */
 static int raw_io_write(struct sl_image *img, const void *buf, size_t len,
                         uint64_t off)
 {
-  if (!direct_unaligned(img, buf, len, off))
-    return sl_pwrite_full(img->fd, buf, len, off);
-  uint64_t start;
-  size_t blen;
-  uint8_t *b;
-  if (bounce_alloc(len, off, &start, &blen, &b) < 0)
-    return -ENOMEM;
-  int r = 0;
-  if (start + blen > img->size) {
-    /* The file's unaligned tail: O_DIRECT cannot write it without growing
-     * the file, so write those bytes through a buffered descriptor. */
-    free(b);
-    char proc[64];
-    snprintf(proc, sizeof proc, "/proc/self/fd/%d", img->fd);
-    int fd = open(proc, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-      return -errno;
-    r = sl_pwrite_full(fd, buf, len, off);
-    if (r == 0 && fdatasync(fd) < 0)
-      r = -errno;
-    close(fd);
-    return r;
-  }
-  bool partial = start != off || blen != len;
-  if (partial) {
-    pthread_mutex_lock(&rmw_lock);
-    /* Only the first and last blocks keep bytes from the file. */
-    r = sl_pread_full(img->fd, b, RAW_ALIGN, start);
-    if (r == 0 && blen > RAW_ALIGN)
-      r = sl_pread_full(img->fd, b + blen - RAW_ALIGN, RAW_ALIGN,
-                        start + blen - RAW_ALIGN);
-  }
-  if (r == 0) {
-    memcpy(b + (off - start), buf, len);
-    r = sl_pwrite_full(img->fd, b, blen, start);
-  }
-  if (partial)
-    pthread_mutex_unlock(&rmw_lock);
-  free(b);
-  return r;
+  return sl_image_io_write(img, &rmw_lock, img->size, buf, len, off);
 }
 
 static int raw_pread(struct sl_image *img, void *buf, size_t len, uint64_t off)
