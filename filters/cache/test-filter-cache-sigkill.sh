@@ -56,7 +56,7 @@ verify() {
     fio_pids+=($!)
   done
 }
-LOOPS=20 verify kill
+LOOPS=100 verify kill
 # Kill it mid-run: once it has served the clients something.
 for _ in $(seq 200); do
   (( $(stats bytes_served 2>/dev/null || echo 0) > 0 )) && break

@@ -6,7 +6,6 @@
 # traces, cut from the shipped ones, are test-sim-cli-traces.)
 source "$SRCDIR/tests/common/lib.sh"
 require python3 gzip xz zstd bzip2
-[[ -d $SHARED/traces/cloudphysics ]] || die "the shared traces are missing: no $SHARED/traces/cloudphysics"
 
 # A trace where LRU and FIFO differ: 1 2 3 1 4 1 with 3 of 4 blocks cached.
 printf '1\n2\n3\n1\n*\n4\n1\n' > "$TMP/t.txt"
