@@ -15,9 +15,17 @@
 # (raised until a run of each tool takes >= 1.2 s) and both tools then run
 # that count; the table shows the count and the shortest run of the line.
 #
-# Usage: bench/image-bench.sh [--quick] [--runs N] [--dir DIR]
+# Usage: bench/image-bench.sh [--quick] [--runs N] [--dir DIR] [--baseline BIN]
 #   --quick   a smaller image and fewer requests (a smoke run, ~1 minute)
 #   --runs N  best of N per tool and line (default 3)
+#   --baseline BIN  a second sluice build in the same rotation (qemu-img,
+#             sluice, baseline, ...), with a column sluice/baseline: the
+#             before/after of a change, measured in one run.  For the cost
+#             of the qcow2 metadata overlap check, build the same tree with
+#             the check compiled out:
+#               meson setup build-nocheck -Dc_args=-DSL_QCOW2_NO_OVERLAP_CHECK
+#               ninja -C build-nocheck
+#               bench/image-bench.sh --baseline build-nocheck/sluice
 #   --dir DIR where the images go (default a temp dir under /var/tmp, since
 #             -t none needs a file system with O_DIRECT, which tmpfs lacks)
 # Environment: SLUICE (default build/sluice), QEMU_IMG (default qemu-img).
@@ -26,18 +34,21 @@ cd "$(dirname "$0")/.."
 
 sluice=${SLUICE:-$PWD/build/sluice}
 qemu_img=${QEMU_IMG:-qemu-img}
-runs=3 quick=false base=/var/tmp
+runs=3 quick=false base=/var/tmp baseline=
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=true ;;
     --runs) runs=$2; shift ;;
     --dir) base=$2; shift ;;
+    --baseline) baseline=$2; shift ;;
     -h|--help) sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "image-bench: unknown option '$1' (see --help)" >&2; exit 1 ;;
   esac
   shift
 done
 [ -x "$sluice" ] || { echo "image-bench: $sluice not built (scripts/build.sh build)" >&2; exit 1; }
+[ -z "$baseline" ] || [ -x "$baseline" ] ||
+  { echo "image-bench: baseline $baseline is not an executable" >&2; exit 1; }
 command -v "$qemu_img" >/dev/null || { echo "image-bench: $qemu_img not found" >&2; exit 1; }
 command -v qemu-io >/dev/null || { echo "image-bench: qemu-io not found" >&2; exit 1; }
 
@@ -63,6 +74,7 @@ run_one() {
   local tool=$1 cache=$2 fresh_image=$3; shift 3
   local bin=$qemu_img image=$full out secs count
   [ "$tool" = sluice ] && bin=$sluice
+  [ "$tool" = baseline ] && bin=$baseline
   if [ "$fresh_image" = yes ]; then
     rm -f "$fresh"
     "$qemu_img" create -q -f qcow2 -o cluster_size=65536 "$fresh" "$size"
@@ -99,9 +111,9 @@ calibrate() {
 # $runs, with COUNT calibrated per cache mode.
 line() {
   local name=$1 fresh_image=$2 count0=$3; shift 3
-  local cache i q s best_q best_s count shortest r
+  local cache i q s b best_q best_s best_b count shortest r
   for cache in none writeback; do
-    best_q=0 best_s=0
+    best_q=0 best_s=0 best_b=0
     count=$(calibrate "$cache" "$fresh_image" "$count0" "$@")
     shortest=999999
     for ((i = 0; i < runs; i++)); do
@@ -109,13 +121,23 @@ line() {
       q=${r% *}; shortest=$(awk -v a="$shortest" -v b="${r#* }" 'BEGIN { print (b < a ? b : a) }')
       r=$(run_one sluice "$cache" "$fresh_image" -c "$count" "$@")
       s=${r% *}; shortest=$(awk -v a="$shortest" -v b="${r#* }" 'BEGIN { print (b < a ? b : a) }')
+      if [ -n "$baseline" ]; then
+        r=$(run_one baseline "$cache" "$fresh_image" -c "$count" "$@")
+        b=${r% *}; shortest=$(awk -v a="$shortest" -v b="${r#* }" 'BEGIN { print (b < a ? b : a) }')
+        ((b > best_b)) && best_b=$b
+      fi
       ((q > best_q)) && best_q=$q
       ((s > best_s)) && best_s=$s
     done
     awk -v s="$shortest" -v m="$min_secs" 'BEGIN { exit !(s < m) }' &&
       echo "image-bench: warning: a run of '$name, -t $cache' took only $shortest s" >&2
-    awk -v n="$name, -t $cache" -v q="$best_q" -v s="$best_s" -v c="$count" -v t="$shortest" \
-      'BEGIN { printf "| %-60s | %10d | %10d | %5.2f | %8d | %6.2f |\n", n, q, s, q ? s / q : 0, c, t }'
+    if [ -n "$baseline" ]; then
+      awk -v n="$name, -t $cache" -v q="$best_q" -v s="$best_s" -v b="$best_b" -v c="$count" -v t="$shortest" \
+        'BEGIN { printf "| %-60s | %10d | %10d | %5.2f | %10d | %5.2f | %8d | %6.2f |\n", n, q, s, q ? s / q : 0, b, b ? s / b : 0, c, t }'
+    else
+      awk -v n="$name, -t $cache" -v q="$best_q" -v s="$best_s" -v c="$count" -v t="$shortest" \
+        'BEGIN { printf "| %-60s | %10d | %10d | %5.2f | %8d | %6.2f |\n", n, q, s, q ? s / q : 0, c, t }'
+    fi
   done
 }
 
@@ -123,8 +145,15 @@ echo
 echo "image-bench: $size qcow2, 64K clusters, depth 64, best of $runs," \
      "$(nproc) cores, $("$qemu_img" --version | head -1)"
 echo
-echo "| line                                                         | qemu-img/s |   sluice/s | ratio |  count | shortest run (s) |"
-echo "|--------------------------------------------------------------|-----------:|-----------:|------:|-------:|-----------------:|"
+if [ -n "$baseline" ]; then
+  echo "baseline: $baseline"
+  echo
+  echo "| line                                                         | qemu-img/s |   sluice/s | ratio | baseline/s | sluice/baseline |  count | shortest run (s) |"
+  echo "|--------------------------------------------------------------|-----------:|-----------:|------:|-----------:|------:|-------:|-----------------:|"
+else
+  echo "| line                                                         | qemu-img/s |   sluice/s | ratio |  count | shortest run (s) |"
+  echo "|--------------------------------------------------------------|-----------:|-----------:|------:|-------:|-----------------:|"
+fi
 line "4K read, sequential"                      no "$count" -s 4K
 line "4K read, strided (-S 1M)"                 no "$count" -s 4K -S 1M
 line "4K write, allocated clusters"             no "$count" -s 4K -w

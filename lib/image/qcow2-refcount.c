@@ -85,6 +85,12 @@ static unsigned overlap_kind(const struct qcow2_state *s, unsigned chk,
                              uint64_t off, uint64_t len)
 {
   uint64_t cs = s->cluster_size;
+#ifdef SL_QCOW2_NO_OVERLAP_CHECK
+  /* Only for measuring what the check costs (bench/image-bench.sh
+   * --baseline): never in a build that serves images. */
+  (void)cs; (void)chk; (void)off; (void)len;
+  return 0;
+#endif
   if (len == 0)
     return 0;
   if ((chk & QCOW2_OL_HEADER) && off < cs)
