@@ -337,9 +337,6 @@ int sl_image_create(const char *path, const struct sl_image_create_opts *opts)
   if (o.format == SL_FORMAT_RAW && o.preallocation == SL_PREALLOC_METADATA)
     return sl_error(EINVAL, "%s: raw images take preallocation=off, falloc or "
                     "full, not metadata", path);
-  if (o.compat == 2 && o.preallocation != SL_PREALLOC_OFF)
-    return sl_error(ENOTSUP, "%s: preallocation needs compat=1.1: sluice opens "
-                    "version 2 (compat=0.10) images read-only", path);
   if (o.backing_file && o.preallocation != SL_PREALLOC_OFF)
     return sl_error(EINVAL, "%s: a backing file and preallocation cannot be "
                     "used together", path);

@@ -790,8 +790,13 @@ static int zero_clusters(struct qcow2_state *s, uint64_t off, uint64_t len,
     if (!s->extended_l2) {
       bool keep = keep_alloc && !discard && host && (e & QCOW2_OFLAG_COPIED) &&
                   !(e & QCOW2_OFLAG_COMPRESSED);
+      /* Version 2 has no zero flag: an unallocated entry reads as zeros
+       * without a backing file, and qcow2_zero_or_discard never comes here
+       * for a version 2 image with one. */
       if (keep)
         ne = host | QCOW2_OFLAG_COPIED | QCOW2_OFLAG_ZERO;
+      else if (s->version < 3)
+        ne = 0;
       else
         ne = (discard && !has_backing) ? 0 : QCOW2_OFLAG_ZERO;
       if (!keep)
@@ -863,6 +868,15 @@ int qcow2_zero_or_discard(struct qcow2_state *s, uint64_t off, uint64_t len,
   /* The last cluster may be partial: its end counts as aligned. */
   uint64_t alo = SL_ROUND_UP(off, gran);
   uint64_t ahi = end == s->size ? end : end / gran * gran;
+  /* Version 2 cannot record zeros in an allocated cluster, nor zeros over
+   * a backing file: those zeros are written (QEMU falls back the same way).
+   * A discard there would expose the backing file's stale data, so, as in
+   * QEMU, it does nothing (a discard is advisory). */
+  if (s->version < 3 && s->img->backing_file != NULL && discard)
+    return 0;
+  if (s->version < 3 && !discard &&
+      (keep_alloc || s->img->backing_file != NULL))
+    return write_zero_bytes(s, off, len);
   if (alo >= ahi) {
     return discard ? 0 : write_zero_bytes(s, off, len);
   }

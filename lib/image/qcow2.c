@@ -458,11 +458,6 @@ int qcow2_open_state(struct sl_image *img, const char *path, int fd,
   if (r < 0)
     goto fail;
   if (writable) {
-    if (s->version < 3) {
-      r = sl_error(ENOTSUP, "%s: qcow2 version 2 images can only be opened "
-                   "read-only", img->filename);
-      goto fail;
-    }
     if (s->incompat & QCOW2_INCOMPAT_CORRUPT) {
       r = sl_error(EROFS, "%s: image is marked corrupt; it can only be opened "
                    "read-only (repair it with 'sluice check -r all')",
