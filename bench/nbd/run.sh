@@ -9,12 +9,20 @@
 # system, all threads, from /proc/PID/stat) is measured over each job and
 # reported as CPU seconds per million requests.
 #   bench/nbd/run.sh [--quick]       (--quick: 64 MiB image, 2 s per job)
+#   SLUICE=/other/build/sluice bench/nbd/run.sh ...   measures that binary
+#   (another build, for a before/after) instead of building build/
 # Prints IOPS and throughput per server and line, the ratios, and a second
 # table of CPU seconds per million requests.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-scripts/build.sh build
+if [[ -n ${SLUICE:-} ]]; then
+  sluice=$SLUICE
+  [[ -x $sluice ]] || { echo "nbd-bench: SLUICE=$sluice is not an executable" >&2; exit 1; }
+else
+  scripts/build.sh build
+  sluice=$root/build/sluice
+fi
 size=1G runtime=5 rounds=2
 [[ ${1:-} == --quick ]] && { size=64M; runtime=2; rounds=1; }
 for c in fio qemu-nbd nbdkit qemu-img; do command -v $c >/dev/null || { echo "needs $c"; exit 1; }; done
@@ -71,11 +79,11 @@ servers=(sluice-qcow2 sluice-qcow2-nopoll qemu-nbd sluice-raw sluice-raw-nopoll 
 launch() {
   local s=$dir/$1.sock
   case $1 in
-    sluice-qcow2) start "$1" "$s" "$root/build/sluice" serve --nbd "unix:$s" "$dir/disk.qcow2" ;;
-    sluice-raw) start "$1" "$s" "$root/build/sluice" serve --nbd "unix:$s" "$dir/disk.raw" ;;
-    sluice-qcow2-nopoll) start "$1" "$s" "$root/build/sluice" serve --poll-us 0 --nbd "unix:$s" \
+    sluice-qcow2) start "$1" "$s" "$sluice" serve --nbd "unix:$s" "$dir/disk.qcow2" ;;
+    sluice-raw) start "$1" "$s" "$sluice" serve --nbd "unix:$s" "$dir/disk.raw" ;;
+    sluice-qcow2-nopoll) start "$1" "$s" "$sluice" serve --poll-us 0 --nbd "unix:$s" \
                            "$dir/disk.qcow2" ;;
-    sluice-raw-nopoll) start "$1" "$s" "$root/build/sluice" serve --poll-us 0 --nbd "unix:$s" \
+    sluice-raw-nopoll) start "$1" "$s" "$sluice" serve --poll-us 0 --nbd "unix:$s" \
                          "$dir/disk.raw" ;;
     qemu-nbd) start "$1" "$s" qemu-nbd -k "$s" -f qcow2 --cache=writeback --aio=threads \
                 -e 4 -t "$dir/disk.qcow2" ;;
