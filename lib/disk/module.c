@@ -67,10 +67,17 @@ static int load_from_memfd(const char *name, int mfd, struct sl_module **out)
     r = sl_error(ENOEXEC, "filter %s: no ABI stamp (%s): not built with "
                  "SL_REGISTER_FILTER from <sluice/filter.h>", name,
                  SL_FILTER_ABI_SYMBOL);
+  else if (abi->api_version > SL_FILTER_API_VERSION)
+    r = sl_error(ENOEXEC, "filter %s: built against filter API version %u, "
+                 "newer than this sluice's (version %u): upgrade sluice, or "
+                 "build the filter against this sluice's <sluice/filter.h> "
+                 "(pkg-config sluice-filter)", name, abi->api_version,
+                 SL_FILTER_API_VERSION);
   else if (abi->api_version != SL_FILTER_API_VERSION)
     r = sl_error(ENOEXEC, "filter %s: built against filter API version %u, "
-                 "this sluice speaks version %u", name, abi->api_version,
-                 SL_FILTER_API_VERSION);
+                 "older than this sluice's (version %u): rebuild it against "
+                 "this sluice's <sluice/filter.h> (pkg-config sluice-filter)",
+                 name, abi->api_version, SL_FILTER_API_VERSION);
   else if (!reg)
     r = sl_error(ENOEXEC, "filter %s: no %s() or it returned NULL", name,
                  SL_FILTER_INIT_SYMBOL);

@@ -12,31 +12,16 @@
 # under filters/, a page per command under docs/man/), not from meson's own
 # install plan, so a filter or page the build forgets to install fails here.
 . "$(dirname "$0")/../common/lib.sh"
-require meson python3 cc
+. "$(dirname "$0")/stage.sh"
+require cc
 cd "$TMP"
-
-# Where this build installs (its options), as absolute paths.
-meson introspect "$BUILDDIR" --buildoptions > opts.json
-opt() { python3 -c "
-import json, sys
-v = next(o['value'] for o in json.load(open('opts.json')) if o['name'] == sys.argv[1])
-print(str(v).lower() if isinstance(v, bool) else v)" "$1"; }
-prefix=$(opt prefix)
-abs() { [[ $1 == /* ]] && echo "$1" || echo "$prefix/$1"; }
-bindir=$(abs "$(opt bindir)"); sbindir=$(abs "$(opt sbindir)")
-libdir=$(abs "$(opt libdir)"); mandir=$(abs "$(opt mandir)")
-includedir=$(abs "$(opt includedir)"); datadir=$(abs "$(opt datadir)")
-filter_dir=$(opt filter_dir); filter_dir=$(abs "${filter_dir:-$(opt libdir)/sluice/filters}")
-trust=$(opt trust_modules)
-moddir=$libdir/sluice/modules
 
 # The real filter directory must not be touched by a staged install.
 real_before=absent
 [[ -e $filter_dir ]] && real_before=$(ls -la --time-style=full-iso "$filter_dir" | md5sum)
 
 root=$TMP/root
-meson install -C "$BUILDDIR" --no-rebuild --destdir "$root" > install.log 2>&1 ||
-  die "meson install failed: $(tail -20 install.log)"
+stage_install "$root"
 
 real_after=absent
 [[ -e $filter_dir ]] && real_after=$(ls -la --time-style=full-iso "$filter_dir" | md5sum)
