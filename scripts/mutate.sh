@@ -91,7 +91,7 @@ M = [
     "  if (0)\n    return sl_error(EROFS,")],
   ["test-image-qcow2"]),
  ("nbd-read-only-flag", "a read-only NBD export does not say so in the handshake",
-  "lib/export/nbd-server.c",
+  "lib/export/nbd-handshake.c",
   [("  if (c->opts->read_only || sl_disk_read_only(h)) {\n", "  if (0) {\n")],
   ["test-export-nbd-clients"]),
  ("nbd-read-error-as-data", "a failed read is replied to as data", "lib/export/nbd-server.c",

@@ -1,22 +1,19 @@
-/* The NBD server: the fixed-newstyle NBD protocol (NetworkBlockDevice/nbd,
- * doc/proto.md) over UNIX and TCP sockets.
+/* The NBD server: the transmission phase of the fixed-newstyle NBD
+ * protocol (NetworkBlockDevice/nbd, doc/proto.md) and its listeners on
+ * UNIX and TCP sockets.  The handshake before it is nbd-handshake.c; how
+ * requests are read and run in parallel is the request executor
+ * (request-executor.c), which this file drives with NBD's requests.
  *
- * Per connection, one reader thread parses requests and a small pool of
- * workers executes them against the disk handle, so requests within a
+ * Per connection, one reader thread parses requests and the executor runs
+ * them, in the reader or in a small pool of workers, so requests within a
  * connection run in parallel.  What makes it fast on few cores is doing
- * fewer syscalls and thread wake-ups per request, not more threads:
- *  - the reader takes everything the socket holds in one recv (an input
- *    buffer), so at queue depth 32 one syscall brings in many requests;
- *  - a request with nothing queued behind it and nothing executing runs in
- *    the reader itself (queue depth 1 costs no hand-off), and so do small
- *    reads and writes while the backend serves them faster than a hand-off
- *    costs (see cheaper_inline); others go to the workers, which are woken
- *    only when no awake worker will get to them;
- *  - at queue depth 1 the reader polls the socket briefly before sleeping
- *    (see recv_polled);
- *  - replies are combined: whichever thread finishes a request while no
- *    one is sending becomes the sender and writes every queued reply,
- *    many per sendmsg; nobody waits on a reply lock.
+ * fewer syscalls and thread wake-ups per request, not more threads: the
+ * reader takes everything the socket holds in one recv, a lone or cheap
+ * request runs in the reader itself, the reader polls briefly at queue
+ * depth 1 (all in request-executor.c), and replies are combined: whichever
+ * thread finishes a request while no one is sending becomes the sender and
+ * writes every queued reply, many per sendmsg; nobody waits on a reply
+ * lock.
  *
  * Buffers (DESIGN.md, "Buffers"): every read and write payload lives in a
  * buffer from the connection's memfd-backed arena (buffer-arena.h), sealed
@@ -26,9 +23,8 @@
  * to move data with no extra copy.
  *
  * Everything the client sends is untrusted: lengths are bounded before
- * allocation, offsets are checked by the disk core, anything malformed in
- * the handshake gets the protocol's error reply or a disconnect, and a
- * broken connection only ever ends that connection.
+ * allocation, offsets are checked by the disk core, and a broken
+ * connection only ever ends that connection.
  */
 #include <arpa/inet.h>
 #include <endian.h>
@@ -51,23 +47,21 @@
 #include "ipc/buffer-arena.h"
 #include "ipc/socket.h"
 #include "export/export.h"
+#include "export/nbd-handshake.h"
 #include "export/nbd-proto.h"
+#include "export/request-executor.h"
 
-#define MAX_REQUEST (32u << 20)       /* largest read or write we accept */
-#define MAX_OPTION (64u << 10)        /* largest option payload we read */
-#define MAX_OPTIONS 256               /* options before we give up on a client */
 #define MAX_EXTENTS 1024              /* descriptors per block-status reply */
 #define MAX_QUEUED 64                 /* requests waiting for a worker */
 #define DEFAULT_WORKERS 4
 #define MAX_LISTENERS 8
 #define INBUF_SIZE (256u << 10)       /* the reader's input buffer */
-#define ARENA_SIZE (2 * MAX_REQUEST)  /* payload memory per connection */
+#define ARENA_SIZE (2 * NBD_MAX_REQUEST) /* payload memory per connection */
 #define SEND_BATCH 64                 /* replies per sendmsg, at most */
 
-enum { CTX_ALLOCATION = 1, CTX_DEPTH = 2 };
-
 struct request {
-  struct request *next;             /* in the work queue, then the out-queue */
+  struct sl_exec_item exec;         /* while it waits for a worker */
+  struct request *next;             /* in the out-queue */
   uint16_t flags, type;
   uint64_t cookie, offset;
   uint32_t length;
@@ -90,36 +84,17 @@ struct conn {
   struct sl_handle *h;
   const struct sl_nbd_options *opts;
   int fd;
-  uint64_t size;
-  uint16_t tflags;
-  bool structured;
-  bool ctx_allocation, ctx_depth;   /* negotiated meta contexts */
+  struct nbd_session s;             /* what the handshake agreed */
   struct sl_arena *arena;           /* every payload buffer comes from here */
-  /* The reader's input buffer: bytes [in_pos, in_end) are unparsed. */
-  char *in;
-  size_t in_pos, in_end;
+  struct sl_stream_reader in;       /* the reader's input buffer and polling */
+  struct sl_executor ex;            /* inline execution and the workers */
   /* Replies waiting for the sender (see reply_submit). */
   pthread_mutex_t out_lock;
   pthread_cond_t out_cond;
   struct request *out_head, *out_tail;
   bool sending;
   unsigned send_waiters;
-  /* The work queue between the reader and the workers. */
-  pthread_mutex_t qlock;
-  pthread_cond_t work_cond, space_cond;
-  struct request *qhead, *qtail;
-  unsigned queued, idle, wakes_pending;
-  bool reader_waiting;
-  bool closing;
-  pthread_t workers[16];
-  unsigned nworkers;
-  atomic_uint busy;                 /* requests queued or executing */
   atomic_bool broken;               /* a write failed: stop */
-  uint64_t poll_ns, poll_max_ns;    /* the reader's polling window, now and at most */
-  int max_pollers;                  /* half the CPUs, at least one (poll_slot_take) */
-  bool depth_one;                   /* the last request came alone: poll for the next */
-  unsigned parsed_since_recv;       /* requests parsed from the last recv's bytes */
-  _Atomic uint32_t service_ns[2];   /* recent service time of reads, plain writes */
 };
 
 struct listener {
@@ -138,364 +113,6 @@ struct sl_nbd_server {
   unsigned n_conns;
   bool stopping;
 };
-
-/* ---- socket helpers ---------------------------------------------------- */
-
-static int recv_full(int fd, void *buf, size_t len)
-{
-  char *p = buf;
-  while (len > 0) {
-    ssize_t n = recv(fd, p, len, MSG_WAITALL);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return -1;
-    p += n;
-    len -= (size_t)n;
-  }
-  return 0;
-}
-
-static int discard_bytes(int fd, uint64_t len)
-{
-  char buf[4096];
-  while (len > 0) {
-    size_t n = (size_t)SL_MIN(len, sizeof buf);
-    if (recv_full(fd, buf, n) < 0)
-      return -1;
-    len -= n;
-  }
-  return 0;
-}
-
-static int send_iov(int fd, struct iovec *iov, int iovcnt)
-{
-  while (iovcnt > 0) {
-    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)iovcnt};
-    ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0)
-      return -1;
-    while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
-      n -= (ssize_t)iov->iov_len;
-      iov++;
-      iovcnt--;
-    }
-    if (iovcnt > 0) {
-      iov->iov_base = (char *)iov->iov_base + n;
-      iov->iov_len -= (size_t)n;
-    }
-  }
-  return 0;
-}
-
-static int send_all(int fd, const void *buf, size_t len)
-{
-  struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
-  return send_iov(fd, &iov, 1);
-}
-
-/* ---- handshake --------------------------------------------------------- */
-
-/* Option payloads are byte streams: read fields without alignment. */
-static uint32_t get_be32(const char *p)
-{
-  uint32_t v;
-  memcpy(&v, p, 4);
-  return be32toh(v);
-}
-
-static uint16_t get_be16(const char *p)
-{
-  uint16_t v;
-  memcpy(&v, p, 2);
-  return be16toh(v);
-}
-
-static int send_opt_reply(struct conn *c, uint32_t opt, uint32_t type,
-                          const void *data, uint32_t len)
-{
-  struct nbd_opt_reply r = {
-    .magic = htobe64(NBD_REP_MAGIC), .option = htobe32(opt),
-    .type = htobe32(type), .length = htobe32(len),
-  };
-  struct iovec iov[2] = {{&r, sizeof r}, {(void *)data, len}};
-  return send_iov(c->fd, iov, len ? 2 : 1);
-}
-
-static int send_opt_error(struct conn *c, uint32_t opt, uint32_t err, const char *msg)
-{
-  return send_opt_reply(c, opt, err, msg, (uint32_t)strlen(msg));
-}
-
-static bool name_matches(const struct conn *c, const char *name)
-{
-  const char *ours = c->opts->export_name ? c->opts->export_name : "";
-  return name[0] == '\0' || strcmp(name, ours) == 0;
-}
-
-static uint16_t transmission_flags(const struct conn *c)
-{
-  struct sl_handle *h = c->h;
-  uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH;
-  if (c->opts->read_only || sl_disk_read_only(h)) {
-    f |= NBD_FLAG_READ_ONLY;
-  } else {
-    if (sl_disk_can_fua(h))
-      f |= NBD_FLAG_SEND_FUA;
-    if (sl_disk_can_trim(h))
-      f |= NBD_FLAG_SEND_TRIM;
-    if (sl_disk_can_zero(h))
-      f |= NBD_FLAG_SEND_WRITE_ZEROES;
-  }
-  if (c->structured)
-    f |= NBD_FLAG_SEND_DF;
-  if (sl_disk_can_multi_conn(h))
-    f |= NBD_FLAG_CAN_MULTI_CONN;
-  return f;
-}
-
-/* Both INFO/GO and the META_CONTEXT options start with a 32-bit length and
- * an export name.  FIXED is the size of what must follow the name.  Returns
- * 1 with NAME filled, 0 after sending an error reply, -1 on a dead socket. */
-static int read_export_name(struct conn *c, uint32_t opt, const char *p, uint32_t len,
-                            uint32_t fixed, char name[static 4097], uint32_t *namelen)
-{
-  int r;
-  if (len < 4 + fixed)
-    r = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "option too short");
-  else if ((*namelen = get_be32(p)) > len - 4 - fixed)
-    r = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "name length too large");
-  else if (*namelen > 4096)
-    r = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "name too long");
-  else {
-    memcpy(name, p + 4, *namelen);
-    name[*namelen] = '\0';
-    return 1;
-  }
-  return r < 0 ? -1 : 0;
-}
-
-/* INFO and GO: name, then a list of requested info types. */
-static int opt_info_go(struct conn *c, uint32_t opt, const char *p, uint32_t len,
-                       bool *go)
-{
-  char name[4097];
-  uint32_t namelen;
-  int ok = read_export_name(c, opt, p, len, 2, name, &namelen);
-  if (ok <= 0)
-    return ok;
-  uint16_t nreq = get_be16(p + 4 + namelen);
-  if (6 + namelen + 2u * nreq != len)
-    return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "bad info request list");
-  if (!name_matches(c, name))
-    return send_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no such export");
-
-  bool want_block_size = false, want_name = false, want_desc = false;
-  for (uint16_t i = 0; i < nreq; i++) {
-    uint16_t t = get_be16(p + 6 + namelen + 2 * i);
-    want_block_size |= t == NBD_INFO_BLOCK_SIZE;
-    want_name |= t == NBD_INFO_NAME;
-    want_desc |= t == NBD_INFO_DESCRIPTION;
-  }
-  c->size = sl_disk_size(c->h);
-  c->tflags = transmission_flags(c);
-  struct __attribute__((packed)) { uint16_t type; uint64_t size; uint16_t flags; } ex = {
-    htobe16(NBD_INFO_EXPORT), htobe64(c->size), htobe16(c->tflags)};
-  if (send_opt_reply(c, opt, NBD_REP_INFO, &ex, sizeof ex) < 0)
-    return -1;
-  if (want_block_size) {
-    struct __attribute__((packed)) { uint16_t type; uint32_t min, pref, max; } bs = {
-      htobe16(NBD_INFO_BLOCK_SIZE), htobe32(1), htobe32(4096), htobe32(MAX_REQUEST)};
-    if (send_opt_reply(c, opt, NBD_REP_INFO, &bs, sizeof bs) < 0)
-      return -1;
-  }
-  if (want_name) {
-    char buf[2 + 4096];
-    uint16_t t = htobe16(NBD_INFO_NAME);
-    memcpy(buf, &t, 2);
-    memcpy(buf + 2, name, namelen);
-    if (send_opt_reply(c, opt, NBD_REP_INFO, buf, 2 + namelen) < 0)
-      return -1;
-  }
-  if (want_desc && c->opts->description) {
-    char buf[2 + 4096];
-    size_t dl = SL_MIN(strlen(c->opts->description), 4096);
-    uint16_t t = htobe16(NBD_INFO_DESCRIPTION);
-    memcpy(buf, &t, 2);
-    memcpy(buf + 2, c->opts->description, dl);
-    if (send_opt_reply(c, opt, NBD_REP_INFO, buf, (uint32_t)(2 + dl)) < 0)
-      return -1;
-  }
-  if (send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0) < 0)
-    return -1;
-  *go = opt == NBD_OPT_GO;
-  return 0;
-}
-
-static int opt_list(struct conn *c, uint32_t len)
-{
-  if (len != 0)
-    return send_opt_error(c, NBD_OPT_LIST, NBD_REP_ERR_INVALID, "LIST takes no data");
-  const char *name = c->opts->export_name ? c->opts->export_name : "";
-  uint32_t nl = (uint32_t)strlen(name);
-  char buf[4 + 4096];
-  uint32_t be = htobe32(nl);
-  memcpy(buf, &be, 4);
-  memcpy(buf + 4, name, SL_MIN(nl, 4096u));
-  if (send_opt_reply(c, NBD_OPT_LIST, NBD_REP_SERVER, buf, 4 + SL_MIN(nl, 4096u)) < 0)
-    return -1;
-  return send_opt_reply(c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
-}
-
-static int send_context(struct conn *c, uint32_t opt, uint32_t id, const char *name)
-{
-  char buf[64];
-  uint32_t be = htobe32(id);
-  size_t nl = strlen(name);
-  memcpy(buf, &be, 4);
-  memcpy(buf + 4, name, nl);
-  return send_opt_reply(c, opt, NBD_REP_META_CONTEXT, buf, (uint32_t)(4 + nl));
-}
-
-/* Which of our contexts does QUERY select?  LIST accepts namespace
- * wildcards ("base:", "qemu:"); SET needs exact names. */
-static void match_query(const char *q, bool list, bool *alloc, bool *depth)
-{
-  if (strcmp(q, "base:allocation") == 0 || (list && strcmp(q, "base:") == 0))
-    *alloc = true;
-  if (strcmp(q, "qemu:allocation-depth") == 0 || (list && strcmp(q, "qemu:") == 0))
-    *depth = true;
-}
-
-static int opt_meta_context(struct conn *c, uint32_t opt, const char *p, uint32_t len)
-{
-  bool list = opt == NBD_OPT_LIST_META_CONTEXT;
-  if (!list && !c->structured)
-    return send_opt_error(c, opt, NBD_REP_ERR_INVALID,
-                          "SET_META_CONTEXT needs structured replies first");
-  char name[4097];
-  uint32_t namelen;
-  int ok = read_export_name(c, opt, p, len, 4, name, &namelen);
-  if (ok <= 0)
-    return ok;
-  uint32_t nq = get_be32(p + 4 + namelen);
-  uint32_t pos = 8 + namelen;
-  bool alloc = false, depth = false;
-  for (uint32_t i = 0; i < nq; i++) {
-    if (len - pos < 4)
-      return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "truncated query list");
-    uint32_t ql = get_be32(p + pos);
-    pos += 4;
-    if (ql > len - pos)
-      return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "query too long");
-    char q[256];
-    if (ql < sizeof q) {
-      memcpy(q, p + pos, ql);
-      q[ql] = '\0';
-      match_query(q, list, &alloc, &depth);
-    }
-    pos += ql;
-  }
-  if (pos != len)
-    return send_opt_error(c, opt, NBD_REP_ERR_INVALID, "trailing data in option");
-  if (!name_matches(c, name))
-    return send_opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no such export");
-  if (list && nq == 0)
-    alloc = depth = true;
-  if (!list) {
-    c->ctx_allocation = alloc;
-    c->ctx_depth = depth;
-  }
-  if (alloc && send_context(c, opt, CTX_ALLOCATION, "base:allocation") < 0)
-    return -1;
-  if (depth && send_context(c, opt, CTX_DEPTH, "qemu:allocation-depth") < 0)
-    return -1;
-  return send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
-}
-
-/* Returns 1 when the client chose an export (transmission follows),
- * 0 when it went away cleanly, -1 on a broken or hostile client. */
-static int handshake(struct conn *c)
-{
-  struct __attribute__((packed)) { uint64_t magic, opt_magic; uint16_t flags; } hello = {
-    htobe64(NBD_MAGIC), htobe64(NBD_OPT_MAGIC),
-    htobe16(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)};
-  if (send_all(c->fd, &hello, sizeof hello) < 0)
-    return -1;
-  uint32_t cflags;
-  if (recv_full(c->fd, &cflags, 4) < 0)
-    return -1;
-  cflags = be32toh(cflags);
-  if (cflags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))
-    return -1; /* unknown client flags: the spec says disconnect */
-  bool no_zeroes = cflags & NBD_FLAG_C_NO_ZEROES;
-
-  for (int n = 0; n < MAX_OPTIONS; n++) {
-    struct nbd_option o;
-    if (recv_full(c->fd, &o, sizeof o) < 0)
-      return -1;
-    if (be64toh(o.magic) != NBD_OPT_MAGIC)
-      return -1;
-    uint32_t opt = be32toh(o.option), len = be32toh(o.length);
-    if (len > MAX_OPTION) {
-      if (discard_bytes(c->fd, len) < 0)
-        return -1;
-      if (send_opt_error(c, opt, NBD_REP_ERR_TOO_BIG, "option too large") < 0)
-        return -1;
-      continue;
-    }
-    CLEANUP_FREE char *data = malloc(len + 1);
-    if (!data || recv_full(c->fd, data, len) < 0)
-      return -1;
-    data[len] = '\0';
-    int r = 0;
-    bool go = false;
-    switch (opt) {
-    case NBD_OPT_EXPORT_NAME: {
-      if (!name_matches(c, data))
-        return -1; /* no error reply exists for EXPORT_NAME */
-      c->size = sl_disk_size(c->h);
-      c->tflags = transmission_flags(c);
-      struct __attribute__((packed)) { uint64_t size; uint16_t flags; char zero[124]; } rep = {
-        htobe64(c->size), htobe16(c->tflags), {0}};
-      if (send_all(c->fd, &rep, no_zeroes ? 10 : sizeof rep) < 0)
-        return -1;
-      return 1;
-    }
-    case NBD_OPT_ABORT:
-      send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
-      return 0;
-    case NBD_OPT_LIST:
-      r = opt_list(c, len);
-      break;
-    case NBD_OPT_INFO:
-    case NBD_OPT_GO:
-      r = opt_info_go(c, opt, data, len, &go);
-      break;
-    case NBD_OPT_STRUCTURED_REPLY:
-      if (len != 0) {
-        r = send_opt_error(c, opt, NBD_REP_ERR_INVALID, "option takes no data");
-      } else {
-        c->structured = true;
-        r = send_opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
-      }
-      break;
-    case NBD_OPT_LIST_META_CONTEXT:
-    case NBD_OPT_SET_META_CONTEXT:
-      r = opt_meta_context(c, opt, data, len);
-      break;
-    default:
-      r = send_opt_error(c, opt, NBD_REP_ERR_UNSUP, "option not supported");
-    }
-    if (r < 0)
-      return -1;
-    if (go)
-      return 1;
-  }
-  return -1;
-}
 
 /* ---- transmission ------------------------------------------------------ */
 
@@ -546,7 +163,7 @@ static void send_list(struct conn *c, struct request *list)
       memcpy(iov + n, end->iov, (size_t)end->iovcnt * sizeof iov[0]);
       n += end->iovcnt;
     }
-    if (!atomic_load(&c->broken) && send_iov(c->fd, iov, n) < 0)
+    if (!atomic_load(&c->broken) && sl_ipc_send_iov(c->fd, iov, n) < 0)
       mark_broken(c);
     while (list != end) {
       struct request *next = list->next;
@@ -600,7 +217,7 @@ static void reply_send_now(struct conn *c, struct iovec *iov, int n)
   }
   c->sending = true;
   pthread_mutex_unlock(&c->out_lock);
-  if (!atomic_load(&c->broken) && send_iov(c->fd, iov, n) < 0)
+  if (!atomic_load(&c->broken) && sl_ipc_send_iov(c->fd, iov, n) < 0)
     mark_broken(c);
   pthread_mutex_lock(&c->out_lock);
   drain_out_queue(c);
@@ -636,7 +253,7 @@ static void reply_simple(struct conn *c, struct request *rq, uint32_t err,
 static void reply_error(struct conn *c, struct request *rq, int err)
 {
   uint32_t code = nbd_errno(err);
-  if (!c->structured) {
+  if (!c->s.structured) {
     reply_simple(c, rq, code, NULL, 0);
     return;
   }
@@ -658,7 +275,7 @@ static void reply_error(struct conn *c, struct request *rq, int err)
 
 static void reply_done(struct conn *c, struct request *rq)
 {
-  if (!c->structured) {
+  if (!c->s.structured) {
     reply_simple(c, rq, 0, NULL, 0);
     return;
   }
@@ -672,7 +289,7 @@ static void do_read(struct conn *c, struct request *rq)
   int r = sl_disk_pread(c->h, rq->data, rq->length, rq->offset, 0);
   if (r < 0) {
     reply_error(c, rq, -r);
-  } else if (!c->structured) {
+  } else if (!c->s.structured) {
     reply_simple(c, rq, 0, rq->data, rq->length);
   } else {
     set_structured_hdr(rq, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
@@ -696,7 +313,7 @@ static int block_status_chunk(struct conn *c, struct request *rq, uint32_t id, b
     if (r < 0)
       return r;
     uint32_t st;
-    if (id == CTX_ALLOCATION)
+    if (id == NBD_CTX_ALLOCATION)
       st = e.type == SL_EXTENT_DATA ? 0 : NBD_STATE_HOLE | NBD_STATE_ZERO;
     else
       st = e.depth < 0 ? 0 : (uint32_t)e.depth + 1;
@@ -724,7 +341,7 @@ static int block_status_chunk(struct conn *c, struct request *rq, uint32_t id, b
 
 static void do_block_status(struct conn *c, struct request *rq)
 {
-  if (!c->structured || !(c->ctx_allocation || c->ctx_depth)) {
+  if (!c->s.structured || !(c->s.ctx_allocation || c->s.ctx_depth)) {
     sl_error(EINVAL, "block status needs a negotiated meta context");
     reply_error(c, rq, EINVAL);
     return;
@@ -734,39 +351,23 @@ static void do_block_status(struct conn *c, struct request *rq)
   int r = sl_disk_block_status(c->h, rq->offset, rq->length ? 1 : 0, &probe);
   if (r == 0 && rq->length == 0)
     r = sl_error(EINVAL, "block status of zero length");
-  if (r == 0 && c->ctx_allocation)
-    r = block_status_chunk(c, rq, CTX_ALLOCATION, !c->ctx_depth);
-  if (r == 0 && c->ctx_depth)
-    r = block_status_chunk(c, rq, CTX_DEPTH, true);
+  if (r == 0 && c->s.ctx_allocation)
+    r = block_status_chunk(c, rq, NBD_CTX_ALLOCATION, !c->s.ctx_depth);
+  if (r == 0 && c->s.ctx_depth)
+    r = block_status_chunk(c, rq, NBD_CTX_DEPTH, true);
   if (r < 0)
     reply_error(c, rq, -r);
   else
     request_free(c, rq);
 }
 
-/* ---- running requests in the reader ----------------------------------------
- * Handing a request to a worker costs a queue lock and often a futex wake
- * and a context switch: several microseconds of CPU, more than a read or a
- * buffered write that the page cache serves (on two cores, the hand-offs
- * alone held 4K random writes at depth 32 to 0.7-0.8x of nbdkit's, whose
- * threads run what they read).  So the reader runs a read or a plain
- * (non-FUA) write itself while such requests have recently completed in
- * less than INLINE_MAX_NS, and hands them to the workers while they are
- * slower (a cold disk, O_DIRECT, a qcow2 allocation reading its backing
- * file), where running them one at a time would serialise the I/O.  The
- * service times are measured wherever the requests ran, so the choice
- * follows the backend both ways: a slower request moves its kind's
- * estimate half way to its own time, faster ones bring it down as an
- * average over the last eight or so, so a run of slow requests moves to
- * the workers after one or two of them.  Requests over INLINE_MAX_LEN
- * always go to a worker: their copying alone is worth doing in parallel. */
+/* ---- running requests (the executor's callbacks) ------------------------ */
 
-#define INLINE_MAX_NS 20000u
-#define INLINE_MAX_LEN (64u << 10) /* larger transfers always go to a worker */
-
-/* 0: read, 1: write without FUA, -1: anything else (never timed). */
-static int service_class(const struct request *rq)
+/* Reads and writes without FUA are timed: they run in the reader while
+ * the backend serves them fast (request-executor.c). */
+static int service_class(const struct sl_exec_item *item)
 {
+  const struct request *rq = (const struct request *)item;
   if (rq->type == NBD_CMD_READ)
     return 0;
   if (rq->type == NBD_CMD_WRITE && !(rq->flags & NBD_CMD_FLAG_FUA))
@@ -774,36 +375,11 @@ static int service_class(const struct request *rq)
   return -1;
 }
 
-static bool cheaper_inline(struct conn *c, const struct request *rq)
+/* Run the request against the disk and reply; takes it. */
+static void run_request(void *ctx, struct sl_exec_item *item)
 {
-  int cls = service_class(rq);
-  return cls >= 0 && rq->length <= INLINE_MAX_LEN &&
-         atomic_load_explicit(&c->service_ns[cls], memory_order_relaxed) < INLINE_MAX_NS;
-}
-
-static void execute_request(struct conn *c, struct request *rq);
-
-/* Run RQ against the disk and reply; takes RQ.  Reads and plain writes
- * are timed for cheaper_inline(). */
-static void execute(struct conn *c, struct request *rq)
-{
-  int cls = service_class(rq);
-  if (cls < 0) {
-    execute_request(c, rq);
-    return;
-  }
-  uint64_t t0 = sl_now_ns();
-  execute_request(c, rq); /* frees RQ */
-  uint64_t dt = SL_MIN(sl_now_ns() - t0, (uint64_t)UINT32_MAX);
-  uint32_t old = atomic_load_explicit(&c->service_ns[cls], memory_order_relaxed);
-  uint32_t now = dt > old ? old / 2 + (uint32_t)(dt / 2)      /* rise fast */
-                          : old - old / 8 + (uint32_t)(dt / 8); /* fall slowly */
-  /* A lost update when two threads finish together only skips a sample. */
-  atomic_store_explicit(&c->service_ns[cls], now, memory_order_relaxed);
-}
-
-static void execute_request(struct conn *c, struct request *rq)
-{
+  struct conn *c = ctx;
+  struct request *rq = (struct request *)item;
   int r = 0;
   switch (rq->type) {
   case NBD_CMD_READ:
@@ -843,191 +419,13 @@ static void execute_request(struct conn *c, struct request *rq)
     reply_done(c, rq);
 }
 
-/* ---- the worker pool ------------------------------------------------------
- * The reader queues a request only when another one is already waiting
- * behind it (in its input buffer) or executing, and the request is not a
- * cheap one (cheaper_inline); a lone request runs in the reader itself,
- * sparing two thread hand-offs at queue depth 1.  A worker
- * is woken only when no worker already woken will get to the request, and
- * workers take requests until the queue is empty before sleeping again, so
- * a busy queue costs no wake-up per request. */
 
-static void *worker_main(void *opaque)
-{
-  struct conn *c = opaque;
-  pthread_mutex_lock(&c->qlock);
-  for (;;) {
-    while (!c->qhead && !c->closing) {
-      c->idle++;
-      pthread_cond_wait(&c->work_cond, &c->qlock);
-      c->idle--;
-      if (c->wakes_pending > 0)
-        c->wakes_pending--;
-    }
-    struct request *rq = c->qhead;
-    if (!rq)
-      break;
-    c->qhead = rq->next;
-    if (!c->qhead)
-      c->qtail = NULL;
-    c->queued--;
-    if (c->reader_waiting)
-      pthread_cond_signal(&c->space_cond);
-    pthread_mutex_unlock(&c->qlock);
-    execute(c, rq);
-    atomic_fetch_sub(&c->busy, 1);
-    pthread_mutex_lock(&c->qlock);
-  }
-  pthread_mutex_unlock(&c->qlock);
-  return NULL;
-}
+static const struct sl_executor_ops executor_ops = {
+  .run = run_request,
+  .service_class = service_class,
+};
 
-static void enqueue(struct conn *c, struct request *rq)
-{
-  atomic_fetch_add(&c->busy, 1);
-  rq->next = NULL;
-  pthread_mutex_lock(&c->qlock);
-  while (c->queued >= MAX_QUEUED) {
-    c->reader_waiting = true;
-    pthread_cond_wait(&c->space_cond, &c->qlock);
-  }
-  c->reader_waiting = false;
-  if (c->qtail)
-    c->qtail->next = rq;
-  else
-    c->qhead = rq;
-  c->qtail = rq;
-  c->queued++;
-  if (c->idle > c->wakes_pending && c->queued > c->wakes_pending) {
-    c->wakes_pending++;
-    pthread_cond_signal(&c->work_cond);
-  }
-  pthread_mutex_unlock(&c->qlock);
-}
-
-/* ---- the reader ------------------------------------------------------------
- * The reader takes whatever the socket holds in one recv into its input
- * buffer, so under load one syscall brings in many requests; a payload
- * larger than what is buffered is received straight into its arena buffer
- * (MSG_WAITALL), so large writes are not copied twice. */
-
-/* ---- adaptive polling ------------------------------------------------------
- * A client at queue depth 1 sends its next request a few microseconds
- * after our reply reaches it.  Sleeping in recv in between costs more than
- * the request itself: the wake-up, and on a VM the halted vCPU's exit and
- * re-entry.  So when the client is at queue depth 1 (the last request
- * arrived alone -- the only one in its recv, nothing else in flight -- and
- * ran in the reader), the reader first polls the socket without sleeping.
- * Deeper queues are left alone: there a polling reader would take the core
- * the workers and the client need, and one wake-up serves a whole batch
- * anyway.  The window adapts as QEMU's event-loop polling does: it grows
- * while requests keep arriving soon after the window closed, and halves,
- * down to nothing, each time the client stays quiet for longer than the
- * maximum -- an idle connection costs at most a few windows, then no CPU.
- * However many depth-1 clients there are, at most half the CPUs poll at
- * a time (poll_slot_take). */
-
-#define POLL_MIN_NS 4000u
-
-/* At most half the CPUs (at least one) poll at once, whatever the number
- * of depth-1 connections: the others sleep in recv as before, so polling
- * never takes every core from the clients and the workers. */
-static atomic_int pollers;
-
-static bool poll_slot_take(const struct conn *c)
-{
-  if (atomic_fetch_add_explicit(&pollers, 1, memory_order_relaxed) < c->max_pollers)
-    return true;
-  atomic_fetch_sub_explicit(&pollers, 1, memory_order_relaxed);
-  return false;
-}
-
-static void poll_slot_give(void)
-{
-  atomic_fetch_sub_explicit(&pollers, 1, memory_order_relaxed);
-}
-
-static ssize_t recv_polled(struct conn *c, void *buf, size_t len)
-{
-  if (c->poll_max_ns == 0 || !c->depth_one)
-    return recv(c->fd, buf, len, 0);
-  uint64_t t0 = sl_now_ns();
-  if (c->poll_ns && poll_slot_take(c)) {
-    while (sl_now_ns() - t0 < c->poll_ns) {
-      ssize_t r = recv(c->fd, buf, len, MSG_DONTWAIT);
-      if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
-        poll_slot_give();
-        return r;
-      }
-    }
-    poll_slot_give();
-  }
-  ssize_t r = recv(c->fd, buf, len, 0);
-  if (r < 0)
-    return r; /* EINTR and errors say nothing about the client's pace */
-  uint64_t waited = sl_now_ns() - t0;
-  if (waited > c->poll_max_ns)
-    c->poll_ns /= 2;                   /* quiet client: poll less */
-  else if (c->poll_ns < c->poll_max_ns) /* arrived just too late: poll more */
-    c->poll_ns = SL_MIN(SL_MAX(2 * c->poll_ns, (uint64_t)POLL_MIN_NS), c->poll_max_ns);
-  if (c->poll_ns < POLL_MIN_NS / 2)
-    c->poll_ns = 0;
-  return r;
-}
-
-/* Make N (<= INBUF_SIZE) bytes available at c->in + c->in_pos. */
-static int in_fill(struct conn *c, size_t n)
-{
-  if (c->in_end - c->in_pos >= n)
-    return 0;
-  if (c->in_pos + n > INBUF_SIZE) {
-    memmove(c->in, c->in + c->in_pos, c->in_end - c->in_pos);
-    c->in_end -= c->in_pos;
-    c->in_pos = 0;
-  }
-  while (c->in_end - c->in_pos < n) {
-    ssize_t r = recv_polled(c, c->in + c->in_end, INBUF_SIZE - c->in_end);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      return -1;
-    c->in_end += (size_t)r;
-    c->parsed_since_recv = 0;
-  }
-  return 0;
-}
-
-static void in_consume(struct conn *c, size_t n)
-{
-  c->in_pos += n;
-  if (c->in_pos == c->in_end)
-    c->in_pos = c->in_end = 0;
-}
-
-static bool in_pending(const struct conn *c)
-{
-  return c->in_end > c->in_pos;
-}
-
-/* Move LEN payload bytes to DST, or drop them if DST is NULL. */
-static int in_payload(struct conn *c, char *dst, size_t len)
-{
-  while (len > 0) {
-    size_t have = c->in_end - c->in_pos;
-    if (have == 0 && dst && len >= INBUF_SIZE / 2)
-      return recv_full(c->fd, dst, len);
-    if (have == 0 && in_fill(c, SL_MIN(len, (size_t)INBUF_SIZE / 2)) < 0)
-      return -1;
-    size_t n = SL_MIN(len, c->in_end - c->in_pos);
-    if (dst) {
-      memcpy(dst, c->in + c->in_pos, n);
-      dst += n;
-    }
-    in_consume(c, n);
-    len -= n;
-  }
-  return 0;
-}
+/* ---- the reader ----------------------------------------------------------- */
 
 /* Flags each command may carry. */
 static uint16_t allowed_flags(uint16_t type)
@@ -1046,11 +444,11 @@ static int validate(const struct conn *c, const struct request *rq)
 {
   if (rq->flags & ~allowed_flags(rq->type))
     return sl_error(EINVAL, "flags 0x%x not valid for command %u", rq->flags, rq->type);
-  if (rq->type == NBD_CMD_READ && rq->length > MAX_REQUEST)
-    return sl_error(EOVERFLOW, "read of %u bytes is larger than %u", rq->length, MAX_REQUEST);
-  if (rq->type != NBD_CMD_FLUSH && rq->offset + rq->length > c->size)
+  if (rq->type == NBD_CMD_READ && rq->length > NBD_MAX_REQUEST)
+    return sl_error(EOVERFLOW, "read of %u bytes is larger than %u", rq->length, NBD_MAX_REQUEST);
+  if (rq->type != NBD_CMD_FLUSH && rq->offset + rq->length > c->s.size)
     return sl_error(EINVAL, "request beyond the end of the export");
-  if ((c->tflags & NBD_FLAG_READ_ONLY) &&
+  if ((c->s.tflags & NBD_FLAG_READ_ONLY) &&
       (rq->type == NBD_CMD_WRITE || rq->type == NBD_CMD_TRIM ||
        rq->type == NBD_CMD_WRITE_ZEROES))
     return sl_error(EPERM, "export is read-only");
@@ -1062,18 +460,18 @@ static int validate(const struct conn *c, const struct request *rq)
 static int read_request(struct conn *c, struct request **out)
 {
   struct nbd_request_hdr hdr;
-  if (atomic_load(&c->broken) || in_fill(c, sizeof hdr) < 0)
+  if (atomic_load(&c->broken) || sl_stream_fill(&c->in, sizeof hdr) < 0)
     return -1;
-  memcpy(&hdr, c->in + c->in_pos, sizeof hdr);
-  in_consume(c, sizeof hdr);
-  c->parsed_since_recv++;
+  memcpy(&hdr, sl_stream_peek(&c->in), sizeof hdr);
+  sl_stream_consume(&c->in, sizeof hdr);
+  c->in.parsed_since_recv++;
   if (be32toh(hdr.magic) != NBD_REQUEST_MAGIC)
     return -1; /* out of sync: nothing sane to reply to */
   uint16_t type = be16toh(hdr.type);
   uint32_t length = be32toh(hdr.length);
   if (type == NBD_CMD_DISC)
     return -1;
-  if (type == NBD_CMD_WRITE && length > MAX_REQUEST)
+  if (type == NBD_CMD_WRITE && length > NBD_MAX_REQUEST)
     return -1; /* we cannot sensibly swallow it: disconnect */
   struct request *rq = calloc(1, sizeof *rq);
   if (!rq)
@@ -1092,7 +490,7 @@ static int read_request(struct conn *c, struct request **out)
     free(rq);
     return -1;
   }
-  if (type == NBD_CMD_WRITE && in_payload(c, rq->data, length) < 0) {
+  if (type == NBD_CMD_WRITE && sl_stream_payload(&c->in, rq->data, length) < 0) {
     request_free(c, rq);
     return -1;
   }
@@ -1115,42 +513,26 @@ static void transmission(struct conn *c)
       return;
     if (r == 0)
       continue;
-    bool alone = atomic_load(&c->busy) == 0 && !in_pending(c);
-    c->depth_one = alone && c->parsed_since_recv == 1;
-    if (alone || cheaper_inline(c, rq))
-      execute(c, rq);
-    else
-      enqueue(c, rq);
+    bool alone = sl_executor_dispatch(&c->ex, &rq->exec, rq->length,
+                                      sl_stream_pending(&c->in));
+    /* A client whose requests come one at a time: poll for the next. */
+    c->in.depth_one = alone && c->in.parsed_since_recv == 1;
   }
-}
-
-static void conn_close_workers(struct conn *c)
-{
-  pthread_mutex_lock(&c->qlock);
-  c->closing = true;
-  pthread_cond_broadcast(&c->work_cond);
-  pthread_mutex_unlock(&c->qlock);
-  for (unsigned i = 0; i < c->nworkers; i++)
-    pthread_join(c->workers[i], NULL);
 }
 
 static int serve_conn(struct conn *c)
 {
-  int r = handshake(c);
+  int r = nbd_handshake(c->fd, c->h, c->opts, &c->s);
   if (r <= 0)
     return r;
-  c->in = malloc(INBUF_SIZE);
-  if (!c->in || sl_arena_create("sluice-nbd", ARENA_SIZE, &c->arena) < 0)
+  if (sl_stream_reader_init(&c->in, c->fd, INBUF_SIZE, c->opts->poll_us) < 0 ||
+      sl_arena_create("sluice-nbd", ARENA_SIZE, &c->arena) < 0)
     return -1;
   unsigned n = c->opts->workers ? c->opts->workers : DEFAULT_WORKERS;
-  n = SL_MIN(n, (unsigned)SL_ARRAY_SIZE(c->workers));
-  for (c->nworkers = 0; c->nworkers < n; c->nworkers++)
-    if (pthread_create(&c->workers[c->nworkers], NULL, worker_main, c) != 0)
-      break;
-  if (c->nworkers == 0)
+  if (sl_executor_start(&c->ex, &executor_ops, c, n, MAX_QUEUED) < 0)
     return -1;
   transmission(c);
-  conn_close_workers(c); /* in-flight requests finish and reply first */
+  sl_executor_stop(&c->ex); /* in-flight requests finish and reply first */
   return 0;
 }
 
@@ -1161,25 +543,18 @@ static void conn_init(struct conn *c, struct sl_handle *h,
   c->h = h;
   c->opts = opts;
   c->fd = fd;
-  c->poll_max_ns = c->poll_ns = (uint64_t)opts->poll_us * 1000u;
-  c->max_pollers = SL_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / 2);
   pthread_mutex_init(&c->out_lock, NULL);
   pthread_cond_init(&c->out_cond, NULL);
-  pthread_mutex_init(&c->qlock, NULL);
-  pthread_cond_init(&c->work_cond, NULL);
-  pthread_cond_init(&c->space_cond, NULL);
 }
 
 static void conn_destroy(struct conn *c)
 {
+  sl_executor_stop(&c->ex); /* if it started and serve_conn did not stop it */
   close(c->fd);
   sl_arena_destroy(c->arena);
-  free(c->in);
+  sl_stream_reader_destroy(&c->in);
   pthread_mutex_destroy(&c->out_lock);
   pthread_cond_destroy(&c->out_cond);
-  pthread_mutex_destroy(&c->qlock);
-  pthread_cond_destroy(&c->work_cond);
-  pthread_cond_destroy(&c->space_cond);
 }
 
 int sl_nbd_serve_fd(struct sl_handle *h, const struct sl_nbd_options *opts, int fd)

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -342,4 +343,61 @@ int sl_ipc_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid)
   if (gid)
     *gid = cred.gid;
   return 0;
+}
+
+/* ---- stream helpers ---------------------------------------------------- */
+
+int sl_ipc_recv_full(int fd, void *buf, size_t len)
+{
+  char *p = buf;
+  while (len > 0) {
+    ssize_t n = recv(fd, p, len, MSG_WAITALL);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return -1;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+int sl_ipc_recv_discard(int fd, uint64_t len)
+{
+  char buf[4096];
+  while (len > 0) {
+    size_t n = (size_t)SL_MIN(len, sizeof buf);
+    if (sl_ipc_recv_full(fd, buf, n) < 0)
+      return -1;
+    len -= n;
+  }
+  return 0;
+}
+
+int sl_ipc_send_iov(int fd, struct iovec *iov, int iovcnt)
+{
+  while (iovcnt > 0) {
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)iovcnt};
+    ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return -1;
+    while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
+      n -= (ssize_t)iov->iov_len;
+      iov++;
+      iovcnt--;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = (char *)iov->iov_base + n;
+      iov->iov_len -= (size_t)n;
+    }
+  }
+  return 0;
+}
+
+int sl_ipc_send_all(int fd, const void *buf, size_t len)
+{
+  struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+  return sl_ipc_send_iov(fd, &iov, 1);
 }

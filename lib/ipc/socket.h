@@ -26,6 +26,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -100,5 +101,17 @@ long sl_ipc_recv_fds(int sock, void *buf, size_t len,
  * as the kernel recorded them at connect() (SO_PEERCRED): cannot be forged
  * by the peer. */
 int sl_ipc_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/* Stream helpers for protocols over a connected socket.  Each retries
+ * EINTR and returns 0, or -1 when the peer went away or the socket failed
+ * (errno set; MSG_NOSIGNAL, so a vanished peer is never SIGPIPE). */
+struct iovec;
+/* Receive exactly LEN bytes (end of stream before that is -1). */
+int sl_ipc_recv_full(int fd, void *buf, size_t len);
+/* Receive and drop LEN bytes. */
+int sl_ipc_recv_discard(int fd, uint64_t len);
+/* Send all of IOV[0..IOVCNT), which is consumed (advanced) on the way. */
+int sl_ipc_send_iov(int fd, struct iovec *iov, int iovcnt);
+int sl_ipc_send_all(int fd, const void *buf, size_t len);
 
 #endif
