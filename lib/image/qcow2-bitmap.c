@@ -439,7 +439,7 @@ int qcow2_bitmaps_open_rw(struct qcow2_state *s)
   s->autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
   r = header_sync(s);
   if (r == 0)
-    r = qcow2_io_write(s, dir, dsz, s->bitmap_dir_offset);
+    r = qcow2_write_checked(s, QCOW2_OL_BITMAP_DIR, dir, dsz, s->bitmap_dir_offset);
   if (r == 0)
     r = qcow2_sync(s);
   if (r < 0)
@@ -519,7 +519,7 @@ static int store_bitmap(struct qcow2_state *s, struct qcow2_bitmap *bm,
     uint64_t off;
     r = alloc_contiguous(s, 1, &off);
     if (r == 0)
-      r = qcow2_io_write(s, buf, cs, off);
+      r = qcow2_write_checked(s, 0, buf, cs, off);
     t[i] = off;
   }
   uint64_t toff = 0, tbytes = tn * 8;
@@ -531,7 +531,7 @@ static int store_bitmap(struct qcow2_state *s, struct qcow2_bitmap *bm,
       return sl_error(ENOMEM, "%s: out of memory", s->img->filename);
     for (uint64_t i = 0; i < tn; i++)
       qcow2_put_be64(tb + i * 8, t[i]);
-    r = qcow2_io_write(s, tb, SL_ROUND_UP(tbytes, cs), toff);
+    r = qcow2_write_checked(s, 0, tb, SL_ROUND_UP(tbytes, cs), toff);
   }
   if (r < 0) {
     /* The new clusters leak (counted, never referenced): check -r leaks. */
@@ -598,7 +598,7 @@ int qcow2_bitmaps_store(struct qcow2_state *s)
   if (r == 0)
     r = alloc_contiguous(s, SL_DIV_ROUND_UP(dsz, s->cluster_size), &doff);
   if (r == 0)
-    r = qcow2_io_write(s, dir, dsz, doff);
+    r = qcow2_write_checked(s, 0, dir, dsz, doff);
   /* New data, tables, directory and their refcounts durable, then the
    * one small write that switches the extension to them. */
   if (r == 0)
