@@ -19,7 +19,21 @@
  * sees the flag or the record's new owner and takes the slow path.
  *
  * Every request is checked against the handle's range and rights before
- * any address is computed. */
+ * any address is computed.
+ *
+ * Whose memory: a page of a memfd is charged to the memory cgroup of the
+ * process that first touches it.  Were the daemon to write into a page the
+ * client never allocated, the daemon would pay for the client's memory
+ * (and a client could grow it beyond its own limit).  So every page of a
+ * handle's range must be allocated by the client before the daemon writes
+ * to it: checked for the whole range at registration (SEEK_HOLE finds the
+ * first page that holds nothing: on shmem, pages only fallocated count as
+ * holes too, so the client writes them, e.g. MADV_POPULATE_WRITE), and
+ * again for each section when it is mapped.  A client that punches holes
+ * into a section after it was mapped can make the daemon fault in at most
+ * the sections mapped at that moment (--max-sections x 2 MiB, shared by
+ * all clients) until the section is unmapped and checked again; the man
+ * page states that bound. */
 #include "handles.h"
 
 #include <errno.h>
@@ -34,6 +48,7 @@
 
 #include <sluice/error.h>
 #include "cachesvc/protocol.h"
+#include "common/util.h"
 
 #define SEC_SHIFT 21
 _Static_assert(SL_CS_SECTION_SIZE == 1u << SEC_SHIFT, "section size");
@@ -60,6 +75,15 @@ void sd_maps_fini(struct sd_maps *m)
   }
   free(m->recs);
   memset(m, 0, sizeof *m);
+}
+
+/* Is every page of [off, off+len) of memfd FD allocated? */
+static bool allocated(int fd, uint64_t off, uint64_t len)
+{
+  if (len == 0)
+    return true;
+  off_t hole = lseek(fd, (off_t)off, SEEK_HOLE);
+  return hole >= 0 && (uint64_t)hole >= off + len;
 }
 
 int sd_handle_create(int fd, uint64_t off, uint64_t len, uint32_t rights,
@@ -95,6 +119,12 @@ int sd_handle_create(int fd, uint64_t off, uint64_t len, uint32_t rights,
   if (off > (uint64_t)st.st_size || len > (uint64_t)st.st_size - off)
     return sl_error(EINVAL, "memory handle: range [%" PRIu64 ", +%" PRIu64
                     ") lies beyond the memfd's %jd bytes", off, len, (intmax_t)st.st_size);
+  if (len == 0)
+    return sl_error(EINVAL, "memory handle: an empty range");
+  if (!allocated(fd, off, len))
+    return sl_error(EFAULT, "memory handle: range [%" PRIu64 ", +%" PRIu64 ") holds pages "
+                    "the client never wrote: write every page first (MADV_POPULATE_WRITE), "
+                    "the daemon does not allocate a client's memory", off, len);
   struct sd_handle *h = calloc(1, sizeof *h);
   if (!h)
     return sl_error(ENOMEM, "out of memory for a memory handle");
@@ -212,12 +242,16 @@ uint8_t *sd_handle_get(struct sd_maps *m, struct sd_handle *h, uint64_t hoff, ui
       uint32_t zero = 0;
       if (!atomic_compare_exchange_strong(&c->users, &zero, SD_MAP_EVICTING))
         continue;
-      void *a = mmap(NULL, SL_CS_SECTION_SIZE, h->prot, MAP_SHARED, h->fd,
-                     (off_t)((h->first + i) << SEC_SHIFT));
-      if (a == MAP_FAILED) {
+      uint64_t s0 = SL_MAX((h->first + i) << SEC_SHIFT, h->off);
+      uint64_t s1 = SL_MIN((h->first + i + 1) << SEC_SHIFT, h->off + h->len);
+      void *a = allocated(h->fd, s0, s1 - s0)
+          ? mmap(NULL, SL_CS_SECTION_SIZE, h->prot, MAP_SHARED, h->fd,
+                 (off_t)((h->first + i) << SEC_SHIFT))
+          : NULL;
+      if (a == MAP_FAILED || a == NULL) {
         atomic_fetch_sub(&c->users, SD_MAP_EVICTING);
         pthread_mutex_unlock(&m->lock);
-        *err = -ENOMEM;
+        *err = a == NULL ? -EFAULT : -ENOMEM;
         return NULL;
       }
       atomic_store(&c->section, h->first + i);

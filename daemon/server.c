@@ -24,7 +24,32 @@
  * Workers hold a reference on their connection, so an abrupt disconnect
  * mid-fill only loses the reply: the fill completes and stays cached, and
  * the connection's memory handles and layers are released when its last
- * job ends. */
+ * job ends.
+ *
+ * What the loop thread never does: wait for a file a client chose.  A
+ * layer may live on a FUSE file system whose server the client controls,
+ * where open, fstat, a lease, even close wait for that server.  So layer
+ * registration runs on a thread of its own per request (bounded per
+ * connection, per user and in all), a batch on a layer that must be
+ * fstat-checked goes to a worker, the periodic sweep runs on the
+ * housekeeping thread without layers_lock held while it looks, and every
+ * descriptor a client passed is closed by the housekeeping thread
+ * (sd_store_close_later).  Memory handles are memfds, checked on the spot.
+ *
+ * Limits, so that one client cannot use up what all share (documented in
+ * sluiced(8) and docs/sluiced-protocol.md): layers and memory handles per
+ * connection, registrations in progress, connections per user and in all,
+ * and the descriptors layers and handles hold per user.  A request over a
+ * limit fails with EMFILE or EAGAIN; a connection over the limits is
+ * refused at accept with a logged reason.  accept() itself keeps a spare
+ * descriptor: when the process is out of them, the spare is given up to
+ * accept and at once close the waiting connection, so that the listening
+ * socket does not stay readable and spin the loop.
+ *
+ * Handle numbers carry a generation: the low SD_ID_SLOT_BITS bits are the
+ * slot + 1, the bits above count how often the slot was reused, so a
+ * number kept after UNREGISTER names nothing, even once the slot holds a
+ * new layer or handle. */
 #include "server.h"
 
 #include <errno.h>
@@ -34,7 +59,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -45,9 +72,17 @@
 #include "common/util.h"
 #include "ipc/socket.h"
 
-#define SD_MAX_LAYER_HANDLES 1024
-#define SD_MAX_MEM_HANDLES 256
+#define SD_MAX_LAYER_HANDLES 256     /* layers per connection */
+#define SD_MAX_MEM_HANDLES 32        /* memory handles per connection */
+#define SD_ID_SLOT_BITS 12
+#define SD_ID_GEN_MASK ((1u << (32 - SD_ID_SLOT_BITS)) - 1)
+#define SD_MAX_REG_CONN 2            /* layer registrations in progress: per connection */
+#define SD_MAX_REG_USER 4            /* ... per user */
+#define SD_MAX_REG_ALL 32            /* ... in all */
+#define SD_FD_RESERVE 64             /* descriptors never lent to clients */
 #define SD_MAX_FDQ 4
+#define SD_STR_(x) #x
+#define SD_STR(x) SD_STR_(x)
 #define SD_MAX_JOBS 256           /* READ batches in workers per connection */
 #define SD_MAX_OUT (8u << 20)     /* reply bytes queued for a client not reading */
 #define RBUF (2 * SL_CS_MAX_MSG)
@@ -64,8 +99,12 @@ struct conn {
   size_t rlen;
   int fdq[SD_MAX_FDQ];
   int nfdq;
-  _Atomic(struct sd_layer *) layers[SD_MAX_LAYER_HANDLES];   /* handle - 1 */
-  _Atomic(struct sd_handle *) handles[SD_MAX_MEM_HANDLES];   /* handle - 1 */
+  _Atomic(struct sd_layer *) layers[SD_MAX_LAYER_HANDLES];   /* by slot */
+  _Atomic(struct sd_handle *) handles[SD_MAX_MEM_HANDLES];   /* by slot */
+  uint32_t lgen[SD_MAX_LAYER_HANDLES], hgen[SD_MAX_MEM_HANDLES]; /* loop thread */
+  _Atomic int regs;               /* layer registrations in progress */
+  _Atomic uint64_t nfd;           /* descriptors its layers and handles hold */
+  struct user *user;              /* its uid's account */
   /* unregistered while jobs were in flight: released with the connection */
   struct sd_layer **dead_layers;
   size_t n_dead_layers;
@@ -87,6 +126,7 @@ struct piece {
   uint64_t file_off, hoff;
   uint32_t len;
   uint32_t entry;
+  bool verify;                    /* the worker fstat-checks the layer first */
 };
 
 struct job {
@@ -99,8 +139,30 @@ struct job {
   struct job *next;
 };
 
+/* What one uid holds: connections, registrations in progress, descriptors
+ * of layers and handles.  Under users_lock. */
+struct user {
+  uid_t uid;
+  uint32_t conns, regs;
+  uint64_t fds;
+  struct user *next;
+};
+
 struct sd_server {
   struct sd_options o;
+  pthread_mutex_t users_lock;
+  struct user *users;
+  uint32_t regs;                  /* registrations in progress, under users_lock */
+  uint64_t fds;                   /* descriptors clients hold, under users_lock */
+  uint64_t fd_budget;             /* RLIMIT_NOFILE less the reserve */
+  pthread_cond_t regs_cond;       /* regs reached 0 (stop waits) */
+  int spare_fd;                   /* given up to accept when out of descriptors */
+  uint64_t listen_muted_until;    /* loop thread: ns; 0 = listening */
+  uint64_t last_refusal_log;
+  pthread_t hk;                   /* housekeeping: sweep, closes */
+  bool hk_started, hk_stop, hk_kick;
+  pthread_mutex_t hk_lock;
+  pthread_cond_t hk_cond;
   struct sd_store store;
   struct sd_maps maps;
   int lfd, epfd, sigfd, stopfd;
@@ -124,6 +186,74 @@ struct sd_server {
 };
 
 static void conn_unref(struct sd_server *srv, struct conn *c);
+
+#define SD_MAX_CONNS_USER 64         /* connections per user (root: no limit) */
+#define SD_LAYER_FDS 2               /* what a layer may hold: its fd and an O_DIRECT one */
+
+/* ---- accounting -------------------------------------------------------- */
+
+/* Under users_lock: UID's account, created on first use (only uids the
+ * allow lists let in ever get one). */
+static struct user *user_get_locked(struct sd_server *srv, uid_t uid)
+{
+  for (struct user *u = srv->users; u; u = u->next)
+    if (u->uid == uid)
+      return u;
+  struct user *u = calloc(1, sizeof *u);
+  if (!u)
+    return NULL;
+  u->uid = uid;
+  u->next = srv->users;
+  srv->users = u;
+  return u;
+}
+
+/* Take N descriptors for C's layers or handles: within the daemon's budget,
+ * and a non-root user within a quarter of it.  0 or -EMFILE (message set). */
+static int fds_take(struct sd_server *srv, struct conn *c, uint64_t n)
+{
+  int r = 0;
+  pthread_mutex_lock(&srv->users_lock);
+  if (srv->fds + n > srv->fd_budget)
+    r = sl_error(EMFILE, "the daemon has no descriptors left for layers and handles "
+                 "(%" PRIu64 " in use)", srv->fds);
+  else if (c->uid != 0 && c->user && c->user->fds + n > srv->fd_budget / 4)
+    r = sl_error(EMFILE, "uid %u holds %" PRIu64 " descriptors in layers and handles, "
+                 "a quarter of what the daemon has: unregister some", (unsigned)c->uid,
+                 c->user->fds);
+  if (r == 0) {
+    srv->fds += n;
+    if (c->user)
+      c->user->fds += n;
+    atomic_fetch_add(&c->nfd, n);
+  }
+  pthread_mutex_unlock(&srv->users_lock);
+  return r;
+}
+
+static void fds_give(struct sd_server *srv, struct conn *c, uint64_t n)
+{
+  pthread_mutex_lock(&srv->users_lock);
+  srv->fds -= n;
+  if (c->user)
+    c->user->fds -= n;
+  atomic_fetch_sub(&c->nfd, n);
+  pthread_mutex_unlock(&srv->users_lock);
+}
+
+/* Handle numbers: slot + 1 in the low bits, the slot's generation above. */
+static uint32_t make_id(uint32_t slot, uint32_t gen)
+{
+  return gen << SD_ID_SLOT_BITS | (slot + 1);
+}
+/* The slot ID names when its generation is still GEN[slot], or -1. */
+static int id_slot(uint32_t id, const uint32_t *gen, uint32_t nslots)
+{
+  uint32_t slot = (id & ((1u << SD_ID_SLOT_BITS) - 1)) - 1;
+  if (slot >= nslots || gen[slot] != id >> SD_ID_SLOT_BITS)
+    return -1;
+  return (int)slot;
+}
 
 /* ---- output ------------------------------------------------------------ */
 
@@ -223,7 +353,7 @@ static void reply_error(struct sd_server *srv, struct conn *c, uint16_t op, uint
 static void release_conn(struct sd_server *srv, struct conn *c)
 {
   for (int i = 0; i < SD_MAX_LAYER_HANDLES; i++)
-    if (c->layers[i])
+    if (c->layers[i]) /* no registration runs: it holds a reference */
       sd_layer_unregister(&srv->store, c->layers[i]);
   for (size_t i = 0; i < c->n_dead_layers; i++)
     sd_layer_unregister(&srv->store, c->dead_layers[i]);
@@ -233,8 +363,15 @@ static void release_conn(struct sd_server *srv, struct conn *c)
   for (size_t i = 0; i < c->n_dead_handles; i++)
     sd_handle_destroy(&srv->maps, c->dead_handles[i]);
   for (int i = 0; i < c->nfdq; i++)
-    close(c->fdq[i]);
+    sd_store_close_later(&srv->store, c->fdq[i]);
   close(c->fd);
+  pthread_mutex_lock(&srv->users_lock);
+  srv->fds -= atomic_load(&c->nfd);
+  if (c->user) {
+    c->user->fds -= atomic_load(&c->nfd);
+    c->user->conns--;
+  }
+  pthread_mutex_unlock(&srv->users_lock);
   free(c->dead_layers);
   free(c->dead_handles);
   free(c->rbuf);
@@ -330,6 +467,21 @@ static int add_conn(struct sd_server *srv, int fd, bool check)
     close(fd);
     return -EPERM;
   }
+  pthread_mutex_lock(&srv->users_lock);
+  struct user *u = user_get_locked(srv, uid);
+  const char *over = !u ? "out of memory"
+      : atomic_load(&srv->nconns) >= SL_MAX(srv->fd_budget / 8, 16) ? "too many connections"
+      : uid != 0 && u->conns >= SD_MAX_CONNS_USER ? "too many connections of this user"
+      : NULL;
+  if (!over)
+    u->conns++;
+  pthread_mutex_unlock(&srv->users_lock);
+  if (over) {
+    fprintf(stderr, "sluiced: refused client pid %d uid %u: %s\n", (int)pid, (unsigned)uid,
+            over);
+    close(fd);
+    return -EMFILE;
+  }
   int fl = fcntl(fd, F_GETFL);
   fcntl(fd, F_SETFL, fl | O_NONBLOCK);
   struct conn *c = calloc(1, sizeof *c);
@@ -338,8 +490,12 @@ static int add_conn(struct sd_server *srv, int fd, bool check)
     free(c);
     free(rb);
     close(fd);
+    pthread_mutex_lock(&srv->users_lock);
+    u->conns--;
+    pthread_mutex_unlock(&srv->users_lock);
     return -ENOMEM;
   }
+  c->user = u;
   c->fd = fd;
   c->pid = pid;
   c->uid = uid;
@@ -384,6 +540,59 @@ static void op_hello(struct sd_server *srv, struct conn *c, const struct sl_cs_r
   reply(srv, c, SL_CS_HELLO, r->hdr.id, &rep, sizeof rep);
 }
 
+/* A slot whose layer is being registered (on a registration thread). */
+static struct sd_layer reserved_layer;
+
+struct regjob {
+  struct sd_server *srv;
+  struct conn *c;
+  uint64_t id;
+  int fd;
+  bool priv;
+  uint32_t slot;
+};
+
+static void reg_done(struct sd_server *srv, struct conn *c)
+{
+  pthread_mutex_lock(&srv->users_lock);
+  srv->regs--;
+  if (c->user)
+    c->user->regs--;
+  if (srv->regs == 0)
+    pthread_cond_broadcast(&srv->regs_cond);
+  pthread_mutex_unlock(&srv->users_lock);
+  atomic_fetch_sub(&c->regs, 1);
+}
+
+/* A registration thread: everything that touches the client's file. */
+static void *reg_main(void *opaque)
+{
+  struct regjob *j = opaque;
+  struct sd_server *srv = j->srv;
+  struct conn *c = j->c;
+  int err = 0;
+  struct sd_layer *l = sd_layer_register(&srv->store, j->fd, j->priv, c->pid, &err);
+  close(j->fd); /* may wait for a FUSE server: this thread's to wait */
+  if (!l) {
+    if (!srv->o.quiet)
+      fprintf(stderr, "sluiced: client pid %d: refused a layer: %s\n", (int)c->pid,
+              sl_last_error());
+    atomic_store(&c->layers[j->slot], NULL);
+    fds_give(srv, c, SD_LAYER_FDS);
+    reply_error(srv, c, SL_CS_REGISTER_LAYER, j->id, err, sl_last_error());
+  } else {
+    atomic_store(&c->layers[j->slot], l);
+    struct sl_cs_register_layer_reply rep = {
+      .layer = make_id(j->slot, c->lgen[j->slot]),
+      .flags = j->priv ? SL_CS_LAYER_PRIVATE : 0, .size = l->size};
+    reply(srv, c, SL_CS_REGISTER_LAYER, j->id, &rep, sizeof rep);
+  }
+  reg_done(srv, c);
+  conn_unref(srv, c);
+  free(j);
+  return NULL;
+}
+
 static void op_register_layer(struct sd_server *srv, struct conn *c,
                               const struct sl_cs_request *r, int fd)
 {
@@ -392,26 +601,61 @@ static void op_register_layer(struct sd_server *srv, struct conn *c,
     if (!c->layers[i])
       slot = i;
   if (slot < 0) {
-    close(fd);
-    reply_error(srv, c, r->hdr.op, r->hdr.id, -EMFILE, "too many layers on this connection");
+    sd_store_close_later(&srv->store, fd);
+    reply_error(srv, c, r->hdr.op, r->hdr.id, -EMFILE,
+                "too many layers on this connection (" SD_STR(SD_MAX_LAYER_HANDLES) ")");
     return;
   }
-  int err = 0;
-  bool priv = r->u.reg_layer->flags & SL_CS_LAYER_PRIVATE;
-  struct sd_layer *l = sd_layer_register(&srv->store, fd, priv, c->pid, &err);
-  close(fd);
-  if (!l) {
-    if (!srv->o.quiet)
-      fprintf(stderr, "sluiced: client pid %d: refused a layer: %s\n", (int)c->pid,
-              sl_last_error());
-    reply_error(srv, c, r->hdr.op, r->hdr.id, err, sl_last_error());
+  const char *busy = NULL;
+  pthread_mutex_lock(&srv->users_lock);
+  if (atomic_load(&c->regs) >= SD_MAX_REG_CONN)
+    busy = "layer registrations in progress on this connection";
+  else if (srv->regs >= SD_MAX_REG_ALL)
+    busy = "layer registrations in progress in the daemon";
+  else if (c->uid != 0 && c->user && c->user->regs >= SD_MAX_REG_USER)
+    busy = "layer registrations in progress for this user";
+  if (!busy) {
+    srv->regs++;
+    if (c->user)
+      c->user->regs++;
+    atomic_fetch_add(&c->regs, 1);
+  }
+  pthread_mutex_unlock(&srv->users_lock);
+  if (busy) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "too many %s: wait for their replies", busy);
+    sd_store_close_later(&srv->store, fd);
+    reply_error(srv, c, r->hdr.op, r->hdr.id, -EAGAIN, msg);
     return;
   }
-  atomic_store(&c->layers[slot], l);
-  struct sl_cs_register_layer_reply rep = {.layer = (uint32_t)slot + 1,
-                                           .flags = priv ? SL_CS_LAYER_PRIVATE : 0,
-                                           .size = l->size};
-  reply(srv, c, r->hdr.op, r->hdr.id, &rep, sizeof rep);
+  int e = fds_take(srv, c, SD_LAYER_FDS);
+  struct regjob *j = e < 0 ? NULL : malloc(sizeof *j);
+  pthread_t t;
+  pthread_attr_t attr;
+  if (j) {
+    *j = (struct regjob){srv, c, r->hdr.id, fd, (r->u.reg_layer->flags & SL_CS_LAYER_PRIVATE) != 0,
+                         (uint32_t)slot};
+    atomic_store(&c->layers[slot], &reserved_layer);
+    atomic_fetch_add(&c->refs, 1);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 << 10);
+    e = pthread_create(&t, &attr, reg_main, j) == 0 ? 0 : -EAGAIN;
+    pthread_attr_destroy(&attr);
+    if (e == 0)
+      return;
+    atomic_store(&c->layers[slot], NULL);
+    atomic_fetch_sub(&c->refs, 1); /* the loop holds one more: never the last */
+    fds_give(srv, c, SD_LAYER_FDS);
+    free(j);
+    sl_error(EAGAIN, "cannot start a registration thread");
+  } else if (e == 0) {
+    fds_give(srv, c, SD_LAYER_FDS);
+    e = sl_error(ENOMEM, "out of memory");
+  }
+  reg_done(srv, c);
+  sd_store_close_later(&srv->store, fd);
+  reply_error(srv, c, r->hdr.op, r->hdr.id, e, sl_last_error());
 }
 
 static void op_register_handle(struct sd_server *srv, struct conn *c,
@@ -422,16 +666,23 @@ static void op_register_handle(struct sd_server *srv, struct conn *c,
     if (!c->handles[i])
       slot = i;
   if (slot < 0) {
-    close(fd);
+    sd_store_close_later(&srv->store, fd);
     reply_error(srv, c, r->hdr.op, r->hdr.id, -EMFILE,
-                "too many memory handles on this connection");
+                "too many memory handles on this connection (" SD_STR(SD_MAX_MEM_HANDLES) ")");
     return;
   }
   struct sd_handle *h;
   const struct sl_cs_register_handle *q = r->u.reg_handle;
-  int err = sd_handle_create(fd, q->offset, q->length, q->rights, &h);
+  int err = fds_take(srv, c, 1);
+  if (err == 0) {
+    /* A memfd: nothing here can wait for another process.  Anything else
+     * is refused by its first check (F_GET_SEALS) before any other call. */
+    err = sd_handle_create(fd, q->offset, q->length, q->rights, &h);
+    if (err < 0)
+      fds_give(srv, c, 1);
+  }
   if (err < 0) {
-    close(fd);
+    sd_store_close_later(&srv->store, fd);
     if (!srv->o.quiet)
       fprintf(stderr, "sluiced: client pid %d: refused a memory handle: %s\n", (int)c->pid,
               sl_last_error());
@@ -439,17 +690,22 @@ static void op_register_handle(struct sd_server *srv, struct conn *c,
     return;
   }
   atomic_store(&c->handles[slot], h);
-  struct sl_cs_register_handle_reply rep = {.handle = (uint32_t)slot + 1};
+  struct sl_cs_register_handle_reply rep = {.handle = make_id((uint32_t)slot, c->hgen[slot])};
   reply(srv, c, r->hdr.op, r->hdr.id, &rep, sizeof rep);
 }
 
-static struct sd_layer *layer_ref(struct conn *c, uint32_t handle)
+/* Loop thread: what C's number ID names (NULL: nothing, or a registration
+ * still in progress). */
+static struct sd_layer *layer_ref(struct conn *c, uint32_t id)
 {
-  return handle >= 1 && handle <= SD_MAX_LAYER_HANDLES ? c->layers[handle - 1] : NULL;
+  int slot = id_slot(id, c->lgen, SD_MAX_LAYER_HANDLES);
+  struct sd_layer *l = slot < 0 ? NULL : atomic_load(&c->layers[slot]);
+  return l == &reserved_layer ? NULL : l;
 }
-static struct sd_handle *handle_ref(struct conn *c, uint32_t handle)
+static struct sd_handle *handle_ref(struct conn *c, uint32_t id)
 {
-  return handle >= 1 && handle <= SD_MAX_MEM_HANDLES ? c->handles[handle - 1] : NULL;
+  int slot = id_slot(id, c->hgen, SD_MAX_MEM_HANDLES);
+  return slot < 0 ? NULL : atomic_load(&c->handles[slot]);
 }
 
 static void op_unregister(struct sd_server *srv, struct conn *c, const struct sl_cs_request *r)
@@ -463,17 +719,24 @@ static void op_unregister(struct sd_server *srv, struct conn *c, const struct sl
                       : "no such memory handle on this connection");
     return;
   }
-  if (layer)
-    atomic_store(&c->layers[n - 1], NULL);
-  else
-    atomic_store(&c->handles[n - 1], NULL);
+  /* the slot's next occupant gets a new number */
+  uint32_t slot = (n & ((1u << SD_ID_SLOT_BITS) - 1)) - 1;
+  if (layer) {
+    atomic_store(&c->layers[slot], NULL);
+    c->lgen[slot] = (c->lgen[slot] + 1) & SD_ID_GEN_MASK;
+  } else {
+    atomic_store(&c->handles[slot], NULL);
+    c->hgen[slot] = (c->hgen[slot] + 1) & SD_ID_GEN_MASK;
+  }
   if (atomic_load(&c->jobs) == 0) {
     if (layer)
       sd_layer_unregister(&srv->store, p);
     else
       sd_handle_destroy(&srv->maps, p);
+    fds_give(srv, c, layer ? SD_LAYER_FDS : 1);
   } else {
-    /* a worker may be using it: release it with the connection */
+    /* a worker may be using it: release it with the connection (its
+     * descriptors stay counted until then) */
     void ***arr = layer ? (void ***)&c->dead_layers : (void ***)&c->dead_handles;
     size_t *cnt = layer ? &c->n_dead_layers : &c->n_dead_handles;
     void **q = realloc(*arr, (*cnt + 1) * sizeof *q);
@@ -572,15 +835,21 @@ static void op_read(struct sd_server *srv, struct conn *c, const struct sl_cs_re
       res[i].status = -EINVAL;
       continue;
     }
+    struct piece p = {l, h, e->file_offset, e->handle_offset, e->length, i, false};
+    if (sd_layer_needs_stat(l)) {
+      /* fstat may wait for a FUSE server: a worker checks and serves it */
+      p.verify = true;
+      pend[npend++] = p;
+      continue;
+    }
     if (l != verified) {
-      int v = sd_layer_verify(l, &srv->store);
+      int v = sd_layer_verify(l, &srv->store); /* no system call: dead or not */
       if (v < 0) {
         res[i].status = v;
         continue;
       }
       verified = l;
     }
-    struct piece p = {l, h, e->file_offset, e->handle_offset, e->length, i};
     bool hit;
     int s = serve_piece(srv, &p, false, &hit);
     if (s < 0)
@@ -623,9 +892,19 @@ static void op_read(struct sd_server *srv, struct conn *c, const struct sl_cs_re
 
 static void run_job(struct sd_server *srv, struct job *j)
 {
+  struct sd_layer *verified = NULL;
   for (uint32_t i = 0; i < j->npieces; i++) {
     bool hit;
-    int s = serve_piece(srv, &j->pieces[i], true, &hit);
+    struct piece *p = &j->pieces[i];
+    if (p->verify && p->l != verified) {
+      int v = sd_layer_verify(p->l, &srv->store);
+      if (v < 0) {
+        j->res[p->entry].status = v;
+        continue;
+      }
+      verified = p->l;
+    }
+    int s = serve_piece(srv, p, true, &hit);
     j->res[j->pieces[i].entry].status = s < 0 ? s : 0;
     j->res[j->pieces[i].entry].flags = s >= 0 && hit ? SL_CS_RESULT_HIT : 0;
   }
@@ -758,15 +1037,21 @@ static void op_stats(struct sd_server *srv, struct conn *c, const struct sl_cs_r
     }
     struct sl_cs_layer_stats *x = &ls[count++];
     copy_counters(&x->c, &l->c);
-    x->dev = l->dev;
-    x->ino = l->ino;
+    /* Which files other users' guests run from is theirs to know: a
+     * client sees the names of its own layers (root: of all). */
+    bool mine = c->uid == 0 || conn_owns(c, l);
+    x->dev = mine ? l->dev : 0;
+    x->ino = mine ? l->ino : 0;
     x->size = l->size;
     x->clients = atomic_load(&l->refs);
     x->index = l->index;
     x->flags = (dead ? SL_CS_LSTAT_DEAD : 0) | (l->blockdev ? SL_CS_LSTAT_BLOCKDEV : 0) |
                (l->direct ? SL_CS_LSTAT_DIRECT : 0) | (l->lease ? SL_CS_LSTAT_LEASE : 0) |
-               (l->private_ ? SL_CS_LSTAT_PRIVATE : 0);
-    memcpy(x->path, l->path, sizeof x->path);
+               (l->private_ ? SL_CS_LSTAT_PRIVATE : 0) | (mine ? 0 : SL_CS_LSTAT_OTHER);
+    if (mine)
+      memcpy(x->path, l->path, sizeof x->path);
+    else
+      snprintf(x->path, sizeof x->path, "(layer %u of another client)", l->index);
     x->path[sizeof x->path - 1] = 0;
   }
   pthread_mutex_unlock(&srv->store.layers_lock);
@@ -838,10 +1123,13 @@ static bool process_input(struct sd_server *srv, struct conn *c)
 
 static void conn_readable(struct sd_server *srv, struct conn *c)
 {
-  int fds[SD_MAX_FDQ];
+  /* Take as many descriptors as lib/ipc can: those beyond SD_MAX_FDQ are
+   * closed by the housekeeping thread, not here (a FUSE file's close
+   * waits for its server). */
+  int fds[SL_IPC_MAX_FDS];
   size_t nfds = 0;
   long n = sl_ipc_recv_fds(c->fd, (char *)c->rbuf + c->rlen, RBUF - c->rlen, fds,
-                           SD_MAX_FDQ, &nfds);
+                           SL_IPC_MAX_FDS, &nfds);
   if (n == -EAGAIN || n == -EINTR)
     return;
   if (n < 0) {
@@ -850,14 +1138,14 @@ static void conn_readable(struct sd_server *srv, struct conn *c)
   }
   if (n == 0) {
     for (size_t i = 0; i < nfds; i++)
-      close(fds[i]);
+      sd_store_close_later(&srv->store, fds[i]);
     conn_close(srv, c, NULL);
     return;
   }
   for (size_t i = 0; i < nfds; i++) {
     if (c->nfdq == SD_MAX_FDQ) {
       for (size_t k = i; k < nfds; k++)
-        close(fds[k]);
+        sd_store_close_later(&srv->store, fds[k]);
       conn_fail(srv, c, 0, "descriptors sent without REGISTER messages for them");
       return;
     }
@@ -867,6 +1155,39 @@ static void conn_readable(struct sd_server *srv, struct conn *c)
   atomic_fetch_add(&c->refs, 1); /* C may close (and lose its last ref) inside */
   process_input(srv, c);
   conn_unref(srv, c);
+}
+
+/* ---- housekeeping ------------------------------------------------------ */
+
+/* The sweep and the deferred closes: whatever may wait for a client's file
+ * system, off the event loop.  Runs when kicked and every second. */
+static void hk_kick(struct sd_server *srv)
+{
+  pthread_mutex_lock(&srv->hk_lock);
+  srv->hk_kick = true;
+  pthread_cond_signal(&srv->hk_cond);
+  pthread_mutex_unlock(&srv->hk_lock);
+}
+
+static void *hk_main(void *opaque)
+{
+  struct sd_server *srv = opaque;
+  pthread_mutex_lock(&srv->hk_lock);
+  while (!srv->hk_stop) {
+    if (!srv->hk_kick) {
+      struct timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      ts.tv_sec += 1;
+      pthread_cond_timedwait(&srv->hk_cond, &srv->hk_lock, &ts);
+    }
+    srv->hk_kick = false;
+    pthread_mutex_unlock(&srv->hk_lock);
+    sd_layer_sweep(&srv->store);
+    sd_store_reap(&srv->store);
+    pthread_mutex_lock(&srv->hk_lock);
+  }
+  pthread_mutex_unlock(&srv->hk_lock);
+  return NULL;
 }
 
 static void handle_signals(struct sd_server *srv)
@@ -879,7 +1200,42 @@ static void handle_signals(struct sd_server *srv)
         sd_layer_kill(&srv->store, l, "someone opened it for writing (lease broken)");
     }
     /* SIGIO: the real-time queue overflowed; the sweep finds the layer */
-    sd_layer_sweep(&srv->store);
+    hk_kick(srv);
+  }
+}
+
+/* Loop thread: a connection is waiting on the listening socket. */
+static void accept_one(struct sd_server *srv)
+{
+  int fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC);
+  if (fd >= 0) {
+    add_conn(srv, fd, true);
+    return;
+  }
+  if (errno != EMFILE && errno != ENFILE && errno != ENOBUFS && errno != ENOMEM)
+    return; /* EAGAIN, ECONNABORTED...: nothing waits any more */
+  /* Out of descriptors: the connection stays queued and the socket
+   * readable, so the loop would spin.  Give up the spare to take it and
+   * close it at once (the client sees the daemon hang up), take the spare
+   * back; without a spare, stop listening for a moment. */
+  uint64_t now = sl_now_ns();
+  bool log = now - srv->last_refusal_log > 1000000000ull;
+  if (log) {
+    srv->last_refusal_log = now;
+    fprintf(stderr, "sluiced: refusing connections: out of descriptors (%s)\n",
+            strerror(errno));
+  }
+  if (srv->spare_fd >= 0) {
+    close(srv->spare_fd);
+    fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd >= 0)
+      close(fd);
+    srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+  if (srv->spare_fd < 0 || fd < 0) {
+    struct epoll_event ev = {.events = 0, .data.ptr = &srv->lfd};
+    epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->lfd, &ev);
+    srv->listen_muted_until = now + 100000000ull;
   }
 }
 
@@ -890,7 +1246,14 @@ static void *loop_main(void *opaque)
   uint64_t poll_until = 0, last_sweep = sl_now_ns();
   for (;;) {
     uint64_t now = sl_now_ns();
-    int timeout = now < poll_until ? 0 : 1000;
+    int timeout = now < poll_until ? 0 : srv->listen_muted_until ? 100 : 1000;
+    if (srv->listen_muted_until && now >= srv->listen_muted_until) {
+      srv->listen_muted_until = 0;
+      if (srv->spare_fd < 0)
+        srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      struct epoll_event lev = {.events = EPOLLIN, .data.ptr = &srv->lfd};
+      epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->lfd, &lev);
+    }
     int n = epoll_wait(srv->epfd, ev, 64, timeout);
     if (n < 0 && errno != EINTR)
       break;
@@ -900,9 +1263,7 @@ static void *loop_main(void *opaque)
       if (p == &srv->stopfd)
         return NULL;
       if (p == &srv->lfd) {
-        int fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd >= 0)
-          add_conn(srv, fd, true);
+        accept_one(srv);
         continue;
       }
       if (p == &srv->sigfd) {
@@ -958,7 +1319,7 @@ static void *loop_main(void *opaque)
     if (served && srv->o.poll_us)
       poll_until = now + srv->o.poll_us * 1000ull;
     if (now - last_sweep > 1000000000ull) {
-      sd_layer_sweep(&srv->store);
+      hk_kick(srv); /* the sweep, on the housekeeping thread */
       last_sweep = now;
     }
   }
@@ -975,6 +1336,31 @@ int sd_server_create(const struct sd_options *o, struct sd_server **out)
   srv->o = *o;
   srv->lfd = srv->epfd = srv->sigfd = srv->stopfd = srv->adoptfd = -1;
   pthread_mutex_init(&srv->adopt_lock, NULL);
+  pthread_mutex_init(&srv->users_lock, NULL);
+  pthread_cond_init(&srv->regs_cond, NULL);
+  pthread_mutex_init(&srv->hk_lock, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&srv->hk_cond, &ca);
+  pthread_condattr_destroy(&ca);
+  /* Descriptors: as many as the hard limit allows; clients' layers and
+   * handles may hold all but a reserve for the daemon's own needs. */
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    if (rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+      getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    uint64_t lim = rl.rlim_cur == RLIM_INFINITY ? 1u << 20 : (uint64_t)rl.rlim_cur;
+    srv->fd_budget = lim > 2 * SD_FD_RESERVE ? lim - SD_FD_RESERVE : lim / 2;
+  } else {
+    srv->fd_budget = 1024 - SD_FD_RESERVE;
+  }
+  if (o->fd_budget && o->fd_budget < srv->fd_budget)
+    srv->fd_budget = o->fd_budget;
+  srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   int r = sd_store_init(&srv->store, o->memory, o->block_size);
   if (r < 0) {
     free(srv);
@@ -1030,6 +1416,9 @@ int sd_server_start(struct sd_server *srv, int lfd)
       srv->nworkers = i;
       return sl_error(EAGAIN, "cannot start worker threads");
     }
+  if (pthread_create(&srv->hk, NULL, hk_main, srv) != 0)
+    return sl_error(EAGAIN, "cannot start the housekeeping thread");
+  srv->hk_started = true;
   if (pthread_create(&srv->loop, NULL, loop_main, srv) != 0)
     return sl_error(EAGAIN, "cannot start the event loop thread");
   srv->loop_started = true;
@@ -1081,6 +1470,23 @@ int sd_server_stop(struct sd_server *srv, bool check)
   }
   while (srv->conns)
     conn_close(srv, srv->conns, NULL);
+  /* Registration threads hold their connections (and the store): wait for
+   * them, but not forever -- one may be stuck on a FUSE server that never
+   * answers.  Then the process exits with them, and nothing is freed. */
+  pthread_mutex_lock(&srv->users_lock);
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 5;
+  while (srv->regs > 0 &&
+         pthread_cond_timedwait(&srv->regs_cond, &srv->users_lock, &until) != ETIMEDOUT)
+    ;
+  uint32_t stuck = srv->regs;
+  pthread_mutex_unlock(&srv->users_lock);
+  if (stuck) {
+    fprintf(stderr, "sluiced: %u layer registrations still wait for their files: "
+            "exiting without them\n", stuck);
+    return check ? -1 : 0;
+  }
   pthread_mutex_lock(&srv->qlock);
   srv->stopping = true;
   pthread_cond_broadcast(&srv->qcond);
@@ -1088,6 +1494,14 @@ int sd_server_stop(struct sd_server *srv, bool check)
   for (uint32_t i = 0; i < srv->nworkers; i++)
     pthread_join(srv->workers[i], NULL);
   free(srv->workers);
+  if (srv->hk_started) {
+    pthread_mutex_lock(&srv->hk_lock);
+    srv->hk_stop = true;
+    pthread_cond_signal(&srv->hk_cond);
+    pthread_mutex_unlock(&srv->hk_lock);
+    pthread_join(srv->hk, NULL);
+  }
+  sd_store_reap(&srv->store);
   int ret = 0;
   char msg[256];
   if (check && sd_store_check(&srv->store, msg, sizeof msg) < 0) {
@@ -1108,6 +1522,13 @@ int sd_server_stop(struct sd_server *srv, bool check)
   for (size_t i = 0; i < srv->n_adopt; i++)
     close(srv->adopt[i]);
   free(srv->adopt);
+  if (srv->spare_fd >= 0)
+    close(srv->spare_fd);
+  while (srv->users) {
+    struct user *u = srv->users;
+    srv->users = u->next;
+    free(u);
+  }
   sd_maps_fini(&srv->maps);
   sd_store_fini(&srv->store);
   free(srv);

@@ -22,6 +22,8 @@ struct sd_options {
   size_t n_allow_uid;
   gid_t *allow_gid;
   size_t n_allow_gid;
+  uint64_t fd_budget;             /* descriptors clients' layers and handles may
+                                   * hold (0: RLIMIT_NOFILE less a reserve) */
   bool quiet;                     /* no per-connection log lines */
 };
 

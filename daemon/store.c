@@ -5,9 +5,12 @@
  * and divided into blocks; the twophase structure (lib/cache) decides which
  * keys are resident and its slot numbers index the area directly, so that
  * promotion and eviction never move data.  A key is (layer index << 40 |
- * block number): injective, so two layers can never share an entry, and the
- * layer index is never reused, so a layer that changed (a new identity, a
- * new index) can never reach the blocks of its former self.
+ * block number): injective, so two layers can never share an entry, and a
+ * layer index is reused only once no block of its former layer is cached
+ * and nothing can reach that layer (recycle_locked), so a layer that
+ * changed (a new identity, a new index) can never reach the blocks of its
+ * former self, and a client that registers layers for ever cannot exhaust
+ * the indices.
  *
  * Twophase knows keys and slots, not whether a slot's bytes are ready.  Each
  * slot therefore has a tag, key << 2 | state (EMPTY, FILLING, VALID), and a
@@ -104,6 +107,8 @@ int sd_store_init(struct sd_store *s, uint64_t memory, uint32_t block_size)
   pthread_mutex_init(&s->fill_lock, NULL);
   pthread_cond_init(&s->fill_cv, NULL);
   pthread_mutex_init(&s->layers_lock, NULL);
+  pthread_mutex_init(&s->close_lock, NULL);
+  s->max_layers = SD_MAX_LAYERS;
   s->next_index = 1; /* index 0 is never a layer: a zero tag names nothing */
   return 0;
 }
@@ -131,6 +136,9 @@ void sd_store_fini(struct sd_store *s)
     }
     free(s->dir[i]);
   }
+  sd_store_reap(s);
+  free(s->closeq);
+  free(s->free_idx);
   memset(s, 0, sizeof *s);
 }
 
@@ -202,15 +210,47 @@ static bool client_holds_writable(pid_t pid, dev_t dev, ino_t ino, bool blk, dev
   return found;
 }
 
-/* Under layers_lock. */
-static void release_files(struct sd_layer *l)
+void sd_store_close_later(struct sd_store *s, int fd)
+{
+  if (fd < 0)
+    return;
+  pthread_mutex_lock(&s->close_lock);
+  if (s->n_close == s->cap_close) {
+    size_t cap = s->cap_close ? 2 * s->cap_close : 64;
+    int *q = realloc(s->closeq, cap * sizeof *q);
+    if (!q) {
+      pthread_mutex_unlock(&s->close_lock);
+      close(fd); /* out of memory: better a wait than a leak */
+      return;
+    }
+    s->closeq = q;
+    s->cap_close = cap;
+  }
+  s->closeq[s->n_close++] = fd;
+  pthread_mutex_unlock(&s->close_lock);
+}
+
+void sd_store_reap(struct sd_store *s)
+{
+  for (;;) {
+    pthread_mutex_lock(&s->close_lock);
+    int fd = s->n_close ? s->closeq[--s->n_close] : -1;
+    pthread_mutex_unlock(&s->close_lock);
+    if (fd < 0)
+      return;
+    close(fd);
+  }
+}
+
+/* Under layers_lock.  The descriptors are closed by the housekeeping
+ * thread, which is also the only one that uses them without the lock (the
+ * sweep), so a number stays valid while the sweep looks at it. */
+static void release_files(struct sd_store *s, struct sd_layer *l)
 {
   if (l->lease)
     fcntl(l->fd, F_SETLEASE, F_UNLCK);
-  if (l->fd >= 0)
-    close(l->fd);
-  if (l->dfd >= 0)
-    close(l->dfd);
+  sd_store_close_later(s, l->fd);
+  sd_store_close_later(s, l->dfd);
   l->fd = l->dfd = -1;
 }
 
@@ -239,8 +279,45 @@ static void kill_locked(struct sd_store *s, struct sd_layer *l, const char *why)
     l->lease = false;
   }
   unlink_live(s, l);
+  l->next_live = s->dead;
+  s->dead = l;
   if (atomic_load(&l->refs) == 0)
-    release_files(l);
+    release_files(s, l);
+}
+
+/* Under layers_lock: free the dead layers nothing refers to any more and
+ * keep their indices for reuse.  A layer index is part of every cache key
+ * of the layer, so it may name a new file only once no slot holds a block
+ * under it (resident 0: a VALID tag always counts in resident, and a fill
+ * only runs under a registration) and no registration, no sweep and no
+ * STATS page (all under this lock) can reach the old layer.  Keys of it
+ * may linger in twophase (ghosts, or a slot whose tag moved on): they
+ * only steer the policy, since bytes are served only under a VALID tag,
+ * which a recycled index's new layer sets itself after filling. */
+static void recycle_locked(struct sd_store *s)
+{
+  for (struct sd_layer **pp = &s->dead; *pp;) {
+    struct sd_layer *l = *pp;
+    if (atomic_load(&l->refs) != 0 || atomic_load(&l->c.resident) != 0 || l->busy) {
+      pp = &l->next_live;
+      continue;
+    }
+    if (s->n_free == s->cap_free) {
+      size_t cap = s->cap_free ? 2 * s->cap_free : 256;
+      uint32_t *f = realloc(s->free_idx, cap * sizeof *f);
+      if (!f)
+        return; /* try again on the next sweep */
+      s->free_idx = f;
+      s->cap_free = cap;
+    }
+    *pp = l->next_live;
+    if (l->fd >= 0 || l->dfd >= 0)
+      release_files(s, l);
+    s->dir[l->index >> 12][l->index & 4095] = NULL;
+    s->free_idx[s->n_free++] = l->index;
+    s->recycled++;
+    free(l);
+  }
 }
 
 void sd_layer_kill(struct sd_store *s, struct sd_layer *l, const char *why)
@@ -371,12 +448,16 @@ struct sd_layer *sd_layer_register(struct sd_store *s, int fd, bool private_,
       break;
     }
   }
-  if (s->next_index >= SD_MAX_LAYERS) {
+  if (s->next_index >= s->max_layers && s->n_free == 0)
+    recycle_locked(s);
+  if (s->next_index >= s->max_layers && s->n_free == 0) {
     pthread_mutex_unlock(&s->layers_lock);
-    *err = sl_error(ENOSPC, "no layer index left (%u identities registered)", SD_MAX_LAYERS);
+    *err = sl_error(ENOSPC, "no layer index left (%u layers known, live or still cached)",
+                    s->max_layers - 1);
     goto fail;
   }
-  uint32_t idx = s->next_index;
+  bool fresh = s->next_index < s->max_layers;
+  uint32_t idx = fresh ? s->next_index : s->free_idx[s->n_free - 1];
   struct sd_layer ***chunk = &s->dir[idx >> 12];
   if (!*chunk)
     *chunk = calloc(4096, sizeof **chunk);
@@ -386,7 +467,10 @@ struct sd_layer *sd_layer_register(struct sd_store *s, int fd, bool private_,
     *err = sl_error(ENOMEM, "out of memory for a layer");
     goto fail;
   }
-  s->next_index++;
+  if (fresh)
+    s->next_index++;
+  else
+    s->n_free--;
   l->index = idx;
   l->dev = st2.st_dev;
   l->ino = st2.st_ino;
@@ -428,7 +512,7 @@ void sd_layer_unregister(struct sd_store *s, struct sd_layer *l)
     if (l->private_ || !l->lease)
       kill_locked(s, l, l->private_ ? "private layer released" : "released (no lease)");
     if (atomic_load(&l->dead))
-      release_files(l);
+      release_files(s, l);
   }
   pthread_mutex_unlock(&s->layers_lock);
 }
@@ -451,22 +535,52 @@ int sd_layer_verify(struct sd_layer *l, struct sd_store *s)
 
 void sd_layer_sweep(struct sd_store *s)
 {
+  /* Pin the live layers and note their descriptors under the lock, look at
+   * them without it (fstat of a FUSE file waits for its server), decide
+   * under it again.  The descriptors stay open meanwhile: only
+   * sd_store_reap closes them, on the caller's thread. */
+  struct pin {
+    struct sd_layer *l;
+    int fd;
+    bool lease, blockdev;
+    const char *why;
+  } *p = NULL;
+  size_t n = 0;
   pthread_mutex_lock(&s->layers_lock);
-  struct sd_layer *l = s->live;
-  while (l) {
-    struct sd_layer *next = l->next_live;
-    struct stat st = {.st_nlink = 1};
-    uint64_t size;
-    if (l->lease && fcntl(l->fd, F_GETLEASE) != F_RDLCK)
-      kill_locked(s, l, "someone opened it for writing (lease broken)");
-    else if (!l->blockdev && (fstat(l->fd, &st) < 0 || file_size(l->fd, &st, &size) < 0 ||
-                              !same_identity(l, &st, size)))
-      kill_locked(s, l, "its file changed (size or times)");
-    else if (atomic_load(&l->refs) == 0 && st.st_nlink == 0)
-      kill_locked(s, l, "deleted and no longer registered");
-    l = next;
+  for (struct sd_layer *l = s->live; l; l = l->next_live)
+    n++;
+  if (n)
+    p = malloc(n * sizeof *p);
+  n = 0;
+  for (struct sd_layer *l = s->live; l && p; l = l->next_live) {
+    l->busy++;
+    p[n++] = (struct pin){l, l->fd, l->lease, l->blockdev, NULL};
   }
   pthread_mutex_unlock(&s->layers_lock);
+  for (size_t i = 0; i < n; i++) {
+    struct sd_layer *l = p[i].l;
+    struct stat st = {.st_nlink = 1};
+    uint64_t size;
+    if (p[i].lease && fcntl(p[i].fd, F_GETLEASE) != F_RDLCK)
+      p[i].why = "someone opened it for writing (lease broken)";
+    else if (!p[i].blockdev &&
+             (fstat(p[i].fd, &st) < 0 || file_size(p[i].fd, &st, &size) < 0 ||
+              !same_identity(l, &st, size)))
+      p[i].why = "its file changed (size or times)";
+    else if (st.st_nlink == 0)
+      p[i].why = "deleted and no longer registered"; /* if so, below */
+  }
+  pthread_mutex_lock(&s->layers_lock);
+  for (size_t i = 0; i < n; i++) {
+    struct sd_layer *l = p[i].l;
+    l->busy--;
+    bool deleted = p[i].why && !strncmp(p[i].why, "deleted", 7);
+    if (p[i].why && (!deleted || atomic_load(&l->refs) == 0))
+      kill_locked(s, l, p[i].why);
+  }
+  recycle_locked(s);
+  pthread_mutex_unlock(&s->layers_lock);
+  free(p);
 }
 
 /* ---- blocks ------------------------------------------------------------ */
@@ -508,26 +622,16 @@ static long read_block(struct sd_store *s, struct sd_layer *l, uint64_t block, u
   size_t want = s->block_size;
   if (off + want > l->size)
     want = (size_t)(l->size - off);
-  size_t got = 0;
-  int fd = l->dfd >= 0 ? l->dfd : l->fd;
-  while (got < want) {
-    ssize_t n = pread(fd, buf + got, s->block_size - got, (off_t)(off + got));
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0 && errno == EINVAL && fd == l->dfd) {
-      fd = l->fd; /* this range does not take O_DIRECT: read it buffered */
-      continue;
-    }
-    if (n < 0)
-      return -errno;
-    if (n == 0)
-      break;
-    got += (size_t)n;
+  /* the whole block, so that O_DIRECT sees an aligned length; a range that
+   * does not take O_DIRECT is read buffered */
+  long got = sl_pread_count(l->dfd >= 0 ? l->dfd : l->fd, l->fd, buf, s->block_size, off);
+  if (got < 0)
+    return got;
+  if ((size_t)got > want) {
+    memset(buf + want, 0, (size_t)got - want); /* the file grew: not ours */
+    got = (long)want;
   }
-  if (got > want)
-    got = want;
-  memset(buf + got, 0, s->block_size - got);
-  return (long)got;
+  return got;
 }
 
 /* Bring block BLOCK of L into the cache (or wait for the thread that does)
@@ -607,22 +711,11 @@ static int fill_and_copy(struct sd_store *s, struct sd_layer *l, uint64_t block,
     return 0;
   }
   /* No slot to be had: read this piece straight from the file. */
-  uint64_t off = (block << s->shift) + in_off;
-  int fd = l->fd;
-  size_t got = 0;
-  while (got < len) {
-    ssize_t n = pread(fd, dst + got, len - got, (off_t)(off + got));
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0)
-      return -errno;
-    if (n == 0)
-      break;
-    got += (size_t)n;
-  }
-  memset(dst + got, 0, len - got);
-  atomic_fetch_add_explicit(&l->c.backend_bytes, got, memory_order_relaxed);
-  atomic_fetch_add_explicit(&s->c.backend_bytes, got, memory_order_relaxed);
+  long got = sl_pread_count(l->fd, -1, dst, len, (block << s->shift) + in_off);
+  if (got < 0)
+    return (int)got;
+  atomic_fetch_add_explicit(&l->c.backend_bytes, (uint64_t)got, memory_order_relaxed);
+  atomic_fetch_add_explicit(&s->c.backend_bytes, (uint64_t)got, memory_order_relaxed);
   return atomic_load(&l->dead) ? -ESTALE : 0;
 }
 

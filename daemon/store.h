@@ -24,7 +24,8 @@ struct sd_counters {
 };
 
 struct sd_layer {
-  uint32_t index;                 /* in the key; never reused */
+  uint32_t index;                 /* in the key; reused only once nothing of
+                                   * this layer is cached (store.c) */
   dev_t dev;
   ino_t ino;
   uint64_t size;
@@ -35,9 +36,11 @@ struct sd_layer {
   _Atomic bool dead;              /* changed: never served again */
   _Atomic uint64_t inval_gen;     /* bumped by every invalidation of this layer */
   _Atomic uint64_t refs;          /* registrations (connections' handles) */
+  uint32_t busy;                  /* under layers_lock: the sweep is checking it */
   struct sd_counters c;
   char path[SL_CS_PATH_MAX];
-  struct sd_layer *next_live;     /* the store's list of live layers */
+  struct sd_layer *next_live;     /* the store's list of live layers, or of
+                                   * dead ones not yet recycled */
 };
 
 struct sd_store {
@@ -51,6 +54,17 @@ struct sd_store {
   pthread_cond_t fill_cv;
   pthread_mutex_t layers_lock;    /* registration, the live list, lookup */
   struct sd_layer *live;
+  struct sd_layer *dead;          /* killed; recycled once nothing refers to them */
+  uint32_t max_layers;            /* indices handed out: SD_MAX_LAYERS (tests: less) */
+  uint32_t *free_idx;             /* indices of recycled layers, to reuse */
+  size_t n_free, cap_free;
+  uint64_t recycled;              /* layers recycled so far */
+  /* Descriptors to close off the event loop thread: closing a file on a
+   * FUSE file system waits for its server (FLUSH), which a client may
+   * control.  sd_store_reap closes them. */
+  pthread_mutex_t close_lock;
+  int *closeq;
+  size_t n_close, cap_close;
   struct sd_layer **dir[SD_MAX_LAYERS >> 12]; /* index -> layer, under layers_lock */
   uint32_t next_index;
   _Atomic uint64_t inval_gen;     /* bumped by every invalidation of all layers */
@@ -75,14 +89,28 @@ void sd_layer_kill(struct sd_store *s, struct sd_layer *l, const char *why);
 /* The layer whose descriptor is FD (a lease break names it), or NULL. */
 struct sd_layer *sd_layer_by_fd(struct sd_store *s, int fd);
 /* Re-check every live layer: dead if its lease is being broken, its
- * identity changed, or (unregistered) its file was deleted.  Called
- * periodically and on SIGIO. */
+ * identity changed, or (unregistered) its file was deleted; then recycle
+ * the indices of dead layers nothing refers to any more (no registration,
+ * no resident block).  Called periodically and on SIGIO, off the event
+ * loop: the checks (fstat) may block on a FUSE file, but never with
+ * layers_lock held. */
 void sd_layer_sweep(struct sd_store *s);
+/* Queue FD to be closed by sd_store_reap (never blocks; closes at once
+ * if the queue cannot grow). */
+void sd_store_close_later(struct sd_store *s, int fd);
+/* Close every queued descriptor (the housekeeping thread: may block). */
+void sd_store_reap(struct sd_store *s);
 /* Under layers_lock (or when idle): the layer with INDEX, or NULL. */
 struct sd_layer *sd_layer_at(struct sd_store *s, uint32_t index);
 /* Once per batch and layer: -ESTALE if L is dead or (a layer without a
  * lease) its fstat identity changed, which kills it. */
 int sd_layer_verify(struct sd_layer *l, struct sd_store *s);
+/* Does sd_layer_verify make a system call for L (fstat: a file without a
+ * lease)?  Then it must not run on the event loop thread. */
+static inline bool sd_layer_needs_stat(const struct sd_layer *l)
+{
+  return !l->lease && !l->blockdev && !l->private_;
+}
 /* The real-time signal the kernel sends when a layer's lease breaks
  * (F_SETSIG; si_fd names the descriptor).  Block it before any thread. */
 int sd_lease_signal(void);

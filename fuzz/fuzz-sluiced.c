@@ -10,9 +10,11 @@
  *  2. the real server (daemon/server.c, linked in): one end of a socket
  *     pair is handed to it (sd_server_adopt), and a well-behaved prelude
  *     first says HELLO and registers a small layer file and a sealed memfd
- *     (layer 1, handle 1), so that the fuzzed bytes that follow reach the
- *     READ, INVALIDATE, STATS, DROP and unregistration paths with numbers
- *     that name something -- and, when they are forged, numbers that do not.
+ *     (layer 1, handle 1: a slot's first number is its index + 1; later
+ *     occupants of the slot get a generation in the bits above), so that
+ *     the fuzzed bytes that follow reach the READ, INVALIDATE, STATS, DROP
+ *     and unregistration paths with numbers that name something -- and,
+ *     when they are forged or kept after UNREGISTER, numbers that do not.
  *     A feeder thread writes the input while this thread drains the
  *     replies, until the daemon closes the connection.
  *
@@ -114,8 +116,14 @@ static void setup(void)
   layer_fd = open(path, O_RDONLY | O_CLOEXEC);
   unlink(path);
   mem_fd = memfd_create("fuzz-sluiced", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (layer_fd < 0 || mem_fd < 0 || ftruncate(mem_fd, 4 << 20) < 0 ||
-      fcntl(mem_fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)
+  if (layer_fd < 0 || mem_fd < 0 || ftruncate(mem_fd, 4 << 20) < 0)
+    abort();
+  /* every page written: the daemon refuses memory the client never
+   * allocated (it would be charged for it) */
+  for (off_t off = 0; off < (4 << 20); off += (off_t)sizeof b)
+    if (pwrite(mem_fd, b, sizeof b, off) != (ssize_t)sizeof b)
+      abort();
+  if (fcntl(mem_fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)
     abort();
 }
 

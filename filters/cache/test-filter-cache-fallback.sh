@@ -10,7 +10,8 @@
 #  - SIGKILL of the daemon while qemu-io reads: no I/O error, right bytes;
 #  - a daemon slower than the deadline: reads are right and finish in
 #    about the deadline, not in the daemon's time;
-#  - private=on writes through and reads back what was written.
+#  - private=on writes through and reads back what was written;
+#  - a daemon that never answers INVALIDATE does not hold writes up.
 . "$(dirname "$0")/../../tests/common/lib.sh"
 require qemu-img qemu-io python3
 cd "$TMP"
@@ -112,6 +113,26 @@ qemu-io -f raw -c "write -P 0x44 4M 1M" -c "write -z 1M 64k" expect.raw >/dev/nu
 check_all "private=on after writes"
 stop_serve d
 qemu-img compare -q -f qcow2 -F raw clone.qcow2 expect.raw || die "private=on: image differs"
+
+# --- private=on with a daemon that never answers INVALIDATE ------------------------
+# A write must not wait for it (once at most its short deadline, then the
+# connection, and with it the private namespace, is dropped), and what is
+# read afterwards is what was written.
+start_fake e.sock --hang-invalidate
+start_serve e "cache:socket=$TMP/e.sock,private=on,deadline-ms=10000"
+check_all "private=on before writes" # connected, layers registered
+cmds=()
+for i in $(seq 0 19); do cmds+=(-c "write -P 0x$((i + 16)) $((8192 + 256 * i))k 64k"); done
+t0=$(date +%s%N)
+qemu-io -f raw "${cmds[@]}" "$uri" >/dev/null || die "writes with a stuck daemon failed"
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+echo "20 writes to a private layer, daemon stuck on INVALIDATE: $ms ms"
+grep -q invalidate e.sock.log || die "the stuck daemon was never asked to invalidate"
+(( ms < 6000 )) || die "writes waited for a daemon that does not answer INVALIDATE ($ms ms)"
+qemu-io -f raw "${cmds[@]}" expect.raw >/dev/null
+check_all "private=on after writes to a stuck daemon"
+stop_serve e
+kill -9 "$fake_pid"
 
 # --- bad parameters ---------------------------------------------------------------
 expect_fail "mode=fast: expected shared or off" \

@@ -94,6 +94,11 @@ int sl_cs_connect(const char *path, struct sl_cs_conn *c)
     return fd;
   }
   c->fd = fd;
+  int t = sl_cs_check_daemon(fd, path);
+  if (t < 0) {
+    sl_cs_close(c);
+    return t;
+  }
   struct sl_cs_hello h = {.min_version = SL_CS_VERSION_MIN, .max_version = SL_CS_VERSION_MAX};
   int r = sl_cs_call(c, SL_CS_HELLO, &h, sizeof h, -1, 0);
   if (r < 0) {

@@ -35,7 +35,22 @@
  *    abandoned is freed only when its reply, or the end of the connection,
  *    proves the daemon is done with it.  The price is one memcpy per hit,
  *    far below the cost of the hop (DESIGN.md: 50-70 us per round trip,
- *    against about 1 us to copy 64 KiB).
+ *    against about 1 us to copy 64 KiB).  The arena's pages are written
+ *    once when it is made: the daemon refuses pages a client never
+ *    allocated, which it would otherwise pay for.
+ *
+ *  - Whom we trust: the daemon writes the bytes guests read, so before
+ *    anything is sent the peer's credentials (SO_PEERCRED) must be root's
+ *    or those of the socket file's owner; anyone else who managed to
+ *    listen there is refused.
+ *
+ *  - Never stuck on the socket: sends time out (SO_SNDTIMEO) and a send
+ *    that times out ends the connection (a partial message cannot be
+ *    taken back).  An INVALIDATE (after a write to a private layer) waits
+ *    at most four times the daemon's recent reply time, at least 100 ms;
+ *    when the daemon is suspect or does not answer in time, the client
+ *    ends the connection instead of waiting, which forgets the private
+ *    namespace whole, as correct as an answer and never slower.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -58,7 +73,10 @@
 
 #define MAX_SLOTS 256u                 /* requests in flight per connection */
 #define MAX_CLIENT_BATCH 256u          /* entries per READ from this client */
-#define BOUNCE_SIZE (32u << 20)        /* the memory handle's arena */
+#define BOUNCE_SIZE (16u << 20)        /* the memory handle's arena: MAX_SLOTS
+                                        * requests of 64 KiB */
+#define SEND_TIMEOUT_MS 500            /* a send the daemon does not take */
+#define INVALIDATE_MIN_NS 100000000ull
 #define SETUP_TIMEOUT_NS 2000000000ull /* HELLO and registrations */
 #define BACKOFF_MIN_NS 50000000ull
 #define BACKOFF_MAX_NS 2000000000ull
@@ -452,9 +470,15 @@ static struct conn *connect_daemon(struct sl_csc *c)
   int fd = sl_ipc_connect_unix(c->path);
   if (fd < 0)
     return NULL;
+  if (sl_cs_check_daemon(fd, c->path) < 0) {
+    fprintf(stderr, "sluice: %s\n", sl_last_error());
+    close(fd);
+    return NULL;
+  }
   struct timeval tv = {.tv_sec = SETUP_TIMEOUT_NS / 1000000000u};
+  struct timeval stv = {.tv_usec = SEND_TIMEOUT_MS * 1000};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof stv);
   struct conn *k = calloc(1, sizeof *k);
   if (!k) {
     close(fd);
@@ -513,7 +537,8 @@ static struct conn *connect_daemon(struct sl_csc *c)
   k->rx_started = true;
 
   uint64_t deadline = sl_now_ns() + SETUP_TIMEOUT_NS;
-  if (sl_arena_create("sluice-cache-client", BOUNCE_SIZE, &k->bounce) < 0)
+  if (sl_arena_create("sluice-cache-client", BOUNCE_SIZE, &k->bounce) < 0 ||
+      sl_arena_populate(k->bounce) < 0)
     goto fail;
   struct sl_cs_register_handle rh = {.offset = 0, .length = BOUNCE_SIZE,
                                      .rights = SL_CS_RIGHT_WRITE};
@@ -871,10 +896,16 @@ void sl_csc_invalidate(struct sl_csc *c, struct sl_csc_layer *l,
   uint64_t reg = atomic_load(&l->reg);
   bool ok = REG_GEN(reg) == k->gen && !REG_REFUSED(reg);
   uint32_t h = REG_HANDLE(reg);
-  if (ok) {
+  if (ok && atomic_load(&c->suspect)) {
+    /* Do not wait for a daemon that has not been answering: dropping the
+     * connection forgets the private namespace as surely. */
+    conn_lost(k);
+  } else if (ok) {
     struct sl_cs_invalidate rq = {.layer = h, .offset = off, .length = len};
+    uint64_t typical = atomic_load_explicit(&c->reply_ns, memory_order_relaxed);
+    uint64_t wait = SL_MIN(SL_MAX(4 * typical, INVALIDATE_MIN_NS), SETUP_TIMEOUT_NS);
     int r = conn_call(k, SL_CS_INVALIDATE, &rq, sizeof rq, NULL, 0, -1, NULL,
-                      sl_now_ns() + SETUP_TIMEOUT_NS, NULL, 0, NULL);
+                      sl_now_ns() + wait, NULL, 0, NULL);
     if (r < 0) {
       /* Not known to be forgotten: the private namespace dies with the
        * connection, so end it (the maintainer makes a fresh one). */

@@ -14,8 +14,10 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <sluice/error.h>
+#include "ipc/socket.h"
 
 _Static_assert(sizeof(struct sl_cs_hdr) == 24, "header size");
 _Static_assert(sizeof(struct sl_cs_hello) == 8, "hello size");
@@ -312,4 +314,24 @@ const char *sl_cs_error_text(const void *buf, size_t len)
     return "";
   const char *t = (const char *)buf + HDR;
   return memchr(t, 0, len - HDR) ? t : "";
+}
+
+int sl_cs_check_daemon(int fd, const char *path)
+{
+  pid_t pid;
+  uid_t uid;
+  gid_t gid;
+  struct stat st;
+  if (sl_ipc_peer_cred(fd, &pid, &uid, &gid) < 0)
+    return sl_error(EPERM, "sluiced %s: cannot learn who listens there: %s", path,
+                    sl_last_error());
+  if (uid == 0)
+    return 0;
+  if (stat(path, &st) < 0)
+    return sl_error(EPERM, "sluiced %s: %s", path, strerror(errno));
+  if (uid != st.st_uid)
+    return sl_error(EPERM, "sluiced %s: the process listening there (pid %d) runs as uid %u, "
+                    "neither root nor the socket's owner (uid %u): not trusted",
+                    path, (int)pid, (unsigned)uid, (unsigned)st.st_uid);
+  return 0;
 }

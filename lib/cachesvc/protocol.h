@@ -210,6 +210,7 @@ struct sl_cs_stats_reply {
 #define SL_CS_LSTAT_DIRECT 0x4u   /* filled with O_DIRECT */
 #define SL_CS_LSTAT_LEASE 0x8u    /* guarded by a read lease */
 #define SL_CS_LSTAT_PRIVATE 0x10u /* registered with SL_CS_LAYER_PRIVATE */
+#define SL_CS_LSTAT_OTHER 0x20u   /* not this client's: path, dev, ino withheld */
 struct sl_cs_layer_stats {
   struct sl_cs_counters c;
   uint64_t dev, ino, size;
@@ -275,5 +276,10 @@ long sl_cs_encode_error(void *buf, size_t cap, uint16_t version, uint16_t op,
 const char *sl_cs_error_text(const void *buf, size_t len);
 
 const char *sl_cs_op_name(uint16_t op);
+
+/* Is the process at the other end of FD, connected to the socket file
+ * PATH, one to trust as sluiced?  Its credentials (SO_PEERCRED) must be
+ * root's or those of PATH's owner.  0, or -EPERM with a message. */
+int sl_cs_check_daemon(int fd, const char *path);
 
 #endif

@@ -80,23 +80,31 @@ const char *sl_human_size(uint64_t bytes, char *buf, size_t len)
 
 int sl_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
+  long n = sl_pread_count(fd, -1, buf, len, off);
+  return n < 0 ? (int)n : 0;
+}
+
+long sl_pread_count(int fd, int fallback_fd, void *buf, size_t len, uint64_t off)
+{
   char *p = buf;
-  while (len > 0) {
-    ssize_t n = pread(fd, p, len, (off_t)off);
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = pread(fd, p + got, len - got, (off_t)(off + got));
     if (n < 0) {
       if (errno == EINTR)
         continue;
+      if (errno == EINVAL && fallback_fd >= 0 && fd != fallback_fd) {
+        fd = fallback_fd;
+        continue;
+      }
       return -errno;
     }
-    if (n == 0) {
-      memset(p, 0, len);
-      return 0;
-    }
-    p += n;
-    off += (uint64_t)n;
-    len -= (size_t)n;
+    if (n == 0)
+      break;
+    got += (size_t)n;
   }
-  return 0;
+  memset(p + got, 0, len - got);
+  return (long)got;
 }
 
 int sl_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)

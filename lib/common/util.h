@@ -60,6 +60,12 @@ static inline bool sl_mul_ok(uint64_t a, uint64_t b, uint64_t *r) {
 /* Full-length pread/pwrite that retry on short transfers and EINTR.
  * Return 0 or -errno; sl_pread_full zero-fills what lies past EOF. */
 int sl_pread_full(int fd, void *buf, size_t len, uint64_t off);
+/* sl_pread_full that says how much was there: the bytes read before EOF
+ * (the rest of BUF zero-filled), or -errno.  FALLBACK_FD (>= 0) is the
+ * same file opened without O_DIRECT: when FD is an O_DIRECT descriptor and
+ * a piece does not take it (EINVAL: a short read left the next offset or
+ * length unaligned), the rest is read through FALLBACK_FD. */
+long sl_pread_count(int fd, int fallback_fd, void *buf, size_t len, uint64_t off);
 int sl_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
 /* splitmix64's finaliser: spreads sequential block numbers over a hash

@@ -32,6 +32,10 @@ struct sl_arena;
  * labels the memfd (/proc/PID/fd shows "memfd:NAME"). */
 int sl_arena_create(const char *name, size_t size, struct sl_arena **out);
 void sl_arena_destroy(struct sl_arena *a);
+/* Write every page of a fresh arena now, so that all of it is allocated
+ * (and charged) to this process: what sluiced asks of a memory handle.
+ * Costs the arena's size in resident memory from then on. */
+int sl_arena_populate(struct sl_arena *a);
 
 /* A buffer of at least LEN bytes (LEN may be 0), aligned to
  * SL_ARENA_MIN_BLOCK.  Waits while the arena is full.  NULL (with a

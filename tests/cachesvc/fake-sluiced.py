@@ -5,10 +5,12 @@ UNREGISTER_*, READ (pread from the passed layer descriptor into the memfd),
 INVALIDATE, DROP.  It caches nothing.  What it adds over the real daemon is
 misbehaviour on demand, which the cache filter must survive:
 
-  fake-sluiced.py SOCKET [--delay-ms N] [--log FILE]
+  fake-sluiced.py SOCKET [--delay-ms N] [--hang-invalidate] [--log FILE]
 
 --delay-ms holds every READ reply back (a daemon slower than the client's
-deadline).  --log appends one line per READ entry ("read LAYER OFF LEN"),
+deadline).  --hang-invalidate never answers INVALIDATE (a daemon stuck
+where a write to a private layer waits for it); the log gets a line
+"invalidate" for each.  --log appends one line per READ entry ("read LAYER OFF LEN"),
 so a test can see which bytes were asked of the daemon.  SIGTERM ends it.
 """
 import mmap, os, select, signal, socket, struct, sys, threading, time
@@ -20,10 +22,13 @@ def main():
     path = sys.argv[1]
     delay = 0.0
     log = None
+    hang_inval = False
     args = sys.argv[2:]
     while args:
         if args[0] == "--delay-ms":
             delay = float(args[1]) / 1000; args = args[2:]
+        elif args[0] == "--hang-invalidate":
+            hang_inval = True; args = args[1:]
         elif args[0] == "--log":
             log = open(args[1], "a", buffering=1); args = args[2:]
         else:
@@ -38,9 +43,9 @@ def main():
     signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
     while True:
         conn, _ = srv.accept()
-        threading.Thread(target=serve, args=(conn, delay, log), daemon=True).start()
+        threading.Thread(target=serve, args=(conn, delay, log, hang_inval), daemon=True).start()
 
-def serve(conn, delay, log):
+def serve(conn, delay, log, hang_inval=False):
     buf = b""
     fds = []
     layers, handles = {}, {}
@@ -79,6 +84,9 @@ def serve(conn, delay, log):
                     handles[h] = (mmap.mmap(fd, off + length_, mmap.MAP_SHARED, mmap.PROT_WRITE | mmap.PROT_READ), off)
                     os.close(fd)
                     reply(4, ident, 0, struct.pack("=II", h, 0))
+                elif op == 7 and hang_inval:
+                    if log:
+                        log.write("invalidate\n")
                 elif op in (3, 5, 7, 9):
                     reply(op, ident, 0)
                 elif op == 6:

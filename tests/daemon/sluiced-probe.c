@@ -11,6 +11,18 @@
  *       one read through the daemon, the bytes to stdout
  *   sluiced-probe SOCKET stats-check
  *       STATS sanity (exit 1 if the totals contradict each other)
+ *   sluiced-probe SOCKET stats-own FILE
+ *       registers FILE, then STATS: this client sees the name of its own
+ *       layer and of no other client's (exit 1 otherwise, or if no other
+ *       client's layer was listed at all)
+ *   sluiced-probe SOCKET hold-fds CONNECTIONS SECONDS
+ *       CONNECTIONS clients that each leave 4 descriptors waiting in the
+ *       daemon (a REGISTER message never completed), for SECONDS
+ *   sluiced-probe SOCKET hang-register FUSE_FILE FILE
+ *       registers FUSE_FILE (whose server hangs) twice without waiting, then
+ *       checks that the daemon still serves others and refuses a third
+ *       registration on that connection (EAGAIN); prints "hanging" once
+ *       that is done and waits for the two replies
  *
  * Bytes are always checked against the file itself (pread), the oracle:
  * what the daemon serves must be exactly what the layer holds.  Exit 0 when
@@ -207,6 +219,119 @@ static void alive(struct sl_cs_conn *c, const char *what)
   struct sl_cs_stats q = {0, 1};
   if (sl_cs_call(c, SL_CS_STATS, &q, sizeof q, -1, 0) < 0)
     FAIL("%s: the connection did not survive a refused request: %s", what, sl_last_error());
+}
+
+/* Limits per connection: layers and memory handles (EMFILE beyond them),
+ * and the connection is still served. */
+static void case_limits(const char *fa)
+{
+  struct sl_cs_conn c;
+  conn(&c);
+  int ids[300], n = 0, r;
+  while (n < 300 && (r = reg_layer(&c, fa, 0)) > 0)
+    ids[n++] = r;
+  expect(r, -EMFILE, "a layer beyond the per-connection limit");
+  if (n != 256)
+    FAIL("%d layers registered on one connection, the limit is 256", n);
+  int mfd = memfd(1 << 20, F_SEAL_SHRINK, 0, NULL);
+  int hids[40], nh = 0;
+  while (nh < 40 && (r = reg_handle(&c, mfd, 0, 1 << 20, SL_CS_RIGHT_WRITE)) > 0)
+    hids[nh++] = r;
+  expect(r, -EMFILE, "a memory handle beyond the per-connection limit");
+  if (nh != 32)
+    FAIL("%d memory handles registered on one connection, the limit is 32", nh);
+  close(mfd);
+  alive(&c, "limits");
+  /* released ones make room again */
+  struct sl_cs_unregister u = {.handle = (uint32_t)ids[7]};
+  expect(sl_cs_call(&c, SL_CS_UNREGISTER_LAYER, &u, sizeof u, -1, 0), 0, "unregister");
+  expect(reg_layer(&c, fa, 0) > 0, 1, "a layer after one was released");
+  (void)hids;
+  sl_cs_close(&c);
+  bystander(fa, "connection limits");
+}
+
+/* A number kept after UNREGISTER names nothing, even once its slot holds a
+ * new layer or memory handle. */
+static void case_stale_ids(const char *fa, const char *fb)
+{
+  struct sl_cs_conn c;
+  conn(&c);
+  uint8_t *m, *m2;
+  int mfd = memfd(1 << 20, F_SEAL_SHRINK, 0, &m), mfd2 = memfd(1 << 20, F_SEAL_SHRINK, 0, &m2);
+  int h = reg_handle(&c, mfd, 0, 1 << 20, SL_CS_RIGHT_WRITE);
+  int la = reg_layer(&c, fa, 0);
+  expect(read1(&c, (uint32_t)la, (uint32_t)h, 0, 0, 4096), 0, "read A");
+  struct sl_cs_unregister u = {.handle = (uint32_t)la};
+  expect(sl_cs_call(&c, SL_CS_UNREGISTER_LAYER, &u, sizeof u, -1, 0), 0, "unregister A");
+  int lb = reg_layer(&c, fb, 0);
+  if (lb == la)
+    FAIL("the layer registered after A's release got A's old number %d", la);
+  if ((lb & 0xfff) != (la & 0xfff))
+    FAIL("expected B in A's slot (numbers %#x, %#x)", la, lb);
+  expect(read1(&c, (uint32_t)la, (uint32_t)h, 0, 0, 4096), -EBADF, "A's stale number");
+  expect(read1(&c, (uint32_t)lb, (uint32_t)h, 0, 0, 65536), 0, "read B");
+  if (!same_as_file(fb, 0, m, 65536))
+    FAIL("B's number did not read B");
+  /* memory handles alike */
+  u.handle = (uint32_t)h;
+  expect(sl_cs_call(&c, SL_CS_UNREGISTER_HANDLE, &u, sizeof u, -1, 0), 0, "unregister handle");
+  int h2 = reg_handle(&c, mfd2, 0, 1 << 20, SL_CS_RIGHT_WRITE);
+  if (h2 == h)
+    FAIL("a new memory handle got the released one's number %d", h);
+  memset(m, 0xee, 65536);
+  expect(read1(&c, (uint32_t)lb, (uint32_t)h, 0, 0, 4096), -EBADF, "a stale handle number");
+  for (int i = 0; i < 4096; i++)
+    if (m[i] != 0xee || m2[i] != 0) {
+      FAIL("a stale handle number reached memory (byte %d)", i);
+      break;
+    }
+  expect(read1(&c, (uint32_t)lb, (uint32_t)h2, 0, 0, 4096), 0, "read into the new handle");
+  alive(&c, "stale ids");
+  munmap(m, 1 << 20);
+  munmap(m2, 1 << 20);
+  close(mfd);
+  close(mfd2);
+  sl_cs_close(&c);
+  bystander(fb, "stale ids");
+}
+
+/* Memory the client never allocated: refused at registration, and a hole
+ * punched later is refused when its section is mapped, not filled by the
+ * daemon (whose memory it would be). */
+static void case_unallocated(const char *fa)
+{
+  struct sl_cs_conn c;
+  conn(&c);
+  int m = memfd_create("sparse", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (m < 0 || ftruncate(m, 8 << 20) < 0 || fcntl(m, F_ADD_SEALS, F_SEAL_SHRINK) < 0)
+    die("memfd");
+  expect(reg_handle(&c, m, 0, 8 << 20, SL_CS_RIGHT_WRITE), -EFAULT, "a sparse memfd");
+  if (fallocate(m, 0, 0, 8 << 20) == 0)
+    expect(reg_handle(&c, m, 0, 8 << 20, SL_CS_RIGHT_WRITE), -EFAULT,
+           "a memfd only fallocated");
+  uint8_t *p = mmap(NULL, 8 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, m, 0);
+  if (p == MAP_FAILED)
+    die("mmap");
+  memset(p, 1, 8 << 20);
+  int h = reg_handle(&c, m, 0, 8 << 20, SL_CS_RIGHT_WRITE);
+  int l = reg_layer(&c, fa, 0);
+  expect(h > 0, 1, "a written memfd");
+  expect(read1(&c, (uint32_t)l, (uint32_t)h, 0, 0, 65536), 0, "read into section 0");
+  if (fallocate(m, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 6 << 20, 4096) < 0)
+    die("punch");
+  expect(read1(&c, (uint32_t)l, (uint32_t)h, 0, 6 << 20, 4096), -EFAULT,
+         "a read into a punched section");
+  struct stat st;
+  fstat(m, &st);
+  if (st.st_blocks * 512 >= 8 << 20)
+    FAIL("the punched page was allocated again (by the daemon)");
+  expect(read1(&c, (uint32_t)l, (uint32_t)h, 4096, 65536, 4096), 0, "section 0 still served");
+  alive(&c, "unallocated pages");
+  munmap(p, 8 << 20);
+  close(m);
+  sl_cs_close(&c);
+  bystander(fa, "unallocated pages");
 }
 
 static void case_not_memfd(const char *dir, const char *fa)
@@ -633,6 +758,9 @@ static int hostile(int argc, char **argv)
   case_garbage(fa);
   case_disconnect(fb);
   case_flood(fa);
+  case_limits(fa);
+  case_stale_ids(fa, fb);
+  case_unallocated(fa);
   bystander(fb, "everything");
   if (failures)
     fprintf(stderr, "%d failures\n", failures);
@@ -783,6 +911,119 @@ static int stats_check(void)
   return bad ? 1 : 0;
 }
 
+static int stats_own(const char *path)
+{
+  struct sl_cs_conn c;
+  conn(&c);
+  int l = reg_layer(&c, path, 0);
+  if (l < 0)
+    die("register");
+  const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+  int own = 0, other = 0, bad = 0;
+  uint32_t first = 0;
+  while (first != UINT32_MAX) {
+    struct sl_cs_stats q = {first, 0};
+    if (sl_cs_call(&c, SL_CS_STATS, &q, sizeof q, -1, 0) < 0)
+      die("stats");
+    const struct sl_cs_stats_reply *s = sl_cs_reply_body(&c);
+    const struct sl_cs_layer_stats *x = (const void *)(s + 1);
+    for (uint32_t i = 0; i < s->count; i++) {
+      const char *name = strrchr(x[i].path, '/');
+      if (x[i].flags & SL_CS_LSTAT_OTHER) {
+        other++;
+        if (strchr(x[i].path, '/') || x[i].dev || x[i].ino)
+          bad = printf("another client's layer %u shows %s (dev %" PRIu64 " ino %" PRIu64 ")\n",
+                       x[i].index, x[i].path, x[i].dev, x[i].ino);
+      } else if (name && !strcmp(name + 1, base)) {
+        own++;
+      } else {
+        bad = printf("layer %u (%s) is listed as this client's\n", x[i].index, x[i].path);
+      }
+    }
+    first = s->next;
+  }
+  printf("own %d other %d\n", own, other);
+  sl_cs_close(&c);
+  return bad || own != 1 || other == 0 ? 1 : 0;
+}
+
+static int hold_fds(int n, int seconds)
+{
+  struct sl_cs_conn *c = calloc((size_t)n, sizeof *c);
+  int fds[4];
+  for (int i = 0; i < 4; i++)
+    fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  int held = 0;
+  for (int i = 0; i < n; i++) {
+    if (sl_cs_connect(sock_path, &c[i]) < 0)
+      break;
+    /* one byte of a header, with four descriptors: they wait for REGISTER
+     * messages that never come */
+    if (sl_ipc_send_fds(c[i].fd, "S", 1, fds, 4) < 0)
+      break;
+    held++;
+  }
+  printf("holding %d connections\n", held);
+  fflush(stdout);
+  sleep((unsigned)seconds);
+  return 0;
+}
+
+/* Send REGISTER_LAYER for FD with id ID, without waiting. */
+static void send_register(struct sl_cs_conn *c, int fd, uint64_t id)
+{
+  uint64_t buf[8];
+  struct sl_cs_register_layer q = {0};
+  long n = sl_cs_encode(buf, sizeof buf, c->version, SL_CS_REGISTER_LAYER, 0, id, &q, sizeof q);
+  if (n < 0 || sl_cs_send_raw(c, buf, (size_t)n, fd) < 0)
+    die("send");
+}
+
+static int hang_register(const char *fuse_file, const char *file)
+{
+  struct sl_cs_conn a;
+  conn(&a);
+  int ff = open(fuse_file, O_RDONLY | O_CLOEXEC), f = open(file, O_RDONLY | O_CLOEXEC);
+  if (ff < 0 || f < 0)
+    die("open");
+  printf("opened\n");
+  fflush(stdout);
+  /* the FUSE server starts hanging now (the script's doing, on "opened") */
+  sleep(1);
+  send_register(&a, ff, 101);
+  send_register(&a, ff, 102);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  bystander(file, "two registrations hanging on a FUSE file");
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+  if (took > 20)
+    FAIL("another client took %.1f s to be served while registrations hung", took);
+  /* a third on the same connection: refused at once, not queued */
+  send_register(&a, f, 103);
+  if (sl_cs_recv_msg(&a) < 0)
+    die("reply");
+  const struct sl_cs_hdr *h = (const void *)a.buf;
+  if (h->id != 103 || h->status != -EAGAIN)
+    FAIL("a third registration while two hang: reply to %" PRIu64 " status %d, want 103 %d",
+         h->id, h->status, -EAGAIN);
+  printf("hanging\n");
+  fflush(stdout);
+  /* the script lets the FUSE server go: the two replies come */
+  for (int i = 0; i < 2; i++) {
+    if (sl_cs_recv_msg(&a) < 0)
+      die("reply after the FUSE server came back");
+    h = (const void *)a.buf;
+    if (h->id != 101 && h->id != 102)
+      FAIL("unexpected reply to %" PRIu64, h->id);
+  }
+  alive(&a, "after the FUSE server came back");
+  sl_cs_close(&a);
+  close(ff);
+  close(f);
+  return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
   if (argc < 3) {
@@ -798,6 +1039,12 @@ int main(int argc, char **argv)
     return read_cmd(argc - 3, argv + 3);
   if (!strcmp(argv[2], "stats-check"))
     return stats_check();
+  if (!strcmp(argv[2], "stats-own") && argc == 4)
+    return stats_own(argv[3]);
+  if (!strcmp(argv[2], "hold-fds") && argc == 5)
+    return hold_fds(atoi(argv[3]), atoi(argv[4]));
+  if (!strcmp(argv[2], "hang-register") && argc == 5)
+    return hang_register(argv[3], argv[4]);
   fprintf(stderr, "sluiced-probe: unknown command '%s'\n", argv[2]);
   return 2;
 }

@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "common/util.h"
 #include "handles.h"
 #include "store.h"
 
@@ -240,6 +241,10 @@ static int make_memfd(size_t size, unsigned seals)
   int fd = memfd_create("test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   assert_true(fd >= 0);
   assert_int_equal(ftruncate(fd, (off_t)size), 0);
+  /* every page written: the daemon refuses pages a client never allocated */
+  static const uint8_t zero[65536];
+  for (size_t off = 0; off < size; off += sizeof zero)
+    assert_true(pwrite(fd, zero, SL_MIN(sizeof zero, size - off), (off_t)off) > 0);
   if (seals)
     assert_int_equal(fcntl(fd, F_ADD_SEALS, seals), 0);
   return fd;
@@ -269,6 +274,22 @@ static void test_handles(void **state)
   assert_int_equal(sd_handle_create(ro, 0, 4096, SL_CS_RIGHT_WRITE, &h), -EACCES);
   close(ro);
   close(m);
+  /* pages the client never allocated, or only fallocated (shmem: not yet
+   * written), would be charged to the daemon when it writes them */
+  m = memfd_create("sparse", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  assert_int_equal(ftruncate(m, 1 << 20), 0);
+  assert_int_equal(fcntl(m, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+  assert_int_equal(sd_handle_create(m, 0, 1 << 20, SL_CS_RIGHT_WRITE, &h), -EFAULT);
+  assert_int_equal(fallocate(m, 0, 0, 1 << 20), 0);
+  assert_int_equal(sd_handle_create(m, 0, 1 << 20, SL_CS_RIGHT_WRITE, &h), -EFAULT);
+  static const uint8_t one[8192] = {1};
+  assert_int_equal(pwrite(m, one, sizeof one, 0), (ssize_t)sizeof one);
+  assert_int_equal(sd_handle_create(m, 0, 8192, SL_CS_RIGHT_WRITE, &h), 0); /* written */
+  assert_int_equal(sd_handle_create(m, 0, 8193, SL_CS_RIGHT_WRITE, &h), -EFAULT);
+  struct sd_maps maps;
+  assert_int_equal(sd_maps_init(&maps, 8), 0);
+  sd_handle_destroy(&maps, h); /* closes m */
+  sd_maps_fini(&maps);
 }
 
 static void test_sections(void **state)
@@ -294,6 +315,11 @@ static void test_sections(void **state)
   assert_int_equal(err, -EINVAL);
   /* a piece never crosses a section */
   assert_int_equal(sd_handle_piece(h, (2 << 20) - 4096 - 100, 1000), 100);
+  /* a hole punched before its section is mapped: refused, not faulted in */
+  assert_int_equal(fallocate(m, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 30 << 20, 4096), 0);
+  assert_null(sd_handle_get(&maps, h, (30 << 20) - 4096, 4096, SL_CS_RIGHT_WRITE, &mp, &err));
+  assert_int_equal(err, -EFAULT);
+  assert_int_equal(pwrite(m, view, 4096, 30 << 20), 4096); /* the client allocates it */
   /* write through every section (more than the pool holds), twice */
   for (int pass = 0; pass < 2; pass++)
     for (uint64_t off = 0; off + 4096 <= size - 8192; off += 1 << 20) {
@@ -310,6 +336,57 @@ static void test_sections(void **state)
   assert_int_equal(atomic_load(&maps.mapped), 0);
   munmap(view, size);
   sd_maps_fini(&maps);
+}
+
+/* Layer indices are never reused while anything could reach the old
+ * layer's blocks, and are reused once nothing can: a client that
+ * registers and releases layers for ever does not exhaust them. */
+static void test_recycle(void **state)
+{
+  struct sd_store s;
+  assert_int_equal(sd_store_init(&s, 1 << 20, 4096), 0);
+  s.max_layers = 4; /* indices 1..3 */
+  char pa[256], pb[256];
+  int fa = make_file("ra", 64 << 10, 4, pa), fb = make_file("rb", 64 << 10, 5, pb);
+  int err;
+  uint8_t buf[4096];
+  bool hit;
+  /* a dead layer that still has blocks cached keeps its index */
+  struct sd_layer *held[3];
+  for (int i = 0; i < 3; i++) {
+    held[i] = sd_layer_register(&s, fa, true, 0, &err);
+    assert_non_null(held[i]);
+    assert_int_equal(sd_store_read(&s, held[i], 0, 4096, buf, &hit), 0);
+    sd_layer_unregister(&s, held[i]);
+  }
+  assert_null(sd_layer_register(&s, fb, true, 0, &err));
+  assert_int_equal(err, -ENOSPC);
+  /* once its blocks are gone the index is free; the file behind it is new */
+  uint32_t idx = held[1]->index;
+  sd_store_invalidate(&s, held[1], 0, UINT64_MAX);
+  struct sd_layer *b = sd_layer_register(&s, fb, true, 0, &err);
+  assert_non_null(b);
+  assert_int_equal(b->index, idx);
+  assert_int_equal(sd_store_read(&s, b, 0, 4096, buf, &hit), 0);
+  assert_false(hit);
+  expect_bytes(buf, 0, 4096, 5);
+  check_store(&s);
+  sd_layer_unregister(&s, b);
+  /* many registrations through the same few indices */
+  sd_store_invalidate(&s, NULL, 0, UINT64_MAX);
+  for (int i = 0; i < 1000; i++) {
+    struct sd_layer *l = sd_layer_register(&s, i % 2 ? fa : fb, true, 0, &err);
+    assert_non_null(l);
+    assert_int_equal(sd_store_read(&s, l, 4096, 4096, buf, &hit), 0);
+    expect_bytes(buf, 4096, 4096, i % 2 ? 4 : 5);
+    sd_store_invalidate(&s, l, 0, UINT64_MAX);
+    sd_layer_unregister(&s, l);
+  }
+  assert_true(s.recycled >= 998);
+  check_store(&s);
+  close(fa);
+  close(fb);
+  sd_store_fini(&s);
 }
 
 static int setup(void **state)
@@ -333,6 +410,7 @@ int main(void)
     cmocka_unit_test(test_single_flight),
     cmocka_unit_test(test_handles),
     cmocka_unit_test(test_sections),
+    cmocka_unit_test(test_recycle),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
