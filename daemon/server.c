@@ -399,7 +399,11 @@ static void conn_close(struct sd_server *srv, struct conn *c, const char *why)
   if (why && !srv->o.quiet)
     fprintf(stderr, "sluiced: client pid %d uid %u: %s\n", (int)c->pid, (unsigned)c->uid, why);
   epoll_ctl(srv->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-  shutdown(c->fd, SHUT_RDWR);
+  /* Read no more, but let the client see the end only when the socket is
+   * closed (release_conn), after the last job and the unmapping of its
+   * memory handles: a client that lent us its buffers takes that end as
+   * the sign that we no longer write into them. */
+  shutdown(c->fd, SHUT_RD);
   for (struct conn **pp = &srv->conns; *pp; pp = &(*pp)->next)
     if (*pp == c) {
       *pp = c->next;

@@ -67,6 +67,9 @@ static void client_open(struct client *k, bool daemon, unsigned seed)
   if (k->mfd < 0 || ftruncate(k->mfd, 1 << 20) < 0 || fcntl(k->mfd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)
     die("memfd");
   k->buf = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, k->mfd, 0);
+  if (k->buf == MAP_FAILED)
+    die("mmap");
+  memset(k->buf, 0, 1 << 20); /* the daemon writes only into pages we allocated */
   struct sl_cs_register_handle h = {.length = 1 << 20, .rights = SL_CS_RIGHT_WRITE};
   if (sl_cs_call(&k->c, SL_CS_REGISTER_HANDLE, &h, sizeof h, k->mfd, 0) < 0)
     die("register handle");

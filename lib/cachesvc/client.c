@@ -39,6 +39,22 @@
  *    once when it is made: the daemon refuses pages a client never
  *    allocated, which it would otherwise pay for.
  *
+ *  - Zero copy: when the caller's buffer lies in a buffer arena
+ *    (lib/ipc/buffer-arena.h: the NBD export's request buffers do), the
+ *    arena's memfd is registered as a memory handle of its own (once per
+ *    connection, its pages faulted in first as the daemon asks) and the
+ *    daemon writes the bytes straight into the request's buffer: the
+ *    export sends them with no copy in between.  The late-reply hazard
+ *    above is met by lending instead: the buffer is held (sl_arena_hold)
+ *    until the reply for it arrives, so an export that frees it after a
+ *    timeout does not get it back before the daemon is done with it.  A
+ *    connection that dies with buffers lent stops sending (SHUT_WR) and
+ *    keeps them until the daemon closes its end, which it does only once
+ *    its workers are done and the handles unmapped.  At most a quarter of
+ *    an arena is lent at a time; beyond that, and for any buffer outside
+ *    an arena, the bounce serves.  SLUICE_CACHE_ZEROCOPY=0 turns it off
+ *    (for before/after measurements).
+ *
  *  - Whom we trust: the daemon writes the bytes guests read, so before
  *    anything is sent the peer's credentials (SO_PEERCRED) must be root's
  *    or those of the socket file's owner; anyone else who managed to
@@ -54,6 +70,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -84,6 +101,19 @@
 
 enum slot_state { SLOT_FREE, SLOT_WAITING, SLOT_DONE, SLOT_ABANDONED };
 
+#define ZC_MAX 8                       /* arenas registered per connection */
+
+/* A caller's buffer lent to the daemon for one request. */
+struct hold {
+  struct sl_arena *a;
+  const void *p;
+};
+
+struct zc_arena {
+  struct sl_arena *a;                  /* a reference of ours */
+  uint32_t handle;                     /* 0: refused */
+};
+
 struct slot {
   uint64_t id;
   uint16_t op;
@@ -91,6 +121,8 @@ struct slot {
   enum slot_state state;
   int status;                          /* header status, or -ECONNRESET */
   void *bounce;                        /* freed by whoever finishes last */
+  struct hold *holds;                  /* released by whoever finishes last, */
+  unsigned nholds;                     /* once the daemon is known done */
   uint8_t body[sizeof(struct sl_cs_register_layer_reply)];
   struct sl_cs_read_result results[MAX_CLIENT_BATCH];
   pthread_cond_t cond;
@@ -105,6 +137,10 @@ struct conn {
   uint32_t max_batch;
   struct sl_arena *bounce;
   uint32_t bounce_handle;
+  struct zc_arena zc[ZC_MAX];          /* under lock */
+  unsigned nzc;
+  unsigned nheld;                      /* slots with holds, under lock */
+  struct conn *next_lingering;         /* c->lingering: its receiver runs */
   pthread_mutex_t send_lock;
   pthread_mutex_t lock;                /* slots, dead */
   bool dead;
@@ -140,6 +176,7 @@ struct sl_csc {
    * talking to the daemon, so never on the request path. */
   pthread_mutex_t reg_lock;
   int rx_live;                         /* receiver threads not yet gone */
+  struct conn *lingering;              /* their connections */
   struct conn *conn;                   /* current connection, or NULL */
   uint64_t gen;
   bool started, stopping, tried;
@@ -152,6 +189,7 @@ struct sl_csc {
   _Atomic uint64_t reply_ns;
   struct sl_csc_layer *layers;
   atomic_uint_fast64_t reads, served, hits, fallbacks, timeouts, connects;
+  atomic_uint_fast64_t zero_copy;      /* entries sent straight to the caller's buffer */
 };
 
 static pthread_mutex_t clients_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -174,10 +212,28 @@ static void cond_init_mono(pthread_cond_t *cv)
 
 /* ---- connections ----------------------------------------------------------- */
 
+/* The daemon is done with S's lent buffers: give them back.  Under k->lock
+ * (or when K is no longer shared). */
+static void release_holds(struct conn *k, struct slot *s)
+{
+  if (!s->holds)
+    return;
+  for (unsigned i = 0; i < s->nholds; i++)
+    sl_arena_release(s->holds[i].a, s->holds[i].p);
+  free(s->holds);
+  s->holds = NULL;
+  s->nholds = 0;
+  k->nheld--;
+}
+
 static void conn_put(struct conn *k)
 {
   if (!k || atomic_fetch_sub(&k->refs, 1) != 1)
     return;
+  for (unsigned i = 0; i < MAX_SLOTS; i++)
+    release_holds(k, &k->slots[i]);
+  for (unsigned i = 0; i < k->nzc; i++)
+    sl_arena_unref(k->zc[i].a);
   if (k->fd >= 0)
     close(k->fd);
   for (unsigned i = 0; i < MAX_SLOTS; i++)
@@ -196,7 +252,9 @@ static void conn_kill_locked(struct conn *k)
   if (k->dead)
     return;
   k->dead = true;
-  shutdown(k->fd, SHUT_RDWR);
+  /* With buffers lent, keep reading: the daemon's closing its end is what
+   * says that it no longer writes into them (rx_main). */
+  shutdown(k->fd, k->nheld ? SHUT_WR : SHUT_RDWR);
   for (unsigned i = 0; i < MAX_SLOTS; i++) {
     struct slot *s = &k->slots[i];
     if (s->state == SLOT_WAITING) {
@@ -204,10 +262,13 @@ static void conn_kill_locked(struct conn *k)
       s->status = -ECONNRESET;
       pthread_cond_signal(&s->cond);
     } else if (s->state == SLOT_ABANDONED) {
+      /* the bounce arena is this connection's: nobody allocates from it
+       * again, so its slices may go; lent buffers may not */
       if (s->bounce)
         sl_arena_free(k->bounce, s->bounce);
       s->bounce = NULL;
-      s->state = SLOT_FREE;
+      if (!s->holds)
+        s->state = SLOT_FREE;
     }
   }
 }
@@ -247,6 +308,7 @@ static int send_all(struct conn *k, const void *msg, size_t len, int pass_fd)
 static int conn_call(struct conn *k, uint16_t op, const void *req_body,
                      size_t req_len, const struct sl_cs_read_entry *entries,
                      uint32_t count, int pass_fd, void *bounce,
+                     struct hold *holds, unsigned nholds,
                      uint64_t deadline, void *body, size_t body_len,
                      struct sl_cs_read_result *results)
 {
@@ -267,6 +329,9 @@ static int conn_call(struct conn *k, uint16_t op, const void *req_body,
     pthread_mutex_unlock(&k->lock);
     if (bounce)
       sl_arena_free(k->bounce, bounce);
+    for (unsigned i = 0; i < nholds; i++)
+      sl_arena_release(holds[i].a, holds[i].p);
+    free(holds);
     return dead ? -ECONNRESET : -EBUSY;
   }
   uint64_t id = (++k->seq << 8) | idx;
@@ -276,6 +341,12 @@ static int conn_call(struct conn *k, uint16_t op, const void *req_body,
   s->state = SLOT_WAITING;
   s->status = 0;
   s->bounce = bounce;
+  s->holds = nholds ? holds : NULL;
+  s->nholds = nholds;
+  if (s->holds)
+    k->nheld++;
+  else
+    free(holds);
   pthread_mutex_unlock(&k->lock);
 
   /* Encode and send.  A full READ batch is 32 KiB; small enough for the
@@ -302,7 +373,7 @@ static int conn_call(struct conn *k, uint16_t op, const void *req_body,
   while (s->state == SLOT_WAITING) {
     if (pthread_cond_timedwait(&s->cond, &k->lock, &ts) == ETIMEDOUT &&
         s->state == SLOT_WAITING) {
-      s->state = SLOT_ABANDONED;   /* the receiver frees it and its bounce */
+      s->state = SLOT_ABANDONED;   /* the receiver frees it, its bounce, holds */
       pthread_mutex_unlock(&k->lock);
       return -ETIMEDOUT;
     }
@@ -312,8 +383,14 @@ static int conn_call(struct conn *k, uint16_t op, const void *req_body,
     memcpy(body, s->body, SL_MIN(body_len, sizeof s->body));
   if (r == 0 && results)
     memcpy(results, s->results, count * sizeof *results);
-  s->state = SLOT_FREE;
   s->bounce = NULL;
+  if (s->holds && r == -ECONNRESET && k->dead) {
+    /* no reply: the daemon may still write into them (rx_main ends it) */
+    s->state = SLOT_ABANDONED;
+  } else {
+    release_holds(k, s); /* it replied: done with them */
+    s->state = SLOT_FREE;
+  }
   pthread_mutex_unlock(&k->lock);
   /* The bounce stays with the caller on success (it copies out of it). */
   if (r < 0 && bounce)
@@ -335,7 +412,10 @@ static int deliver(struct conn *k, const uint8_t *msg, size_t len)
   pthread_mutex_lock(&k->lock);
   struct slot *s = &k->slots[idx % MAX_SLOTS];
   if ((s->state != SLOT_WAITING && s->state != SLOT_ABANDONED) || s->id != h.id) {
+    bool dead = k->dead;
     pthread_mutex_unlock(&k->lock);
+    if (dead)
+      return 0; /* its caller gave up when the connection ended */
     sl_error(EPROTO, "sluiced: reply to unknown request %llu",
              (unsigned long long)h.id);
     return -EPROTO;
@@ -345,9 +425,10 @@ static int deliver(struct conn *k, const uint8_t *msg, size_t len)
     return -EPROTO;
   }
   if (s->state == SLOT_ABANDONED) {
-    if (s->bounce)
+    if (s->bounce && !k->dead)
       sl_arena_free(k->bounce, s->bounce);
     s->bounce = NULL;
+    release_holds(k, s);
     s->state = SLOT_FREE;
     pthread_mutex_unlock(&k->lock);
     return 0;
@@ -372,12 +453,15 @@ static void *rx_main(void *arg)
   struct conn *k = arg;
   size_t cap = 2 * SL_CS_MAX_MSG, have = 0;
   uint8_t *buf = aligned_alloc(8, cap);
+  bool draining = false;
   while (buf) {
     ssize_t n = recv(k->fd, buf + have, cap - have, 0);
     if (n < 0 && errno == EINTR)
       continue;
     if (n <= 0)
       break;
+    if (draining)
+      continue; /* until the daemon closes: see below */
     have += (size_t)n;
     size_t pos = 0;
     int bad = 0;
@@ -400,14 +484,42 @@ static void *rx_main(void *arg)
       }
       pos += (size_t)fl;
     }
-    if (bad)
-      break;
+    if (bad) {
+      /* The connection is over; the next one can start now.  With
+       * buffers lent, wait for the daemon to close its end first. */
+      conn_lost(k);
+      pthread_mutex_lock(&k->lock);
+      bool lent = k->nheld > 0;
+      pthread_mutex_unlock(&k->lock);
+      if (!lent)
+        break;
+      draining = true;
+      have = 0;
+      continue;
+    }
     memmove(buf, buf + pos, have - pos);
     have -= pos;
   }
   free(buf);
   conn_lost(k);
+  /* The daemon closed its end (or died, or we tore the connection down in
+   * sl_csc_put): it closes only once its workers are done and the
+   * connection's handles unmapped, so every buffer lent goes back. */
+  pthread_mutex_lock(&k->lock);
+  for (unsigned i = 0; i < MAX_SLOTS; i++)
+    if (k->slots[i].state == SLOT_ABANDONED) {
+      release_holds(k, &k->slots[i]);
+      k->slots[i].state = SLOT_FREE;
+    }
+  pthread_mutex_unlock(&k->lock);
   struct sl_csc *c = k->client;
+  pthread_mutex_lock(&c->lock);
+  for (struct conn **pp = &c->lingering; *pp; pp = &(*pp)->next_lingering)
+    if (*pp == k) {
+      *pp = k->next_lingering;
+      break;
+    }
+  pthread_mutex_unlock(&c->lock);
   conn_put(k);
   pthread_mutex_lock(&c->lock);
   c->rx_live--;
@@ -446,7 +558,7 @@ static int register_layer(struct conn *k, struct sl_csc_layer *l, uint64_t deadl
   struct sl_cs_register_layer rq = {.flags = l->priv ? SL_CS_LAYER_PRIVATE : 0};
   struct sl_cs_register_layer_reply rp;
   int r = conn_call(k, SL_CS_REGISTER_LAYER, &rq, sizeof rq, NULL, 0, l->fd,
-                    NULL, deadline, &rp, sizeof rp, NULL);
+                    NULL, NULL, 0, deadline, &rp, sizeof rp, NULL);
   if (r == -ETIMEDOUT || r == -ECONNRESET || r == -EBUSY)
     return r;                        /* try again on the next connection */
   atomic_store(&l->reg, REG(k->gen, r < 0, r < 0 ? 0 : rp.layer));
@@ -525,11 +637,14 @@ static struct conn *connect_daemon(struct sl_csc *c)
   atomic_fetch_add(&k->refs, 1);     /* the receiver's */
   pthread_mutex_lock(&c->lock);
   c->rx_live++;
+  k->next_lingering = c->lingering;
+  c->lingering = k;
   pthread_mutex_unlock(&c->lock);
   if (pthread_create(&k->rx, NULL, rx_main, k) != 0) {
     atomic_fetch_sub(&k->refs, 1);
     pthread_mutex_lock(&c->lock);
     c->rx_live--;
+    c->lingering = k->next_lingering;
     pthread_mutex_unlock(&c->lock);
     goto fail;
   }
@@ -544,7 +659,7 @@ static struct conn *connect_daemon(struct sl_csc *c)
                                      .rights = SL_CS_RIGHT_WRITE};
   struct sl_cs_register_handle_reply rhr;
   int r = conn_call(k, SL_CS_REGISTER_HANDLE, &rh, sizeof rh, NULL, 0,
-                    sl_arena_fd(k->bounce), NULL, deadline, &rhr, sizeof rhr, NULL);
+                    sl_arena_fd(k->bounce), NULL, NULL, 0, deadline, &rhr, sizeof rhr, NULL);
   if (r < 0) {
     fprintf(stderr, "sluice: sluiced %s refused the memory handle: %s\n",
             c->path, strerror(-r));
@@ -645,6 +760,89 @@ static struct conn *current_conn(struct sl_csc *c)
   return k;
 }
 
+/* ---- zero copy ---------------------------------------------------------------- */
+
+static bool zc_enabled(void)
+{
+  static int on = -1;
+  if (on < 0) {
+    const char *v = getenv("SLUICE_CACHE_ZEROCOPY");
+    on = !(v && !strcmp(v, "0"));
+  }
+  return on;
+}
+
+/* The memory handle under which K's daemon may write into arena A, or 0:
+ * registered on first use (its pages faulted in first, as the daemon
+ * requires); a registration refused or not possible right now (another is
+ * in progress) leaves the caller on the bounce.  Arenas whose owner has
+ * gone make room for new ones. */
+static uint32_t zc_handle(struct sl_csc *c, struct conn *k, struct sl_arena *a)
+{
+  pthread_mutex_lock(&k->lock);
+  for (unsigned i = 0; i < k->nzc; i++)
+    if (k->zc[i].a == a) {
+      uint32_t h = k->zc[i].handle;
+      pthread_mutex_unlock(&k->lock);
+      return h;
+    }
+  pthread_mutex_unlock(&k->lock);
+  if (pthread_mutex_trylock(&c->reg_lock) != 0)
+    return 0;
+  uint32_t h = 0;
+  pthread_mutex_lock(&k->lock);
+  bool known = false;
+  for (unsigned i = 0; i < k->nzc; i++)
+    known |= k->zc[i].a == a;
+  /* forget arenas whose owner destroyed them (the daemon's handle goes
+   * with an UNREGISTER; lent buffers keep the arena itself) */
+  struct zc_arena gone[ZC_MAX];
+  unsigned ngone = 0;
+  for (unsigned i = 0; i < k->nzc;) {
+    if (sl_arena_orphaned(k->zc[i].a)) {
+      gone[ngone++] = k->zc[i];
+      k->zc[i] = k->zc[--k->nzc];
+    } else {
+      i++;
+    }
+  }
+  bool room = k->nzc < ZC_MAX && !known;
+  pthread_mutex_unlock(&k->lock);
+  for (unsigned i = 0; i < ngone; i++) {
+    if (gone[i].handle) {
+      struct sl_cs_unregister rq = {.handle = gone[i].handle};
+      conn_call(k, SL_CS_UNREGISTER_HANDLE, &rq, sizeof rq, NULL, 0, -1, NULL, NULL, 0,
+                sl_now_ns() + SETUP_TIMEOUT_NS / 4, NULL, 0, NULL);
+    }
+    sl_arena_unref(gone[i].a);
+  }
+  if (room) {
+    struct sl_cs_register_handle rh = {.offset = 0, .length = sl_arena_size(a),
+                                       .rights = SL_CS_RIGHT_WRITE};
+    struct sl_cs_register_handle_reply rhr;
+    int r = sl_arena_populate_in_use(a);
+    if (r == 0)
+      r = conn_call(k, SL_CS_REGISTER_HANDLE, &rh, sizeof rh, NULL, 0, sl_arena_fd(a), NULL,
+                    NULL, 0, sl_now_ns() + SETUP_TIMEOUT_NS, &rhr, sizeof rhr, NULL);
+    if (r == -ETIMEDOUT || r == -ECONNRESET || r == -EBUSY) {
+      room = false; /* ask again later */
+    } else {
+      h = r == 0 ? rhr.handle : 0;
+      if (r < 0)
+        fprintf(stderr, "sluice: sluiced does not write into the export's buffers "
+                "(%s): copying through its own\n", strerror(-r));
+    }
+  }
+  if (room) {
+    sl_arena_ref(a);
+    pthread_mutex_lock(&k->lock);
+    k->zc[k->nzc++] = (struct zc_arena){a, h};
+    pthread_mutex_unlock(&k->lock);
+  }
+  pthread_mutex_unlock(&c->reg_lock);
+  return h;
+}
+
 /* ---- the public side ------------------------------------------------------ */
 
 int sl_csc_get(const char *socket, struct sl_csc **out)
@@ -714,11 +912,22 @@ void sl_csc_put(struct sl_csc *c)
     pthread_mutex_unlock(&k->lock);
     conn_put(k);
   }
-  /* Receivers of this and earlier connections still touch C. */
+  /* Receivers of this and earlier connections still touch C.  Those that
+   * wait for a daemon to close its end (buffers lent) are cut short: the
+   * disks are closed, their exports' buffers no longer in use. */
+  pthread_mutex_lock(&c->lock);
+  for (struct conn *x = c->lingering; x; x = x->next_lingering)
+    shutdown(x->fd, SHUT_RDWR);
+  pthread_mutex_unlock(&c->lock);
   pthread_mutex_lock(&c->lock);
   while (c->rx_live > 0)
     pthread_cond_wait(&c->cond, &c->lock);
   pthread_mutex_unlock(&c->lock);
+  uint64_t reads = atomic_load(&c->reads);
+  if (reads && getenv("SLUICE_CACHE_DEBUG"))
+    fprintf(stderr, "sluice: sluiced client: %" PRIu64 " entries asked, %" PRIu64
+            " served, %" PRIu64 " straight into the caller's buffers\n", reads,
+            (uint64_t)atomic_load(&c->served), (uint64_t)atomic_load(&c->zero_copy));
   while (c->layers) {
     struct sl_csc_layer *l = c->layers;
     c->layers = l->next;
@@ -772,7 +981,7 @@ void sl_csc_layer_remove(struct sl_csc *c, struct sl_csc_layer *l)
   uint64_t reg = atomic_load(&l->reg);
   if (k && REG_GEN(reg) == k->gen && !REG_REFUSED(reg)) {
     struct sl_cs_unregister rq = {.handle = REG_HANDLE(reg)};
-    conn_call(k, SL_CS_UNREGISTER_LAYER, &rq, sizeof rq, NULL, 0, -1, NULL,
+    conn_call(k, SL_CS_UNREGISTER_LAYER, &rq, sizeof rq, NULL, 0, -1, NULL, NULL, 0,
               sl_now_ns() + SETUP_TIMEOUT_NS / 4, NULL, 0, NULL);
   }
   conn_put(k);
@@ -825,14 +1034,46 @@ int sl_csc_read(struct sl_csc *c, struct sl_csc_io *io, unsigned n,
   }
   if (m == 0)
     goto out;
-  uint8_t *bounce = sl_arena_try_alloc(k->bounce, total);
-  if (!bounce)
-    goto out;
-  size_t base = sl_arena_offset(k->bounce, bounce), pos = 0;
+  /* Straight into the caller's buffers where they lie in an arena the
+   * daemon may write into; the rest through the bounce. */
+  struct hold *holds = NULL;
+  unsigned nholds = 0;
+  bool direct[MAX_CLIENT_BATCH];
   for (unsigned j = 0; j < m; j++) {
+    direct[j] = false;
+    if (!zc_enabled())
+      continue;
+    size_t off;
+    struct sl_arena *a = sl_arena_find(io[map[j]].buf, e[j].length, &off);
+    if (!a)
+      continue;
+    uint32_t h = zc_handle(c, k, a);
+    if (h && sl_arena_held_bytes(a) < sl_arena_size(a) / 4 &&
+        (holds || (holds = malloc(m * sizeof *holds))) &&
+        sl_arena_hold(a, io[map[j]].buf) == 0) {
+      holds[nholds++] = (struct hold){a, io[map[j]].buf};
+      e[j].handle = h;
+      e[j].handle_offset = off;
+      direct[j] = true;
+      total -= e[j].length;
+    }
+    sl_arena_unref(a);
+  }
+  uint8_t *bounce = NULL;
+  if (total > 0 && !(bounce = sl_arena_try_alloc(k->bounce, total))) {
+    for (unsigned i = 0; i < nholds; i++)
+      sl_arena_release(holds[i].a, holds[i].p);
+    free(holds);
+    goto out;
+  }
+  size_t base = bounce ? sl_arena_offset(k->bounce, bounce) : 0, pos = 0;
+  for (unsigned j = 0; j < m; j++) {
+    if (direct[j])
+      continue;
     e[j].handle_offset = base + pos;
     pos += e[j].length;
   }
+  atomic_fetch_add(&c->zero_copy, nholds);
   /* The deadline is the caller's, or four times what the daemon has been
    * taking lately if that is longer: a host that is merely busy slows the
    * daemon and the image alike, and giving up then only adds an image read
@@ -841,7 +1082,7 @@ int sl_csc_read(struct sl_csc *c, struct sl_csc_io *io, unsigned n,
   uint64_t typical = atomic_load_explicit(&c->reply_ns, memory_order_relaxed);
   uint64_t wait = SL_MIN(SL_MAX(deadline_ns, 4 * typical), MAX_DEADLINE_NS);
   struct sl_cs_read_result res[MAX_CLIENT_BATCH];
-  int r = conn_call(k, SL_CS_READ, NULL, 0, e, m, -1, bounce,
+  int r = conn_call(k, SL_CS_READ, NULL, 0, e, m, -1, bounce, holds, nholds,
                     start + wait, NULL, 0, res);
   if (r == -ETIMEDOUT) {
     atomic_fetch_add(&c->timeouts, 1);
@@ -858,7 +1099,8 @@ int sl_csc_read(struct sl_csc *c, struct sl_csc_io *io, unsigned n,
   for (unsigned j = 0; j < m; j++) {
     struct sl_csc_io *x = &io[map[j]];
     if (res[j].status == 0) {
-      memcpy(x->buf, bounce + pos, x->length);
+      if (!direct[j])
+        memcpy(x->buf, bounce + pos, x->length);
       x->status = 0;
       x->hit = (res[j].flags & SL_CS_RESULT_HIT) != 0;
       served++;
@@ -875,7 +1117,8 @@ int sl_csc_read(struct sl_csc *c, struct sl_csc_io *io, unsigned n,
                                          reg | (uint64_t)1 << 32);
       }
     }
-    pos += e[j].length;
+    if (!direct[j])
+      pos += e[j].length;
   }
   sl_arena_free(k->bounce, bounce);
 out:
@@ -904,7 +1147,7 @@ void sl_csc_invalidate(struct sl_csc *c, struct sl_csc_layer *l,
     struct sl_cs_invalidate rq = {.layer = h, .offset = off, .length = len};
     uint64_t typical = atomic_load_explicit(&c->reply_ns, memory_order_relaxed);
     uint64_t wait = SL_MIN(SL_MAX(4 * typical, INVALIDATE_MIN_NS), SETUP_TIMEOUT_NS);
-    int r = conn_call(k, SL_CS_INVALIDATE, &rq, sizeof rq, NULL, 0, -1, NULL,
+    int r = conn_call(k, SL_CS_INVALIDATE, &rq, sizeof rq, NULL, 0, -1, NULL, NULL, 0,
                       sl_now_ns() + wait, NULL, 0, NULL);
     if (r < 0) {
       /* Not known to be forgotten: the private namespace dies with the

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -38,7 +39,20 @@ struct sl_arena {
   int32_t *next, *prev;         /* free list links, per block */
   int8_t *free_order;           /* order if the block heads a free run, else -1 */
   int8_t *alloc_order;          /* order if the block heads a buffer, else -1 */
+  /* Lending (sl_arena_hold): per buffer head block, the holds on it, and
+   * HOLD_FREED once its owner freed it while held. */
+  uint32_t *holds;
+  size_t held_bytes;            /* bytes of held buffers (at their size) */
+  atomic_int refs;              /* the owner's and one per hold or finder */
+  bool orphaned;                /* sl_arena_destroy was called */
+  struct sl_arena *next_live;   /* the registry of live arenas */
 };
+#define HOLD_FREED 0x80000000u
+
+/* Every arena that exists, so that a pointer can be traced to the memfd
+ * under it (sl_arena_find): a few per process, so a list. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sl_arena *registry;
 
 static void list_push(struct sl_arena *a, int32_t b, int order)
 {
@@ -88,9 +102,11 @@ int sl_arena_create(const char *name, size_t size, struct sl_arena **out)
   a->prev = malloc(a->n_blocks * sizeof *a->prev);
   a->free_order = malloc(a->n_blocks);
   a->alloc_order = malloc(a->n_blocks);
+  a->holds = calloc(a->n_blocks, sizeof *a->holds);
+  atomic_init(&a->refs, 1);
   a->fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
   int r = 0;
-  if (!a->next || !a->prev || !a->free_order || !a->alloc_order)
+  if (!a->next || !a->prev || !a->free_order || !a->alloc_order || !a->holds)
     r = sl_error(ENOMEM, "buffer arena %s: out of memory", name);
   else if (a->fd < 0 || ftruncate(a->fd, (off_t)size) < 0 ||
            fcntl(a->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
@@ -110,8 +126,28 @@ int sl_arena_create(const char *name, size_t size, struct sl_arena **out)
   list_push(a, 0, a->max_order);
   pthread_mutex_init(&a->lock, NULL);
   pthread_cond_init(&a->freed, NULL);
+  pthread_mutex_lock(&registry_lock);
+  a->next_live = registry;
+  registry = a;
+  pthread_mutex_unlock(&registry_lock);
   *out = a;
   return 0;
+}
+
+static void arena_free_all(struct sl_arena *a);
+
+
+int sl_arena_populate_in_use(struct sl_arena *a)
+{
+  /* In use: the pages hold payload, which only MADV_POPULATE_WRITE leaves
+   * alone (a write of any byte could race with the owner's). */
+#ifdef MADV_POPULATE_WRITE
+  if (madvise(a->base, a->size, MADV_POPULATE_WRITE) == 0)
+    return 0;
+  return sl_error(errno, "buffer arena: MADV_POPULATE_WRITE: %s", strerror(errno));
+#else
+  return sl_error(ENOTSUP, "buffer arena: no MADV_POPULATE_WRITE");
+#endif
 }
 
 int sl_arena_populate(struct sl_arena *a)
@@ -132,6 +168,114 @@ void sl_arena_destroy(struct sl_arena *a)
 {
   if (!a)
     return;
+  pthread_mutex_lock(&registry_lock);
+  for (struct sl_arena **pp = &registry; *pp; pp = &(*pp)->next_live)
+    if (*pp == a) {
+      *pp = a->next_live;
+      break;
+    }
+  pthread_mutex_unlock(&registry_lock);
+  if (a->base != MAP_FAILED) {
+    pthread_mutex_lock(&a->lock);
+    a->orphaned = true;
+    pthread_mutex_unlock(&a->lock);
+  }
+  sl_arena_unref(a);
+}
+
+void sl_arena_ref(struct sl_arena *a)
+{
+  atomic_fetch_add(&a->refs, 1);
+}
+
+void sl_arena_unref(struct sl_arena *a)
+{
+  if (a && atomic_fetch_sub(&a->refs, 1) == 1)
+    arena_free_all(a);
+}
+
+struct sl_arena *sl_arena_find(const void *p, size_t len, size_t *off)
+{
+  struct sl_arena *found = NULL;
+  pthread_mutex_lock(&registry_lock);
+  for (struct sl_arena *a = registry; a; a = a->next_live)
+    if ((const char *)p >= a->base && (size_t)((const char *)p - a->base) <= a->size &&
+        len <= a->size - (size_t)((const char *)p - a->base)) {
+      atomic_fetch_add(&a->refs, 1);
+      *off = (size_t)((const char *)p - a->base);
+      found = a;
+      break;
+    }
+  pthread_mutex_unlock(&registry_lock);
+  return found;
+}
+
+bool sl_arena_orphaned(struct sl_arena *a)
+{
+  SCOPED_LOCK(&a->lock);
+  return a->orphaned;
+}
+
+size_t sl_arena_size(const struct sl_arena *a) { return a->size; }
+
+/* Under a->lock: the head block of the buffer that holds block B, or -1. */
+static int32_t head_of(const struct sl_arena *a, int32_t b)
+{
+  /* a buffer of order o starts at a multiple of 2^o blocks */
+  for (int o = 0; o <= a->max_order; o++) {
+    int32_t h = b & ~(((int32_t)1 << o) - 1);
+    if (a->alloc_order[h] == o)
+      return h;
+  }
+  return -1;
+}
+
+size_t sl_arena_held_bytes(struct sl_arena *a)
+{
+  SCOPED_LOCK(&a->lock);
+  return a->held_bytes;
+}
+
+int sl_arena_hold(struct sl_arena *a, const void *p)
+{
+  int32_t b = (int32_t)(((const char *)p - a->base) / SL_ARENA_MIN_BLOCK);
+  pthread_mutex_lock(&a->lock);
+  int32_t h = head_of(a, b);
+  if (h < 0 || (a->holds[h] & HOLD_FREED)) {
+    pthread_mutex_unlock(&a->lock);
+    return sl_error(EINVAL, "buffer arena: %p is not in a buffer in use", p);
+  }
+  if ((a->holds[h] & ~HOLD_FREED) == 0)
+    a->held_bytes += (size_t)SL_ARENA_MIN_BLOCK << a->alloc_order[h];
+  a->holds[h]++;
+  atomic_fetch_add(&a->refs, 1);
+  pthread_mutex_unlock(&a->lock);
+  return 0;
+}
+
+static void free_block_locked(struct sl_arena *a, int32_t b);
+
+void sl_arena_release(struct sl_arena *a, const void *p)
+{
+  int32_t b = (int32_t)(((const char *)p - a->base) / SL_ARENA_MIN_BLOCK);
+  pthread_mutex_lock(&a->lock);
+  int32_t h = head_of(a, b);
+  if (h < 0 || (a->holds[h] & ~HOLD_FREED) == 0)
+    abort(); /* a release without its hold: the accounting is corrupt */
+  a->holds[h]--;
+  if ((a->holds[h] & ~HOLD_FREED) == 0) {
+    a->held_bytes -= (size_t)SL_ARENA_MIN_BLOCK << a->alloc_order[h];
+    if (a->holds[h] & HOLD_FREED) {
+      a->holds[h] = 0;
+      free_block_locked(a, h); /* its owner is done with it too */
+    }
+  }
+  pthread_mutex_unlock(&a->lock);
+  sl_arena_unref(a);
+}
+
+static void arena_free_all(struct sl_arena *a)
+{
   if (a->base != MAP_FAILED) {
     munmap(a->base, a->size);
     pthread_mutex_destroy(&a->lock);
@@ -143,6 +287,7 @@ void sl_arena_destroy(struct sl_arena *a)
   free(a->prev);
   free(a->free_order);
   free(a->alloc_order);
+  free(a->holds);
   free(a);
 }
 
@@ -207,9 +352,22 @@ void sl_arena_free(struct sl_arena *a, void *buf)
     return;
   int32_t b = (int32_t)(((char *)buf - a->base) / SL_ARENA_MIN_BLOCK);
   pthread_mutex_lock(&a->lock);
-  int order = a->alloc_order[b];
-  if (order < 0)
+  if (a->alloc_order[b] < 0 || (a->holds[b] & HOLD_FREED))
     abort(); /* not one of ours, or freed twice: memory is already corrupt */
+  if (a->holds[b]) {
+    /* lent out (the cache daemon may still write into it): freed on the
+     * last release */
+    a->holds[b] |= HOLD_FREED;
+    pthread_mutex_unlock(&a->lock);
+    return;
+  }
+  free_block_locked(a, b);
+  pthread_mutex_unlock(&a->lock);
+}
+
+static void free_block_locked(struct sl_arena *a, int32_t b)
+{
+  int order = a->alloc_order[b];
   a->alloc_order[b] = -1;
   a->in_use -= (size_t)SL_ARENA_MIN_BLOCK << order;
   while (order < a->max_order) {
@@ -222,7 +380,6 @@ void sl_arena_free(struct sl_arena *a, void *buf)
   }
   list_push(a, b, order);
   pthread_cond_broadcast(&a->freed);
-  pthread_mutex_unlock(&a->lock);
 }
 
 void sl_arena_close(struct sl_arena *a)

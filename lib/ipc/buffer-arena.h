@@ -22,6 +22,7 @@
 #ifndef SLUICE_IPC_BUFFER_ARENA_H
 #define SLUICE_IPC_BUFFER_ARENA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define SL_ARENA_MIN_BLOCK 4096u
@@ -46,6 +47,35 @@ void *sl_arena_try_alloc(struct sl_arena *a, size_t len);
 void sl_arena_free(struct sl_arena *a, void *buf);
 /* Wake every waiter with NULL from now on (shutdown). */
 void sl_arena_close(struct sl_arena *a);
+
+/* Fault in every page of an arena that may be in use, leaving its bytes
+ * alone (MADV_POPULATE_WRITE; -ENOTSUP where the kernel lacks it). */
+int sl_arena_populate_in_use(struct sl_arena *a);
+
+/* Lending buffers to the cache daemon (lib/cachesvc/client.c).
+ *
+ * The daemon writes a read's bytes straight into the export's request
+ * buffer when that buffer lies in an arena (found from the pointer alone:
+ * the filter in between only passes a pointer).  A reply may come after
+ * the client stopped waiting, so a buffer the daemon may still write into
+ * must not be handed out again: the client holds it (sl_arena_hold) for
+ * as long, and an owner's sl_arena_free of a held buffer takes effect at
+ * the last sl_arena_release.  Each hold and each find keeps the arena
+ * itself alive (sl_arena_destroy by the owner then only orphans it). */
+/* The arena holding [P, P+LEN), with a reference (sl_arena_unref), and
+ * the offset of P in it; NULL if P lies in none. */
+struct sl_arena *sl_arena_find(const void *p, size_t len, size_t *off);
+void sl_arena_ref(struct sl_arena *a);
+void sl_arena_unref(struct sl_arena *a);
+/* Hold the buffer in use that contains P: 0, or -EINVAL if P lies in no
+ * buffer in use. */
+int sl_arena_hold(struct sl_arena *a, const void *p);
+void sl_arena_release(struct sl_arena *a, const void *p);
+/* Bytes of buffers held now. */
+size_t sl_arena_held_bytes(struct sl_arena *a);
+/* Its owner destroyed it (only holds and finders keep it). */
+bool sl_arena_orphaned(struct sl_arena *a);
+size_t sl_arena_size(const struct sl_arena *a);
 
 /* The memfd and where BUF lies in it: what a memory handle names. */
 int sl_arena_fd(const struct sl_arena *a);

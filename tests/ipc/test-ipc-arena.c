@@ -184,6 +184,51 @@ static void test_full_arena_waits_until_free(void **state)
   sl_arena_destroy(a);
 }
 
+/* A buffer lent to the cache daemon is not handed out again until it is
+ * released, even after its owner freed it; the arena is found from any
+ * pointer inside it and outlives its owner while lent. */
+static void test_lent_buffers(void **state)
+{
+  struct sl_arena *a;
+  assert_int_equal(sl_arena_create("lend", 64 << 10, &a), 0);
+  char *p = sl_arena_alloc(a, 16 << 10);
+  assert_non_null(p);
+  size_t off = 1, off0 = 1;
+  struct sl_arena *f = sl_arena_find(p + 5000, 100, &off);
+  assert_ptr_equal(f, a);
+  assert_ptr_equal(sl_arena_find(p, 0, &off0), a);
+  assert_int_equal(off, off0 + 5000);
+  sl_arena_unref(a); /* (the second find's reference) */
+  int x;
+  assert_null(sl_arena_find(&x, sizeof x, &off));
+  assert_int_equal(sl_arena_hold(a, p + 5000), 0); /* inside the buffer */
+  assert_int_equal(sl_arena_held_bytes(a), 16u << 10);
+  sl_arena_free(a, p);
+  /* held: the 48 KiB left can be had, the held 16 KiB cannot */
+  void *q = sl_arena_try_alloc(a, 32 << 10);
+  assert_non_null(q);
+  assert_null(sl_arena_try_alloc(a, 32 << 10));
+  void *r = sl_arena_try_alloc(a, 16 << 10);
+  assert_non_null(r);
+  assert_true((char *)r + (16 << 10) <= p || (char *)r >= p + (16 << 10));
+  assert_null(sl_arena_try_alloc(a, 4096));
+  sl_arena_release(a, p + 100);
+  assert_int_equal(sl_arena_held_bytes(a), 0);
+  void *t = sl_arena_try_alloc(a, 16 << 10); /* now it can */
+  assert_ptr_equal(t, p);
+  /* a hold outside any buffer in use is refused */
+  sl_arena_free(a, t);
+  assert_int_equal(sl_arena_hold(a, p), -EINVAL);
+  /* lent when the owner destroys it: orphaned, alive until released */
+  assert_int_equal(sl_arena_hold(a, q), 0);
+  sl_arena_destroy(a);
+  assert_true(sl_arena_orphaned(f));
+  assert_null(sl_arena_find(q, 1, &off));
+  memset(q, 7, 4096); /* still mapped */
+  sl_arena_release(f, q);
+  sl_arena_unref(f); /* the first find's reference: gone now */
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -193,6 +238,7 @@ int main(void)
     cmocka_unit_test(test_bounded_and_reused),
     cmocka_unit_test(test_random_patterns),
     cmocka_unit_test(test_full_arena_waits_until_free),
+    cmocka_unit_test(test_lent_buffers),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
