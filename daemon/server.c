@@ -81,6 +81,8 @@
 #define SD_MAX_REG_ALL 32            /* ... in all */
 #define SD_FD_RESERVE 64             /* descriptors never lent to clients */
 #define SD_MAX_FDQ 4
+#define SD_POLL_PROBE 256            /* served requests between tries at polling */
+#define SD_POLL_PREEMPTED_NS 200000  /* a gap in the poll loop this long: preempted */
 #define SD_STR_(x) #x
 #define SD_STR(x) SD_STR_(x)
 #define SD_MAX_JOBS 256           /* READ batches in workers per connection */
@@ -177,6 +179,7 @@ struct sd_server {
   struct conn *conns;
   _Atomic uint64_t nconns;
   _Atomic bool some_drop;         /* a connection's reply queue overflowed */
+  _Atomic uint64_t poll_hits, poll_misses; /* poll windows that paid, did not */
   pthread_mutex_t idle_lock;
   pthread_cond_t idle_cond;
   int adoptfd;                    /* eventfd: sockets handed over by sd_server_adopt */
@@ -1248,9 +1251,28 @@ static void *loop_main(void *opaque)
   struct sd_server *srv = opaque;
   struct epoll_event ev[64];
   uint64_t poll_until = 0, last_sweep = sl_now_ns();
+  /* Adaptive polling: the window after a served request (at most
+   * --poll-us) doubles when the next request came within it and halves
+   * when it did not, or when the loop thread was kept off the CPU while it
+   * polled (a busy host: then the spin only takes the CPU from the clients
+   * that would send the next request).  At zero it stays off, and every
+   * SD_POLL_PROBE served requests a quarter window tries again. */
+  const uint64_t max_win = srv->o.poll_us * 1000ull;
+  uint64_t win = max_win, last_iter = 0;
+  unsigned since_probe = 0;
+  bool in_window = false;
   for (;;) {
     uint64_t now = sl_now_ns();
-    int timeout = now < poll_until ? 0 : srv->listen_muted_until ? 100 : 1000;
+    bool polling = now < poll_until;
+    if (in_window && (!polling || now - last_iter > SD_POLL_PREEMPTED_NS)) {
+      /* the window ran out empty, or we were preempted in it */
+      win = win / 2 >= 1000 ? win / 2 : 0;
+      in_window = polling = false;
+      poll_until = 0;
+      atomic_fetch_add_explicit(&srv->poll_misses, 1, memory_order_relaxed);
+    }
+    last_iter = now;
+    int timeout = polling ? 0 : srv->listen_muted_until ? 100 : 1000;
     if (srv->listen_muted_until && now >= srv->listen_muted_until) {
       srv->listen_muted_until = 0;
       if (srv->spare_fd < 0)
@@ -1320,8 +1342,19 @@ static void *loop_main(void *opaque)
         conn_close(srv, c, "does not read its replies: disconnected");
     }
     now = sl_now_ns();
-    if (served && srv->o.poll_us)
-      poll_until = now + srv->o.poll_us * 1000ull;
+    if (served && in_window) {
+      win = SL_MIN(2 * win, max_win); /* the window paid */
+      atomic_fetch_add_explicit(&srv->poll_hits, 1, memory_order_relaxed);
+    }
+    if (served && max_win) {
+      if (win == 0 && ++since_probe >= SD_POLL_PROBE) {
+        win = max_win / 4;
+        since_probe = 0;
+      }
+      in_window = win > 0;
+      poll_until = in_window ? now + win : 0;
+      last_iter = now;
+    }
     if (now - last_sweep > 1000000000ull) {
       hk_kick(srv); /* the sweep, on the housekeeping thread */
       last_sweep = now;
@@ -1506,6 +1539,10 @@ int sd_server_stop(struct sd_server *srv, bool check)
     pthread_join(srv->hk, NULL);
   }
   sd_store_reap(&srv->store);
+  if (srv->o.poll_us)
+    fprintf(stderr, "sluiced: poll windows: %" PRIu64 " paid, %" PRIu64 " ran out (of %u us "
+            "at most, adaptive)\n", (uint64_t)atomic_load(&srv->poll_hits),
+            (uint64_t)atomic_load(&srv->poll_misses), srv->o.poll_us);
   int ret = 0;
   char msg[256];
   if (check && sd_store_check(&srv->store, msg, sizeof msg) < 0) {
