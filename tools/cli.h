@@ -19,6 +19,12 @@ int cmd_disk(int argc, char **argv);
 int cmd_filter(int argc, char **argv);
 int cmd_mirror(int argc, char **argv);
 int cmd_cache(int argc, char **argv);
+int cmd_owner(int argc, char **argv);
+int cmd_release(int argc, char **argv);
+
+/* --timeout SECONDS (fractions allowed, (0, 3600]): 0, or 1 after
+ * printing a message for CMD (cmd-owner.c). */
+int cli_parse_timeout(const char *cmd, const char *s, double *out);
 
 /* "sluice CMD: MESSAGE\n" on stderr; returns 1 for `return cli_fail(...)`. */
 int cli_fail(const char *cmd, const char *fmt, ...)

@@ -2,6 +2,13 @@
  * filter stack) over NBD and/or FUSE until SIGTERM or SIGINT, which drain
  * in-flight requests, flush the disk and exit 0.
  *
+ * A writable serve owns the disk (lib/owner, docs/ownership.md): it
+ * records itself once the disk is open and answers release requests from
+ * another process (--take-over, sluice release) by stopping its exports
+ * (NBD answers what it has read, FUSE fails later requests with EIO),
+ * draining, flushing and closing the disk, then acknowledging and exiting
+ * 0.  --take-over is the other side: ask the owner, wait, then open.
+ *
  * The exports are known only through the driver table (export.h): each
  * driver is an option named after it, and its create/start/stop are
  * called in that order around lib/ipc's process lifecycle.  The order
@@ -10,6 +17,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +28,7 @@
 #include "common/util.h"
 #include "export/export.h"
 #include "ipc/process.h"
+#include "owner/owner.h"
 #include "tools/cli-util.h"
 #include "tools/cli.h"
 
@@ -35,7 +44,8 @@ static const char usage_text[] =
   "                    [--export-name NAME] [--workers N] [--poll-us N] [-f FMT]\n"
   "                    [--pidfile FILE] [--daemon]\n"
   "                    [-t|--cache none|writeback|writethrough|directsync|unsafe]\n"
-  "                    [--sluiced[=SOCKET]] DISK\n"
+  "                    [--sluiced[=SOCKET]] [--take-over [--timeout SECONDS]]\n"
+  "                    [--no-release] DISK\n"
   "\n"
   "Export DISK (an image, a backing chain, or a disk descriptor) over NBD\n"
   "and/or as a FUSE file.  Runs in the foreground until SIGTERM or SIGINT,\n"
@@ -43,7 +53,11 @@ static const char usage_text[] =
   "the host page cache is used, as qemu-nbd's option does (default writeback).\n"
   "--sluiced reads the backing layers through the host cache daemon (the\n"
   "cache filter, which must be installed: sluice filter install cache.so).\n"
-  "-U (--force-share) serves read-only an image another process may write.\n";
+  "-U (--force-share) serves read-only an image another process may write.\n"
+  "A writable serve owns DISK: `sluice release DISK` or another serve's\n"
+  "--take-over asks it to stop, flush, close and exit 0; --no-release refuses.\n"
+  "--take-over asks the owner of DISK to release it first and waits up to\n"
+  "--timeout seconds (default 30); a dead owner is taken over at once.\n";
 
 /* What the command line asked of one export driver. */
 struct export_use {
@@ -53,6 +67,52 @@ struct export_use {
   char activated[16][16];    /* "fd:N" for socket-activated listeners */
   void *state;
 };
+
+/* The main thread, woken with SIGUSR1 when a release request is accepted
+ * (on the ownership control thread, which must not block). */
+static pthread_t main_thread;
+static void on_release(void *arg)
+{
+  (void)arg;
+  pthread_kill(main_thread, SIGUSR1);
+}
+
+static void serve_log(void *arg, const char *line)
+{
+  (void)arg;
+  fprintf(stderr, "sluice serve: %s\n", line);
+}
+
+/* Ask the owner of PATH to release it (--take-over). */
+static int take_over(const char *path, double timeout)
+{
+  /* The owner adds our pid and uid, as the kernel vouches for them. */
+  struct sl_owner_release_opts o = {
+    .timeout_s = timeout, .requester = "sluice serve --take-over", .log = serve_log,
+  };
+  struct sl_owner_release_result res;
+  if (sl_owner_release(path, &o, &res) < 0)
+    return cli_fail("serve", "--take-over: %s", sl_last_error());
+  /* The request time on CLOCK_MONOTONIC lets bench/handoff.sh measure
+   * request-to-first-request-served across processes. */
+  if (res.asked)
+    fprintf(stderr, "sluice serve: %s: released by pid %d in %.2f ms (its "
+            "drain, flush and close %.2f ms; request sent at monotonic "
+            "%.6f s)\n", res.before.image, (int)res.before.rec.pid,
+            (double)(res.released_ns - res.request_ns) / 1e6,
+            (double)res.drain_ns / 1e6, (double)res.request_ns / 1e9);
+  return 0;
+}
+
+/* After a failed open: if the disk has a sluice owner, say how to ask it. */
+static void hint_owner(const char *path)
+{
+  struct sl_owner_info i;
+  if (sl_owner_query(path, &i) == 0 && i.state == SL_OWNER_OWNED)
+    fprintf(stderr, "sluice serve: %s is owned by pid %d (%s); --take-over asks "
+            "it to release the disk%s\n", path, (int)i.rec.pid, i.rec.command,
+            i.rec.release ? "" : ", but it runs with --no-release");
+}
 
 static void stop_exports(struct export_use *ex, size_t n)
 {
@@ -68,6 +128,7 @@ int cmd_serve(int argc, char **argv)
 {
   enum { OPT_RO = 256, OPT_FILTER, OPT_AT, OPT_PIDFILE,
          OPT_DAEMON, OPT_NAME, OPT_WORKERS, OPT_DESC, OPT_POLL, OPT_SLUICED,
+         OPT_TAKE_OVER, OPT_TIMEOUT, OPT_NO_RELEASE,
          OPT_DRIVER = 512 /* + index in sl_export_drivers */ };
   static const struct option fixed_opts[] = {
     {"help", no_argument, NULL, 'h'},
@@ -84,6 +145,9 @@ int cmd_serve(int argc, char **argv)
     {"cache", required_argument, NULL, 't'},
     {"sluiced", optional_argument, NULL, OPT_SLUICED},
     {"force-share", no_argument, NULL, 'U'},
+    {"take-over", no_argument, NULL, OPT_TAKE_OVER},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"no-release", no_argument, NULL, OPT_NO_RELEASE},
   };
   /* The exports come from the driver table: each is an option named after
    * its driver (--nbd, --fuse). */
@@ -104,7 +168,9 @@ int cmd_serve(int argc, char **argv)
   char *sluiced_filter = NULL;
   size_t n_filters = 0;
   const char *at = NULL, *pidfile = NULL;
-  bool daemon_mode = false;
+  bool daemon_mode = false, want_take_over = false, no_release = false;
+  double timeout = 30;
+  const char *timeout_arg = NULL;
   struct sl_export_config cfg = {.export_name = "", .poll_us = DEFAULT_POLL_US};
   struct sl_disk_open_opts dopts = {0};
   uint64_t v;
@@ -164,6 +230,13 @@ int cmd_serve(int argc, char **argv)
                    optarg ? optarg : "") < 0)
         return cli_fail("serve", "out of memory");
       break;
+    case OPT_TAKE_OVER: want_take_over = true; break;
+    case OPT_TIMEOUT:
+      if (cli_parse_timeout("serve", optarg, &timeout))
+        return 1;
+      timeout_arg = optarg;
+      break;
+    case OPT_NO_RELEASE: no_release = true; break;
     case 'h': fputs(usage_text, stdout); return 0;
     default: fputs(usage_text, stderr); return 1;
     }
@@ -172,6 +245,11 @@ int cmd_serve(int argc, char **argv)
     fputs(usage_text, stderr);
     return cli_fail("serve", optind >= argc ? "no DISK given" : "too many arguments");
   }
+  if (timeout_arg && !want_take_over)
+    return cli_fail("serve", "--timeout %s: only with --take-over", timeout_arg);
+  if (no_release && dopts.read_only)
+    return cli_fail("serve", "--no-release: a --read-only serve does not own the "
+                    "disk, so there is nothing to refuse");
   /* Socket activation: every socket systemd passed is one more listener of
    * the first driver that takes sockets ("fd:N" for lib/ipc). */
   int n_act = sl_proc_listen_fds();
@@ -215,12 +293,23 @@ int cmd_serve(int argc, char **argv)
   sigset_t sigs;
   if (sl_proc_block_signals(&sigs) < 0)
     return cli_fail("serve", "%s", sl_last_error());
+  /* SIGUSR1: the ownership control thread's "release accepted". */
+  sigaddset(&sigs, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  main_thread = pthread_self();
 
+  if (want_take_over && take_over(path, timeout)) {
+    free(sluiced_filter);
+    return 1;
+  }
   struct sl_disk *disk;
   if (sl_disk_open(path, &dopts, &disk) < 0) {
+    int e = sl_last_errno();
     int r = cli_fail("serve", "%s%s", sl_last_error(),
                      sluiced_filter ? " (--sluiced needs the cache filter "
                      "module: sluice filter install build/filters/cache.so)" : "");
+    if (e == EAGAIN && !want_take_over)
+      hint_owner(path);
     free(sluiced_filter);
     return r;
   }
@@ -246,6 +335,21 @@ int cmd_serve(int argc, char **argv)
     ret = cli_fail("serve", "%s", sl_last_error());
   if (ret == 0 && pidfile && sl_proc_pidfile_create(pidfile) < 0)
     ret = cli_fail("serve", "%s", sl_last_error());
+  /* Own the disk once open and after --daemon's fork (the record names
+   * this process; the control thread must not cross a fork). */
+  struct sl_owner *owner = NULL;
+  if (ret == 0 && !dopts.read_only) {
+    struct sl_owner_claim_opts co = {
+      .no_release = no_release,
+      .command = no_release ? "sluice serve --no-release" : "sluice serve",
+      .on_release = on_release,
+    };
+    if (sl_owner_claim(path, &co, &owner) < 0)
+      fprintf(stderr, "sluice serve: warning: %s; serving without an owner "
+              "record (release requests cannot reach this process)\n",
+              sl_last_error());
+  }
+  bool released = false;
   for (size_t k = 0; ret == 0 && k < n_ex; k++)
     if (ex[k].state && ex[k].drv->start(ex[k].state) < 0)
       ret = cli_fail("serve", "%s", sl_last_error());
@@ -261,11 +365,33 @@ int cmd_serve(int argc, char **argv)
     sl_proc_notify_ready(NULL);
     int sig = sl_proc_wait_signal(&sigs);
     sl_proc_notify_stopping();
-    fprintf(stderr, "sluice serve: %s: draining and flushing\n", strsignal(sig));
+    if (sig == SIGUSR1) {
+      released = true;
+      fprintf(stderr, "sluice serve: %s: release requested by %s: stopping "
+              "exports, draining and flushing\n", path,
+              sl_owner_requester(owner));
+      /* Requests that arrive from here on fail (FUSE: EIO); those already
+       * taken are finished and answered. */
+      for (size_t k = 0; k < n_ex; k++)
+        if (ex[k].state && ex[k].drv->quiesce)
+          ex[k].drv->quiesce(ex[k].state);
+    } else {
+      fprintf(stderr, "sluice serve: %s: draining and flushing\n", strsignal(sig));
+    }
   }
   stop_exports(ex, n_ex);
-  if (sl_disk_close(disk) < 0 && ret == 0)
+  /* Close drains, gives every filter the release event, flushes and drops
+   * the image's locks: only then may the requester be told. */
+  int cr = sl_disk_close(disk);
+  if (cr < 0 && ret == 0)
     ret = cli_fail("serve", "%s: %s", path, sl_last_error());
+  if (released) {
+    sl_owner_release_done(owner, cr, cr < 0 ? sl_last_error() : "released");
+    if (cr == 0)
+      fprintf(stderr, "sluice serve: %s: released to %s\n", path,
+              sl_owner_requester(owner));
+  }
+  sl_owner_drop(owner);
   sl_proc_pidfile_remove();
   free(sluiced_filter);
   return ret;

@@ -25,6 +25,8 @@ static const struct {
   {"disk", cmd_disk, "create and show disk descriptors"},
   {"filter", cmd_filter, "install, list and remove filter modules; attach to disks"},
   {"mirror", cmd_mirror, "resynchronise a disk's mirror"},
+  {"owner", cmd_owner, "show who owns a disk (holds it for writing)"},
+  {"release", cmd_release, "ask the owner of a disk to release it"},
   {"cache", cmd_cache, "show or drop what the host cache daemon (sluiced) holds"},
   {"demo", cmd_demo, "boot storm of linked clones, without and with sluiced"},
 };

@@ -80,6 +80,13 @@ static int fuse_start(void *state)
   return r < 0 ? sl_error_prefix(-r, "--fuse %s", fs->file) : 0;
 }
 
+static void fuse_quiesce(void *state)
+{
+  struct fuse_state *fs = state;
+  if (fs)
+    sl_fuse_export_quiesce(fs->fx);
+}
+
 static void fuse_stop(void *state)
 {
   struct fuse_state *fs = state;
@@ -98,6 +105,7 @@ static const struct sl_export_driver fuse_driver = {
 #if HAVE_FUSE3
   .create = fuse_create,
   .start = fuse_start,
+  .quiesce = fuse_quiesce,
   .stop = fuse_stop,
 #else
   .unavailable = "this sluice was built without libfuse3",

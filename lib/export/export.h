@@ -44,6 +44,11 @@ struct sl_export_driver {
   int (*create)(struct sl_handle *h, const struct sl_export_config *cfg,
                 const char *const *args, size_t n_args, void **state);
   int (*start)(void *state);
+  /* Ownership is being handed over (optional): from now on fail new
+   * requests (EIO) and wait for those in flight; stop follows.  Exports
+   * whose stop already answers what was taken and refuses the rest (NBD)
+   * need none. */
+  void (*quiesce)(void *state);
   void (*stop)(void *state);  /* NULL-safe; frees STATE */
 };
 
@@ -86,5 +91,9 @@ struct sl_fuse_export;
 int sl_fuse_export_start(struct sl_handle *h, const char *file, bool read_only,
                          struct sl_fuse_export **out);
 void sl_fuse_export_stop(struct sl_fuse_export *fx);
+/* The disk is being released: requests that arrive from now on get EIO;
+ * returns once those already in flight have finished (and so were
+ * answered with their real result). */
+void sl_fuse_export_quiesce(struct sl_fuse_export *fx);
 
 #endif

@@ -5,13 +5,21 @@
  *
  * Every request goes to the disk handle, so filters apply.  direct_io keeps
  * the kernel's page cache out of the way: the NBD export may change the
- * same disk at the same time, and a cached page would go stale. */
+ * same disk at the same time, and a cached page would go stale.
+ *
+ * When the disk's ownership is handed over (docs/ownership.md) the export
+ * is quiesced before it stops: every request counts itself in and checks
+ * a flag, so a request that arrives after the release fails with EIO
+ * without touching the disk, and the release waits for the ones that
+ * arrived before it, which get their real result -- a write the kernel
+ * saw acknowledged is on the disk the next owner opens. */
 #define FUSE_USE_VERSION 31
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse.h>
 #include <linux/falloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -34,6 +42,8 @@ struct sl_fuse_export {
   uid_t uid;
   gid_t gid;
   time_t started;         /* shown as the file's times */
+  atomic_bool released;   /* quiesced: new requests fail with EIO */
+  atomic_int in_flight;   /* requests between enter() and leave() */
 };
 
 static struct sl_fuse_export *export_of_context(void)
@@ -81,6 +91,34 @@ static int fx_open(const char *path, struct fuse_file_info *fi)
 }
 
 /* Clip a request at the end of the disk, as a regular file would. */
+/* Count a request in, then look at the flag; quiesce sets the flag, then
+ * waits for the count: both sequentially consistent, so either the
+ * quiesce waits for this request or this request sees the flag. */
+static int enter(struct sl_fuse_export *fx)
+{
+  atomic_fetch_add(&fx->in_flight, 1);
+  if (atomic_load(&fx->released)) {
+    atomic_fetch_sub(&fx->in_flight, 1);
+    return -EIO;
+  }
+  return 0;
+}
+
+static int leave(struct sl_fuse_export *fx, int r)
+{
+  atomic_fetch_sub(&fx->in_flight, 1);
+  return r;
+}
+
+void sl_fuse_export_quiesce(struct sl_fuse_export *fx)
+{
+  if (!fx)
+    return;
+  atomic_store(&fx->released, true);
+  while (atomic_load(&fx->in_flight) > 0)
+    usleep(200);
+}
+
 static size_t clip(struct sl_fuse_export *fx, size_t len, off_t off)
 {
   uint64_t size = sl_disk_size(fx->h);
@@ -98,8 +136,10 @@ static int fx_read(const char *path, char *buf, size_t len, off_t off,
   len = clip(fx, len, off);
   if (len == 0)
     return 0;
+  if (enter(fx) < 0)
+    return -EIO;
   int r = sl_disk_pread(fx->h, buf, len, (uint64_t)off, 0);
-  return r < 0 ? r : (int)len;
+  return leave(fx, r < 0 ? r : (int)len);
 }
 
 static int fx_write(const char *path, const char *buf, size_t len, off_t off,
@@ -113,8 +153,10 @@ static int fx_write(const char *path, const char *buf, size_t len, off_t off,
   if (n < len && n == 0)
     return -ENOSPC; /* a disk does not grow */
   uint32_t flags = (fi && (fi->flags & O_DSYNC)) ? SL_FUA : 0;
+  if (enter(fx) < 0)
+    return -EIO;
   int r = sl_disk_pwrite(fx->h, buf, n, (uint64_t)off, flags);
-  return r < 0 ? r : (int)n;
+  return leave(fx, r < 0 ? r : (int)n);
 }
 
 static int fx_fsync(const char *path, int datasync, struct fuse_file_info *fi)
@@ -123,7 +165,11 @@ static int fx_fsync(const char *path, int datasync, struct fuse_file_info *fi)
   (void)datasync;
   (void)fi;
   struct sl_fuse_export *fx = export_of_context();
-  return fx->read_only ? 0 : sl_disk_flush(fx->h);
+  if (fx->read_only)
+    return 0;
+  if (enter(fx) < 0)
+    return -EIO;
+  return leave(fx, sl_disk_flush(fx->h));
 }
 
 static int fx_fallocate(const char *path, int mode, off_t off, off_t len,
@@ -137,10 +183,15 @@ static int fx_fallocate(const char *path, int mode, off_t off, off_t len,
   uint64_t size = sl_disk_size(fx->h);
   if (off < 0 || len <= 0 || (uint64_t)off > size || (uint64_t)len > size - (uint64_t)off)
     return (mode & FALLOC_FL_KEEP_SIZE) || mode == 0 ? -ENOSPC : -EINVAL;
-  if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE))
-    return sl_disk_discard(fx->h, (uint64_t)off, (uint64_t)len);
-  if (mode == FALLOC_FL_ZERO_RANGE || mode == (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE))
-    return sl_disk_write_zeroes(fx->h, (uint64_t)off, (uint64_t)len, SL_NO_HOLE);
+  bool punch = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+  if (punch || mode == FALLOC_FL_ZERO_RANGE ||
+      mode == (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)) {
+    if (enter(fx) < 0)
+      return -EIO;
+    return leave(fx, punch ? sl_disk_discard(fx->h, (uint64_t)off, (uint64_t)len)
+                           : sl_disk_write_zeroes(fx->h, (uint64_t)off,
+                                                  (uint64_t)len, SL_NO_HOLE));
+  }
   if (mode == 0 || mode == FALLOC_FL_KEEP_SIZE)
     return 0; /* the range exists already */
   return -EOPNOTSUPP;

@@ -81,6 +81,11 @@ int sl_image_read_backing(struct sl_image *img, void *buf, size_t len,
 /* Take the lock bytes for PERM and ~SHARED on FD, and fail with a message
  * naming PATH (and the holder when found) if another user conflicts. */
 int sl_lock_fd(int fd, const char *path, unsigned perm, unsigned shared);
+/* 1 if another open file description holds lock byte OFF of FD's file, 0
+ * if not, -errno (the ownership code asks whether a disk is held). */
+int sl_lock_byte_taken(int fd, long long off);
+/* Best effort: "pid N, comm" of a process holding byte OFF, else "". */
+void sl_lock_holder(int fd, long long off, char *who, size_t n);
 /* The permissions sluice takes for an open of a layer, as QEMU would. */
 int sl_lock_image_fd(int fd, const char *path, enum sl_format fmt,
                      bool read_only, bool force_share);

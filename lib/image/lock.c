@@ -151,6 +151,13 @@ static int conflict(int fd, const char *path, bool shared, int bit, long long of
                   shared ? "; read-only users can pass -U (--force-share)" : "");
 }
 
+int sl_lock_byte_taken(int fd, long long off) { return byte_taken(fd, off); }
+
+void sl_lock_holder(int fd, long long off, char *who, size_t n)
+{
+  find_holder(fd, off, who, n);
+}
+
 int sl_lock_fd(int fd, const char *path, unsigned perm, unsigned shared)
 {
   /* Publish first, then look for conflicts, as QEMU does: of two users

@@ -8,7 +8,7 @@ require man
 man_dir=$SRCDIR/docs/man
 render() { LC_ALL=C.UTF-8 MANWIDTH=200 man --warnings -l "$1"; }
 
-for page in "$man_dir"/sluice.1 "$man_dir"/sluice-{create,info,check,convert,bench,io,serve,sim,demo}.1; do
+for page in "$man_dir"/sluice.1 "$man_dir"/sluice-{create,info,check,convert,bench,io,serve,sim,demo,owner,release}.1; do
   [[ -f $page ]] || die "missing man page $page"
   render "$page" >"$TMP/text" 2>"$TMP/warn" || die "man failed on $page"
   [[ ! -s $TMP/warn ]] || die "troff warnings in $page: $(cat "$TMP/warn")"
@@ -17,7 +17,7 @@ for page in "$man_dir"/sluice.1 "$man_dir"/sluice-{create,info,check,convert,ben
   done
 done
 
-for cmd in create info check convert bench io serve sim demo; do
+for cmd in create info check convert bench io serve sim demo owner release; do
   render "$man_dir/sluice-$cmd.1" 2>/dev/null | tr -d '\255' >"$TMP/text"
   # Options as --help spells them: -x and --long-name (without =VALUE).
   options=$(sluice "$cmd" --help | grep -oE '(^|[ [])--?[A-Za-z][-A-Za-z]*' |
