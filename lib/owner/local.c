@@ -508,17 +508,18 @@ static void remove_record_if_mine(struct local_owner *o)
     unlink(o->record_path);
 }
 
-static void accept_one(struct local_owner *o)
+/* Accept one connection; false when the backlog is empty. */
+static bool accept_one(struct local_owner *o)
 {
   int fd = accept4(o->listener.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
   if (fd < 0)
-    return;
+    return errno == EINTR || errno == ECONNABORTED;
   pid_t pid;
   uid_t uid;
   gid_t gid;
   if (sl_ipc_peer_cred(fd, &pid, &uid, &gid) < 0) {
     close(fd);
-    return;
+    return true;
   }
   /* Only the owner's own uid and root may ask (docs/ownership.md). */
   if (uid != 0 && uid != geteuid()) {
@@ -526,7 +527,7 @@ static void accept_one(struct local_owner *o)
                 "uid %u and root may", (unsigned)uid, (int)getpid(),
                 o->rec.image, (unsigned)geteuid());
     close(fd);
-    return;
+    return true;
   }
   int slot = -1, oldest = 0;
   for (int k = 0; k < MAX_CONNS; k++) {
@@ -546,7 +547,7 @@ static void accept_one(struct local_owner *o)
   struct conn *c = malloc(sizeof *c);
   if (!c) {
     close(fd);
-    return;
+    return true;
   }
   c->fd = fd;
   c->uid = uid;
@@ -554,6 +555,7 @@ static void accept_one(struct local_owner *o)
   c->have = 0;
   c->deadline = sl_now_ns() + CONN_DEADLINE_NS;
   o->conns[slot] = c;
+  return true;
 }
 
 /* A whole, valid message M arrived on connection K. */
@@ -706,8 +708,11 @@ static void *control_main(void *arg)
     for (int j = first_conn; j < np; j++)
       if (p[j].revents && o->conns[idx[j]])
         on_readable(o, idx[j]);
+    /* Empty the backlog (the listener does not block): a flood must not
+     * keep a real requester waiting behind it. */
     if (first_conn == 2 && p[1].revents)
-      accept_one(o);
+      for (int n = 0; n < 256 && accept_one(o); n++)
+        ;
   }
   for (int k = 0; k < MAX_CONNS; k++)
     if (o->conns[k])
@@ -834,6 +839,11 @@ static int local_claim(const char *image, const struct sl_owner_claim_opts *opts
   }
   if ((r = sl_ipc_listen_unix(rec->socket, &o->listener)) < 0)
     goto fail;
+  int fl = fcntl(o->listener.fd, F_GETFL);
+  if (fl < 0 || fcntl(o->listener.fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+    r = sl_error(errno, "%s: %s", rec->socket, strerror(errno));
+    goto fail;
+  }
   /* Owner-only (root passes anyway); the peer check below is the rule,
    * this keeps other users from even connecting.  chmod changes the
    * file's ctime, by which the listener recognises its own socket at
