@@ -363,7 +363,12 @@ int cmd_serve(int argc, char **argv)
         fprintf(stderr, " %s %s", ex[k].drv->verb, ex[k].args[i]);
     fprintf(stderr, "\n");
     sl_proc_notify_ready(NULL);
-    int sig = sl_proc_wait_signal(&sigs);
+    /* SIGUSR1 counts only when the control thread accepted a request (a
+     * stray `kill -USR1` is ignored). */
+    int sig;
+    do
+      sig = sl_proc_wait_signal(&sigs);
+    while (sig == SIGUSR1 && !(owner && sl_owner_requester(owner)[0]));
     sl_proc_notify_stopping();
     if (sig == SIGUSR1) {
       released = true;

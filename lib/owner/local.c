@@ -896,7 +896,13 @@ static void local_release_done(struct sl_owner *own, int status, const char *mes
 
 static const char *local_requester(struct sl_owner *own)
 {
-  return ((struct local_owner *)(void *)own)->requester;
+  /* Set once, under the lock, on the control thread; the lock orders this
+   * read after that write. */
+  struct local_owner *o = (struct local_owner *)(void *)own;
+  pthread_mutex_lock(&o->lock);
+  const char *r = o->requester;
+  pthread_mutex_unlock(&o->lock);
+  return r;
 }
 
 static void local_drop(struct sl_owner *own)
