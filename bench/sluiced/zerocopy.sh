@@ -6,7 +6,7 @@
 # daemon writes into the export's request buffers) and =0 (into the
 # client's bounce, then memcpy), alternating, ROUNDS times.  Reports
 # IOPS, and CPU seconds of the serve process and of sluiced per GiB read
-# (from /proc/PID/stat), medians of the rounds.
+# (from /proc/PID/stat), medians of the rounds; the order alternates.
 #
 #   bench/sluiced/zerocopy.sh [BS] [SECONDS] [ROUNDS]   (defaults 64k 5 3)
 set -euo pipefail
@@ -67,7 +67,9 @@ PY
 
 echo "zerocopy: bs $BS, ${SECS}s x $ROUNDS rounds; machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
-  for zc in 1 0; do echo "$zc $(run $zc)"; done
+  order="1 0"
+  ((r % 2 == 0)) && order="0 1" # neither always goes first
+  for zc in $order; do echo "$zc $(run $zc)"; done
 done >"$W/rounds"
 python3 - "$W/rounds" <<'PY'
 import statistics, sys

@@ -843,6 +843,31 @@ static uint32_t zc_handle(struct sl_csc *c, struct conn *k, struct sl_arena *a)
   return h;
 }
 
+/* The handle for the caller's buffer [P, P+LEN), or 0 (copy through the
+ * bounce); *A and *OFF say where it lies.  The arenas already registered
+ * on K are looked at first, without the registry's lock: the common case
+ * costs K's lock and a few comparisons. */
+static uint32_t zc_lookup(struct sl_csc *c, struct conn *k, const void *p, size_t len,
+                          struct sl_arena **a, size_t *off)
+{
+  pthread_mutex_lock(&k->lock);
+  for (unsigned i = 0; i < k->nzc; i++)
+    if (sl_arena_contains(k->zc[i].a, p, len, off)) {
+      uint32_t h = k->zc[i].handle;
+      *a = k->zc[i].a;
+      pthread_mutex_unlock(&k->lock);
+      return h;
+    }
+  pthread_mutex_unlock(&k->lock);
+  struct sl_arena *f = sl_arena_find(p, len, off);
+  if (!f)
+    return 0;
+  uint32_t h = zc_handle(c, k, f);
+  sl_arena_unref(f); /* registered: K's own reference keeps it */
+  *a = f;
+  return h;
+}
+
 /* ---- the public side ------------------------------------------------------ */
 
 int sl_csc_get(const char *socket, struct sl_csc **out)
@@ -1044,20 +1069,16 @@ int sl_csc_read(struct sl_csc *c, struct sl_csc_io *io, unsigned n,
     if (!zc_enabled())
       continue;
     size_t off;
-    struct sl_arena *a = sl_arena_find(io[map[j]].buf, e[j].length, &off);
-    if (!a)
-      continue;
-    uint32_t h = zc_handle(c, k, a);
-    if (h && sl_arena_held_bytes(a) < sl_arena_size(a) / 4 &&
-        (holds || (holds = malloc(m * sizeof *holds))) &&
-        sl_arena_hold(a, io[map[j]].buf) == 0) {
+    struct sl_arena *a;
+    uint32_t h = zc_lookup(c, k, io[map[j]].buf, e[j].length, &a, &off);
+    if (h && (holds || (holds = malloc(m * sizeof *holds))) &&
+        sl_arena_hold(a, io[map[j]].buf, sl_arena_size(a) / 4) == 0) {
       holds[nholds++] = (struct hold){a, io[map[j]].buf};
       e[j].handle = h;
       e[j].handle_offset = off;
       direct[j] = true;
       total -= e[j].length;
     }
-    sl_arena_unref(a);
   }
   uint8_t *bounce = NULL;
   if (total > 0 && !(bounce = sl_arena_try_alloc(k->bounce, total))) {

@@ -236,7 +236,16 @@ size_t sl_arena_held_bytes(struct sl_arena *a)
   return a->held_bytes;
 }
 
-int sl_arena_hold(struct sl_arena *a, const void *p)
+bool sl_arena_contains(const struct sl_arena *a, const void *p, size_t len, size_t *off)
+{
+  if ((const char *)p < a->base || (size_t)((const char *)p - a->base) > a->size ||
+      len > a->size - (size_t)((const char *)p - a->base))
+    return false;
+  *off = (size_t)((const char *)p - a->base);
+  return true;
+}
+
+int sl_arena_hold(struct sl_arena *a, const void *p, size_t max_held)
 {
   int32_t b = (int32_t)(((const char *)p - a->base) / SL_ARENA_MIN_BLOCK);
   pthread_mutex_lock(&a->lock);
@@ -244,6 +253,11 @@ int sl_arena_hold(struct sl_arena *a, const void *p)
   if (h < 0 || (a->holds[h] & HOLD_FREED)) {
     pthread_mutex_unlock(&a->lock);
     return sl_error(EINVAL, "buffer arena: %p is not in a buffer in use", p);
+  }
+  if (a->holds[h] == 0 && a->held_bytes + ((size_t)SL_ARENA_MIN_BLOCK << a->alloc_order[h]) >
+                              max_held) {
+    pthread_mutex_unlock(&a->lock);
+    return -EBUSY; /* (no message: the caller copies instead, as often as not) */
   }
   if ((a->holds[h] & ~HOLD_FREED) == 0)
     a->held_bytes += (size_t)SL_ARENA_MIN_BLOCK << a->alloc_order[h];

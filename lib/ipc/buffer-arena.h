@@ -67,9 +67,12 @@ int sl_arena_populate_in_use(struct sl_arena *a);
 struct sl_arena *sl_arena_find(const void *p, size_t len, size_t *off);
 void sl_arena_ref(struct sl_arena *a);
 void sl_arena_unref(struct sl_arena *a);
-/* Hold the buffer in use that contains P: 0, or -EINVAL if P lies in no
- * buffer in use. */
-int sl_arena_hold(struct sl_arena *a, const void *p);
+/* Hold the buffer in use that contains P: 0, -EBUSY if that would make
+ * more than MAX_HELD bytes held, or -EINVAL if P lies in no buffer in use. */
+int sl_arena_hold(struct sl_arena *a, const void *p, size_t max_held);
+/* Does [P, P+LEN) lie in A (then *OFF is where)?  No lock: an arena's
+ * place never changes. */
+bool sl_arena_contains(const struct sl_arena *a, const void *p, size_t len, size_t *off);
 void sl_arena_release(struct sl_arena *a, const void *p);
 /* Bytes of buffers held now. */
 size_t sl_arena_held_bytes(struct sl_arena *a);

@@ -201,8 +201,13 @@ static void test_lent_buffers(void **state)
   sl_arena_unref(a); /* (the second find's reference) */
   int x;
   assert_null(sl_arena_find(&x, sizeof x, &off));
-  assert_int_equal(sl_arena_hold(a, p + 5000), 0); /* inside the buffer */
+  assert_int_equal(sl_arena_hold(a, p + 5000, 64 << 10), 0); /* inside the buffer */
   assert_int_equal(sl_arena_held_bytes(a), 16u << 10);
+  assert_int_equal(sl_arena_hold(a, p, 16 << 10), 0);  /* the same buffer again */
+  sl_arena_release(a, p);
+  void *o = sl_arena_alloc(a, 4096);
+  assert_int_equal(sl_arena_hold(a, o, 16 << 10), -EBUSY); /* over the bound */
+  sl_arena_free(a, o);
   sl_arena_free(a, p);
   /* held: the 48 KiB left can be had, the held 16 KiB cannot */
   void *q = sl_arena_try_alloc(a, 32 << 10);
@@ -218,9 +223,9 @@ static void test_lent_buffers(void **state)
   assert_ptr_equal(t, p);
   /* a hold outside any buffer in use is refused */
   sl_arena_free(a, t);
-  assert_int_equal(sl_arena_hold(a, p), -EINVAL);
+  assert_int_equal(sl_arena_hold(a, p, 64 << 10), -EINVAL);
   /* lent when the owner destroys it: orphaned, alive until released */
-  assert_int_equal(sl_arena_hold(a, q), 0);
+  assert_int_equal(sl_arena_hold(a, q, 64 << 10), 0);
   sl_arena_destroy(a);
   assert_true(sl_arena_orphaned(f));
   assert_null(sl_arena_find(q, 1, &off));
