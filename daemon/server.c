@@ -580,21 +580,24 @@ static void *reg_main(void *opaque)
   int err = 0;
   struct sd_layer *l = sd_layer_register(&srv->store, j->fd, j->priv, c->pid, &err);
   close(j->fd); /* may wait for a FUSE server: this thread's to wait */
+  /* No longer in progress before the reply goes out: a client that waits
+   * for each reply must never find its next registration refused. */
+  uint32_t id = make_id(j->slot, c->lgen[j->slot]); /* fixed while reserved */
+  atomic_store(&c->layers[j->slot], l);
+  if (!l)
+    fds_give(srv, c, SD_LAYER_FDS);
+  reg_done(srv, c);
   if (!l) {
     if (!srv->o.quiet)
       fprintf(stderr, "sluiced: client pid %d: refused a layer: %s\n", (int)c->pid,
               sl_last_error());
-    atomic_store(&c->layers[j->slot], NULL);
-    fds_give(srv, c, SD_LAYER_FDS);
     reply_error(srv, c, SL_CS_REGISTER_LAYER, j->id, err, sl_last_error());
   } else {
-    atomic_store(&c->layers[j->slot], l);
     struct sl_cs_register_layer_reply rep = {
-      .layer = make_id(j->slot, c->lgen[j->slot]),
+      .layer = id,
       .flags = j->priv ? SL_CS_LAYER_PRIVATE : 0, .size = l->size};
     reply(srv, c, SL_CS_REGISTER_LAYER, j->id, &rep, sizeof rep);
   }
-  reg_done(srv, c);
   conn_unref(srv, c);
   free(j);
   return NULL;
