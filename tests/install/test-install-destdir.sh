@@ -44,6 +44,12 @@ for page in "$SRCDIR"/docs/man/*.[0-9]; do
   p=$(basename "$page"); need "$mandir/man${p##*.}/$p"
 done
 need "$includedir/sluice/filter.h"; need "$includedir/sluice/image.h"
+# The kit's page renders cleanly (the others are test-cli-man-pages').
+if command -v man >/dev/null; then
+  LC_ALL=C.UTF-8 man --warnings -l "$root$mandir/man3/sluice-filter.3" >/dev/null 2>man.warn ||
+    die "man failed on sluice-filter.3"
+  [[ ! -s man.warn ]] || die "troff warnings in sluice-filter.3: $(cat man.warn)"
+fi
 need "$datadir/pkgconfig/sluice-filter.pc"
 units=$(find "$root" -path '*/systemd/system/*' -type f -printf '%f\n' | sort | tr '\n' ' ')
 assert_eq "$units" "sluiced.service sluiced.socket " "installed systemd units"

@@ -94,6 +94,10 @@ cleanup_push "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeou
 apt_ install --no-install-recommends "$deb" "$devdeb" > apt-install.log 2>&1 ||
   die "apt-get install failed: $(tail -20 apt-install.log)"
 dpkg -L sluice sluice-dev | sort -u > pkg.files
+for f in /usr/include/sluice/filter.h /usr/share/pkgconfig/sluice-filter.pc \
+         /usr/share/man/man3/sluice-filter.3.gz /usr/share/doc/sluice-dev/writing-filters.md.gz; do
+  [[ $(dpkg -S "$f" 2>/dev/null) == "sluice-dev: $f" ]] || die "$f is not sluice-dev's: $(dpkg -S "$f" 2>&1)"
+done
 
 # The postinst trusted every shipped module, in the Debian filter
 # directory, and the system sluice uses it by default.
