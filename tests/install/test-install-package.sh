@@ -6,16 +6,20 @@
 #   * lintian reports no errors;
 #   * every shared library the binaries need comes from a package in
 #     Depends (so apt pulls them on a clean system);
-#   * as root: `apt-get install ./sluice_*.deb ./sluice-dev_*.deb` -- the
+#   * as root, on this machine and in a clean Debian chroot made with
+#     debootstrap (where the mirror is reachable; apt must then pull the
+#     runtime dependencies itself):
+#     `apt-get install ./sluice_*.deb ./sluice-dev_*.deb` -- the
 #     postinst trusts every shipped module in /var/lib/sluice/filters
 #     through `sluice filter install`, the system sluice attaches one to a
 #     disk, the socket unit is enabled and the service is not, and the
 #     example filter builds from sluice-dev's copy with plain `make`;
 #     then purge, after which nothing of the packages is left (their files,
 #     the filter directory, the unit symlinks, dpkg's records).
-# The install part skips, saying why, when not root or when sluice is
-# already installed on this machine (never purge someone's real install).
-# Runs are serialized by a lock: two runs at once would purge each other.
+# The install part skips, saying why, when not root; the host install when
+# sluice is already installed on this machine (never purge someone's real
+# install), the chroot when there is no debootstrap or no mirror.  Host
+# runs are serialized by a lock: two at once would purge each other.
 . "$(dirname "$0")/../common/lib.sh"
 for c in dpkg-buildpackage dh lintian; do
   command -v "$c" >/dev/null ||
@@ -72,77 +76,159 @@ for f in x/usr/bin/sluice x/usr/sbin/sluiced x/usr/lib/*/sluice/modules/*.so; do
 done
 assert_eq "$(dpkg-deb -f "$deb" Package) $(dpkg-deb -f "$devdeb" Package)" "sluice sluice-dev" "packages"
 
-# --- install and purge on this machine -----------------------------------
+# --- install, use and purge ---------------------------------------------
+# install_check ROOT: in ROOT ("" for this machine, else a chroot), install
+# both packages with apt-get, check them, purge, and check nothing is left.
+# Paths below are inside ROOT; run runs a command there.
+install_check() {
+  local R=$1 W=/tmp/sluice-package-test
+  run() { if [[ -n $R ]]; then chroot "$R" "$@"; else "$@"; fi; }
+  apt_() { run env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600 "$@"; }
+  rm -rf "$R$W"; mkdir -p "$R$W"
+  cp "$deb" "$devdeb" "$R$W/"
+  # Everything but dpkg's and apt's own records and logs, before and after.
+  snapshot() { (cd "$R/" && find etc usr lib var/lib -xdev \( -path var/lib/apt -o -path var/lib/dpkg \
+    -o -path var/lib/systemd/timers -o -path var/lib/ucf \) -prune -o -print 2>/dev/null | sort); }
+  snapshot > fs.before
+  pending_purge=$R   # until the purge below succeeds (see purge_pending)
+  apt_ install --no-install-recommends "$W/$(basename "$deb")" "$W/$(basename "$devdeb")" > apt-install.log 2>&1 ||
+    die "apt-get install${R:+ in the chroot} failed: $(tail -20 apt-install.log)"
+  run dpkg -L sluice sluice-dev | sort -u > pkg.files
+  for f in /usr/include/sluice/filter.h /usr/share/pkgconfig/sluice-filter.pc \
+           /usr/share/man/man3/sluice-filter.3.gz /usr/share/doc/sluice-dev/writing-filters.md.gz; do
+    [[ $(run dpkg -S "$f" 2>/dev/null) == "sluice-dev: $f" ]] || die "$f is not sluice-dev's: $(run dpkg -S "$f" 2>&1)"
+  done
+
+  # The postinst trusted every shipped module, in the Debian filter
+  # directory, and the packaged sluice uses it by default.
+  local shipped
+  shipped=$(cd "$R"/usr/lib/*/sluice/modules && ls *.so | sed 's/\.so$//' | sort | tr '\n' ' ')
+  [[ -n $shipped ]] || die "no modules in the package directory"
+  run env -u SLUICE_FILTER_DIR sluice filter --help | grep -q '/var/lib/sluice/filters' ||
+    die "the packaged sluice's default filter directory: $(run sluice filter --help | tail -1)"
+  run env -u SLUICE_FILTER_DIR sluice filter list > list.out 2>&1 || die "installed modules do not verify: $(cat list.out)"
+  assert_eq "$(awk '{print $1}' list.out | sort | tr '\n' ' ')" "$shipped" "trusted modules after install"
+  assert_eq "$(stat -c '%a %U' "$R"/var/lib/sluice/filters "$R"/var/lib/sluice/filters/MANIFEST | tr '\n' ' ')" \
+    "755 root 644 root " "filter directory and manifest"
+  head -c 64 /dev/urandom > "$R$W/key"
+  run env -u SLUICE_FILTER_DIR sh -ec "cd $W
+    sluice create -q -f qcow2 vm.qcow2 8M
+    sluice disk create vm.disk vm.qcow2
+    sluice filter attach vm.disk crypt key=$W/key
+    sluice io vm.disk write -s 'from the package' 0 >/dev/null" > use.log 2>&1 ||
+    die "the packaged sluice cannot use crypt: $(cat use.log)"
+  assert_eq "$(run env -u SLUICE_FILTER_DIR sluice io "$W/vm.disk" cat 0 16)" "from the package" "I/O through crypt"
+  # Units: the socket enabled, the service not (it starts on first use).
+  [[ -f $R/lib/systemd/system/sluiced.service && -f $R/lib/systemd/system/sluiced.socket ]] ||
+    die "units not installed"
+  [[ -L $R/etc/systemd/system/sockets.target.wants/sluiced.socket ]] || die "sluiced.socket is not enabled"
+  [[ ! -e $R/etc/systemd/system/multi-user.target.wants/sluiced.service ]] || die "sluiced.service is enabled"
+  # sluice-dev: the example builds with the system's pkg-config alone.
+  if run sh -c 'command -v make && command -v cc && command -v pkg-config' >/dev/null 2>&1; then
+    run env -u SLUICE_FILTER_DIR sh -ec "cd $W
+      cp -r /usr/share/doc/sluice-dev/examples/filter-protect ex
+      make -C ex
+      mkdir -m 755 mods
+      SLUICE_FILTER_DIR=$W/mods sluice filter install ex/protect.so" > make.log 2>&1 ||
+      die "the example does not build or install against sluice-dev: $(cat make.log)"
+  else
+    echo "note: no compiler${R:+ in the chroot}: the example is not built there"
+  fi
+  rm -rf "$R$W"
+
+  # --- purge: nothing left ------------------------------------------------
+  apt_ purge sluice sluice-dev > apt-purge.log 2>&1 || die "apt-get purge failed: $(tail -20 apt-purge.log)"
+  pending_purge=none
+  for p in sluice sluice-dev; do
+    ! run dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q installed || die "$p still installed"
+    [[ ! -e $R/var/lib/dpkg/info/$p.list ]] || die "dpkg still records $p"
+  done
+  local left new ours
+  left=$(while read -r f; do
+           if [[ -e $R$f && ! -d $R$f ]]; then echo "$f"; fi
+         done < pkg.files)
+  [[ -z $left ]] || die "files of the packages left after purge: $left"
+  [[ ! -e $R/var/lib/sluice ]] || die "/var/lib/sluice left after purge: $(find "$R/var/lib/sluice")"
+  [[ -n $R ]] && apt_ autoremove --purge > apt-autoremove.log 2>&1
+  snapshot > fs.after
+  new=$(comm -13 fs.before fs.after)
+  ours=$(grep -i sluice <<<"$new" || true)
+  [[ -z $ours ]] || die "left after purge: $ours"
+  if [[ -n $R ]]; then
+    # A chroot has nothing else going on: nothing new at all may remain
+    # (the packages pulled as dependencies were autoremoved).
+    [[ -z $new ]] || die "left in the chroot after purge and autoremove: $(head -20 <<<"$new")"
+  else
+    [[ -z $new ]] || echo "note: paths that appeared meanwhile (not the package's): $(head -5 <<<"$new")"
+  fi
+}
+
 [[ $(id -u) -eq 0 ]] || skip "built and lintian-clean; install and purge need root"
+# If the test fails between install and purge, purge what it installed
+# (and only then: never a sluice someone else installed later).
+pending_purge=none
+purge_pending() {
+  [[ $pending_purge == none ]] && return 0
+  ${pending_purge:+chroot "$pending_purge"} env DEBIAN_FRONTEND=noninteractive \
+    apt-get -y -q -o DPkg::Lock::Timeout=600 purge sluice sluice-dev
+}
+cleanup_push purge_pending
 command -v apt-get >/dev/null || skip "built and lintian-clean; no apt-get to install with"
+ran=()
+
+# On this machine, unless sluice is installed here already (never purge
+# someone's real install).  Serialized: two runs at once would purge each
+# other's packages.
 exec 9>/run/lock/sluice-test-install-package.lock
 flock -w 900 9 || die "another package test holds the lock for 15 minutes"
+host_why=""
 for p in sluice sluice-dev; do
   if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q installed; then
-    skip "built and lintian-clean; $p is already installed here, not purging it"
+    host_why="$p is already installed here, not purging it"
   fi
 done
-[[ ! -e /var/lib/sluice ]] || skip "built and lintian-clean; /var/lib/sluice exists already"
-
-roots=(/etc /usr /lib /var/lib)
-snapshot() { find "${roots[@]}" -xdev \( -path /var/lib/apt -o -path /var/lib/dpkg -o \
-  -path /var/lib/systemd/timers \) -prune -o -print 2>/dev/null |
-  sort; }
-snapshot > fs.before
-apt_() { DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600 "$@"; }
-cleanup_push "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600 purge sluice sluice-dev"
-apt_ install --no-install-recommends "$deb" "$devdeb" > apt-install.log 2>&1 ||
-  die "apt-get install failed: $(tail -20 apt-install.log)"
-dpkg -L sluice sluice-dev | sort -u > pkg.files
-for f in /usr/include/sluice/filter.h /usr/share/pkgconfig/sluice-filter.pc \
-         /usr/share/man/man3/sluice-filter.3.gz /usr/share/doc/sluice-dev/writing-filters.md.gz; do
-  [[ $(dpkg -S "$f" 2>/dev/null) == "sluice-dev: $f" ]] || die "$f is not sluice-dev's: $(dpkg -S "$f" 2>&1)"
-done
-
-# The postinst trusted every shipped module, in the Debian filter
-# directory, and the system sluice uses it by default.
-unset SLUICE_FILTER_DIR
-shipped=$(cd /usr/lib/*/sluice/modules && ls *.so | sed 's/\.so$//' | sort | tr '\n' ' ')
-[[ -n $shipped ]] || die "no modules in the package directory"
-/usr/bin/sluice filter --help | grep -q '/var/lib/sluice/filters' ||
-  die "the packaged sluice's default filter directory: $(/usr/bin/sluice filter --help | tail -1)"
-/usr/bin/sluice filter list > list.out || die "installed modules do not verify: $(cat list.out)"
-assert_eq "$(awk '{print $1}' list.out | sort | tr '\n' ' ')" "$shipped" "trusted modules after install"
-assert_eq "$(stat -c '%a %U' /var/lib/sluice/filters /var/lib/sluice/filters/MANIFEST | tr '\n' ' ')" \
-  "755 root 644 root " "filter directory and manifest"
-/usr/bin/sluice create -q -f qcow2 vm.qcow2 8M
-/usr/bin/sluice disk create vm.disk vm.qcow2
-head -c 64 /dev/urandom > key
-/usr/bin/sluice filter attach vm.disk crypt key="$TMP/key" || die "the packaged sluice cannot attach crypt"
-/usr/bin/sluice io vm.disk write -s "from the package" 0 >/dev/null
-assert_eq "$(/usr/bin/sluice io vm.disk cat 0 16)" "from the package" "I/O through crypt"
-# Units: the socket enabled, the service not (it starts on first use).
-[[ -f /lib/systemd/system/sluiced.service && -f /lib/systemd/system/sluiced.socket ]] ||
-  die "units not installed"
-[[ -L /etc/systemd/system/sockets.target.wants/sluiced.socket ]] || die "sluiced.socket is not enabled"
-[[ ! -e /etc/systemd/system/multi-user.target.wants/sluiced.service ]] || die "sluiced.service is enabled"
-# sluice-dev: the example builds with the system's pkg-config alone.
-if command -v make >/dev/null && command -v cc >/dev/null && command -v pkg-config >/dev/null; then
-  cp -r /usr/share/doc/sluice-dev/examples/filter-protect ex
-  make -C ex > make.log 2>&1 || die "the example does not build against sluice-dev: $(cat make.log)"
-  SLUICE_FILTER_DIR=$TMP/mods /usr/bin/sluice filter install ex/protect.so >/dev/null ||
-    die "the packaged sluice refuses the example built against sluice-dev"
+[[ -e /var/lib/sluice ]] && host_why="/var/lib/sluice exists already"
+if [[ -z $host_why ]]; then
+  install_check ""
+  ran+=("installed and purged on this machine")
+else
+  echo "note: not installed on this machine: $host_why"
 fi
+exec 9>&-
 
-# --- purge: nothing left --------------------------------------------------
-apt_ purge sluice sluice-dev > apt-purge.log 2>&1 || die "apt-get purge failed: $(tail -20 apt-purge.log)"
-for p in sluice sluice-dev; do
-  ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q installed || die "$p still installed"
-  [[ ! -e /var/lib/dpkg/info/$p.list ]] || die "dpkg still records $p"
-done
-left=$(while read -r f; do
-         if [[ -e $f && ! -d $f ]]; then echo "$f"; fi
-       done < pkg.files)
-[[ -z $left ]] || die "files of the packages left after purge: $left"
-[[ ! -e /var/lib/sluice ]] || die "/var/lib/sluice left after purge: $(find /var/lib/sluice)"
-snapshot > fs.after
-new=$(comm -13 fs.before fs.after)
-ours=$(grep -i sluice <<<"$new" || true)
-[[ -z $ours ]] || die "left after purge: $ours"
-[[ -z $new ]] || echo "note: paths that appeared meanwhile (not the package's): $(head -5 <<<"$new")"
-echo OK
+# On a clean Debian 12 made with debootstrap (minbase) from this machine's
+# mirror: apt must pull the runtime dependencies itself (minbase lacks
+# libfuse3-3 and libssl3).  About 3 minutes; needs the mirror.
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | grep -v security | head -1 || true)
+mirror=${mirror:-http://deb.debian.org/debian}
+chroot_why=""
+if ! command -v debootstrap >/dev/null; then
+  chroot_why="no debootstrap"
+elif [[ -z $codename ]]; then
+  chroot_why="cannot tell this system's Debian release"
+elif ! timeout 20 bash -c "exec 3<>/dev/tcp/$(sed -E 's|^[a-z]+://([^/:]+).*|\1|' <<<"$mirror")/80" 2>/dev/null; then
+  chroot_why="the mirror $mirror is not reachable"
+fi
+if [[ -z $chroot_why ]]; then
+  root=$TMP/chroot
+  start=$(date +%s)
+  debootstrap --variant=minbase "$codename" "$root" "$mirror" > debootstrap.log 2>&1 ||
+    die "debootstrap $codename from $mirror failed: $(tail -5 debootstrap.log)"
+  echo "debootstrap: $(( $(date +%s) - start )) s"
+  mount -t proc proc "$root/proc"
+  cleanup_push "umount -l $root/proc"
+  for p in libfuse3-3 libssl3; do
+    ! chroot "$root" dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' ||
+      die "the minbase chroot has $p already: the dependency check would prove nothing"
+  done
+  chroot "$root" apt-get -q update > apt-update.log 2>&1 || die "apt-get update in the chroot: $(tail -5 apt-update.log)"
+  install_check "$root"
+  grep -q "libfuse3-3" apt-install.log || die "apt did not pull libfuse3-3 into the chroot: $(tail -20 apt-install.log)"
+  umount -l "$root/proc"
+  ran+=("installed and purged in a $codename chroot")
+else
+  echo "note: no clean-chroot install: $chroot_why"
+fi
+(( ${#ran[@]} > 0 )) || skip "built and lintian-clean; not installed anywhere: $host_why; $chroot_why"
+printf 'OK: %s\n' "${ran[@]}"
