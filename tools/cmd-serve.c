@@ -391,6 +391,8 @@ int cmd_serve(int argc, char **argv)
   if (cr < 0 && ret == 0)
     ret = cli_fail("serve", "%s: %s", path, sl_last_error());
   if (released) {
+    /* A successor given the same --pidfile takes it as soon as it is told. */
+    sl_proc_pidfile_remove();
     sl_owner_release_done(owner, cr, cr < 0 ? sl_last_error() : "released");
     if (cr == 0)
       fprintf(stderr, "sluice serve: %s: released to %s\n", path,

@@ -358,6 +358,10 @@ static int local_release(const char *image, const struct sl_owner_release_opts *
         return sl_error(ETIMEDOUT, "%s: owner %s did not accept a connection "
                         "within %g s (it is %s); the disk was left to it",
                         i->image, who, timeout, i->proc_state);
+      if (fd == -EACCES)
+        return sl_error(EPERM, "%s: owner %s runs as uid %u: only that user "
+                        "and root may ask it to release the disk", i->image,
+                        who, (unsigned)i->rec.uid);
       return sl_error_prefix(-fd, "%s: cannot reach owner %s", i->image, who);
     }
     unsigned char buf[BUF_SIZE];

@@ -63,10 +63,12 @@ sluice release a.qcow2 2>rel.err || die "release of an unowned disk failed"
 grep -q "nobody owns it" rel.err || die "release of an unowned disk said: $(cat rel.err)"
 
 # --- --take-over ---------------------------------------------------------------
-start_owner A a2.sock a.qcow2
-start_owner C c.sock --take-over a.qcow2
+# With one --pidfile for both (a service's upgrade): the successor gets it.
+start_owner A a2.sock --pidfile "$TMP/serve.pid" a.qcow2
+start_owner C c.sock --take-over --pidfile "$TMP/serve.pid" a.qcow2
 wait_exit "$A" 5
 assert_eq "$(owner_field a.qcow2 pid)" "$C" "owner after --take-over"
+assert_eq "$(cat serve.pid)" "$C" "pidfile after --take-over"
 qemu-io -c "read -P 0x62 128k 4k" "nbd+unix:///?socket=$TMP/c.sock" >/dev/null ||
   die "data written before the handoff is not served by the new owner"
 # Through a disk descriptor: ownership is the image's.
