@@ -133,6 +133,21 @@ sluice release --timeout 10 a.qcow2 2>rel.err || die "release after SIGCONT: $(c
 wait_exit "$H" 5
 qemu-img check -q a.qcow2 || die "image not clean"
 
+# --- the filters' release event comes before the successor opens -----------------
+if [[ -e ${BUILDDIR:-}/filters/trace.so ]]; then
+  export SLUICE_FILTER_DIR=$TMP/mods
+  sluice filter install "$BUILDDIR/filters/trace.so" >/dev/null
+  start_owner A a5.sock --filter "trace:log=$TMP/trace.log,tag=A" a.qcow2
+  start_owner B b5.sock --take-over --filter "trace:log=$TMP/trace.log,tag=B" a.qcow2
+  wait_exit "$A" 5
+  rel=$(grep -n "^A = release" trace.log | head -1 | cut -d: -f1)
+  opn=$(grep -n "^B = open" trace.log | head -1 | cut -d: -f1)
+  [[ -n $rel && -n $opn ]] || die "trace log lacks A's release or B's open: $(cat trace.log)"
+  (( rel < opn )) || die "B opened (line $opn) before A's filters got the release event (line $rel)"
+  kill -TERM "$B"; wait_exit "$B" 5
+  unset SLUICE_FILTER_DIR
+fi
+
 # --- bad input -----------------------------------------------------------------
 expect_fail "nope.qcow2: No such file" sluice owner nope.qcow2
 expect_fail "--timeout: 'soon' is not a number" sluice release --timeout soon a.qcow2
