@@ -133,6 +133,21 @@ sluice release --timeout 10 a.qcow2 2>rel.err || die "release after SIGCONT: $(c
 wait_exit "$H" 5
 qemu-img check -q a.qcow2 || die "image not clean"
 
+# --- a holder without an owner record (QEMU's tools) cannot be asked ---------------
+qemu-io -c "sleep 4000" a.qcow2 >/dev/null 2>&1 &
+q=$!
+cleanup_push "kill -9 $q"
+for ((i = 0; i < 200; i++)); do
+  [[ $(owner_field a.qcow2 locked) == true ]] && break
+  sleep 0.02
+done
+assert_eq "$(owner_field a.qcow2 state)" foreign "state while qemu-io holds the image"
+owner_field a.qcow2 holder | grep -q "pid $q, qemu-io" || die "holder: $(owner_field a.qcow2 holder)"
+expect_fail "in use by pid $q, qemu-io, which has no sluice owner record" sluice release a.qcow2
+expect_fail "in use by pid $q, qemu-io" sluice serve --take-over --nbd unix:"$TMP/f.sock" a.qcow2
+kill -0 "$q" || die "qemu-io was disturbed"
+kill "$q"; wait "$q" 2>/dev/null || true
+
 # --- the filters' release event comes before the successor opens -----------------
 if [[ -e ${BUILDDIR:-}/filters/trace.so ]]; then
   export SLUICE_FILTER_DIR=$TMP/mods
