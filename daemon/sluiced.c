@@ -104,7 +104,7 @@ int main(int argc, char **argv)
 {
   const char *sock = SL_CS_DEFAULT_SOCKET, *pidfile = NULL;
   bool daemonize = false, gave_groups = false, check = false;
-  struct sd_options o = {.memory = 1ull << 30, .block_size = 64 << 10, .workers = 4,
+  struct sd_options o = {.memory = 1ull << 30, .block_size = 64 << 10, .workers = 16,
                          .max_sections = 1024, .poll_us = 20};
   static const struct option lo[] = {
     {"socket", required_argument, NULL, 's'},

@@ -42,7 +42,8 @@
  *  - Zero copy: when the caller's buffer lies in a buffer arena
  *    (lib/ipc/buffer-arena.h: the NBD export's request buffers do), the
  *    arena's memfd is registered as a memory handle of its own (once per
- *    connection, its pages faulted in first as the daemon asks) and the
+ *    connection; its first ZC_SPAN bytes, faulted in first as the daemon
+ *    asks) and the
  *    daemon writes the bytes straight into the request's buffer: the
  *    export sends them with no copy in between.  The late-reply hazard
  *    above is met by lending instead: the buffer is held (sl_arena_hold)
@@ -102,6 +103,12 @@
 enum slot_state { SLOT_FREE, SLOT_WAITING, SLOT_DONE, SLOT_ABANDONED };
 
 #define ZC_MAX 8                       /* arenas registered per connection */
+/* How much of an arena is lent: its start, where a buddy allocator that
+ * reuses the last freed block first keeps the buffers of a steady load.
+ * Its pages must be faulted in (the daemon's rule), so this is also what
+ * zero copy costs in memory per export connection (the NBD arena is 64
+ * MiB).  Buffers beyond it go through the bounce. */
+#define ZC_SPAN (16u << 20)
 
 /* A caller's buffer lent to the daemon for one request. */
 struct hold {
@@ -112,6 +119,7 @@ struct hold {
 struct zc_arena {
   struct sl_arena *a;                  /* a reference of ours */
   uint32_t handle;                     /* 0: refused */
+  size_t span;                         /* the handle covers [0, span) */
 };
 
 struct slot {
@@ -817,10 +825,11 @@ static uint32_t zc_handle(struct sl_csc *c, struct conn *k, struct sl_arena *a)
     sl_arena_unref(gone[i].a);
   }
   if (room) {
-    struct sl_cs_register_handle rh = {.offset = 0, .length = sl_arena_size(a),
+    size_t span = SL_MIN(sl_arena_size(a), ZC_SPAN);
+    struct sl_cs_register_handle rh = {.offset = 0, .length = span,
                                        .rights = SL_CS_RIGHT_WRITE};
     struct sl_cs_register_handle_reply rhr;
-    int r = sl_arena_populate_in_use(a);
+    int r = sl_arena_populate_in_use(a, span);
     if (r == 0)
       r = conn_call(k, SL_CS_REGISTER_HANDLE, &rh, sizeof rh, NULL, 0, sl_arena_fd(a), NULL,
                     NULL, 0, sl_now_ns() + SETUP_TIMEOUT_NS, &rhr, sizeof rhr, NULL);
@@ -836,7 +845,7 @@ static uint32_t zc_handle(struct sl_csc *c, struct conn *k, struct sl_arena *a)
   if (room) {
     sl_arena_ref(a);
     pthread_mutex_lock(&k->lock);
-    k->zc[k->nzc++] = (struct zc_arena){a, h};
+    k->zc[k->nzc++] = (struct zc_arena){a, h, SL_MIN(sl_arena_size(a), ZC_SPAN)};
     pthread_mutex_unlock(&k->lock);
   }
   pthread_mutex_unlock(&c->reg_lock);
@@ -853,7 +862,7 @@ static uint32_t zc_lookup(struct sl_csc *c, struct conn *k, const void *p, size_
   pthread_mutex_lock(&k->lock);
   for (unsigned i = 0; i < k->nzc; i++)
     if (sl_arena_contains(k->zc[i].a, p, len, off)) {
-      uint32_t h = k->zc[i].handle;
+      uint32_t h = *off + len <= k->zc[i].span ? k->zc[i].handle : 0;
       *a = k->zc[i].a;
       pthread_mutex_unlock(&k->lock);
       return h;
@@ -863,8 +872,10 @@ static uint32_t zc_lookup(struct sl_csc *c, struct conn *k, const void *p, size_
   if (!f)
     return 0;
   uint32_t h = zc_handle(c, k, f);
-  sl_arena_unref(f); /* registered: K's own reference keeps it */
+  if (*off + len > SL_MIN(sl_arena_size(f), ZC_SPAN))
+    h = 0;
   *a = f;
+  sl_arena_unref(f); /* registered (h != 0): K's own reference keeps it */
   return h;
 }
 

@@ -137,12 +137,13 @@ int sl_arena_create(const char *name, size_t size, struct sl_arena **out)
 static void arena_free_all(struct sl_arena *a);
 
 
-int sl_arena_populate_in_use(struct sl_arena *a)
+int sl_arena_populate_in_use(struct sl_arena *a, size_t len)
 {
+  len = SL_MIN(len, a->size);
   /* In use: the pages hold payload, which only MADV_POPULATE_WRITE leaves
    * alone (a write of any byte could race with the owner's). */
 #ifdef MADV_POPULATE_WRITE
-  if (madvise(a->base, a->size, MADV_POPULATE_WRITE) == 0)
+  if (madvise(a->base, len, MADV_POPULATE_WRITE) == 0)
     return 0;
   return sl_error(errno, "buffer arena: MADV_POPULATE_WRITE: %s", strerror(errno));
 #else

@@ -48,9 +48,10 @@ void sl_arena_free(struct sl_arena *a, void *buf);
 /* Wake every waiter with NULL from now on (shutdown). */
 void sl_arena_close(struct sl_arena *a);
 
-/* Fault in every page of an arena that may be in use, leaving its bytes
- * alone (MADV_POPULATE_WRITE; -ENOTSUP where the kernel lacks it). */
-int sl_arena_populate_in_use(struct sl_arena *a);
+/* Fault in the first LEN bytes of an arena that may be in use, leaving
+ * its bytes alone (MADV_POPULATE_WRITE; -ENOTSUP where the kernel lacks
+ * it). */
+int sl_arena_populate_in_use(struct sl_arena *a, size_t len);
 
 /* Lending buffers to the cache daemon (lib/cachesvc/client.c).
  *
