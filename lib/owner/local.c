@@ -420,6 +420,9 @@ static int local_release(const char *image, const struct sl_owner_release_opts *
     if (r < 0)
       return sl_error_prefix(-r, "%s: owner %s answered with a malformed message",
                              i->image, who);
+    if (m.type == SL_OWNP_ERROR && accepted)
+      return sl_error((int)m.code, "%s: owner %s failed to release it: %s",
+                      i->image, who, m.text);
     if (m.type == SL_OWNP_ERROR)
       return sl_error((int)m.code, "%s: owner %s refuses to release it: %s",
                       i->image, who, m.text);
@@ -583,7 +586,7 @@ static void handle(struct local_owner *o, int k, const struct sl_ownp_msg *m)
     return;
   }
   pthread_mutex_lock(&o->lock);
-  if (o->opts.no_release) {
+  if (o->opts.no_release || !o->opts.on_release) {
     pthread_mutex_unlock(&o->lock);
     reply_error(c->fd, EPERM, "pid %d (%s --no-release) does not release %s",
                 (int)getpid(), o->rec.command, o->rec.image);
