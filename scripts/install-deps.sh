@@ -7,12 +7,14 @@ packages=(
   # build
   meson ninja-build pkg-config gcc clang libclang-rt-14-dev
   zlib1g-dev libzstd-dev libssl-dev libfuse3-dev liburing-dev libcmocka-dev
-  liblzma-dev libbz2-dev libsystemd-dev
+  liblzma-dev libbz2-dev libsystemd-dev librbd-dev librados-dev
   # the Debian package and the filter kit (tests/install)
   dpkg-dev debhelper lintian make
   # run and test
   fuse3 qemu-utils libnbd-bin nbdkit fio e2fsprogs util-linux
-  gnuplot-nox zstd xz-utils bzip2 gzip python3 procps openssl man-db
+  gnuplot-nox zstd xz-utils bzip2 gzip python3 procps openssl man-db bc
+  # RBD: the single-node cluster of the tests and QEMU's rbd driver
+  ceph-mon ceph-osd ceph-common qemu-block-extra
 )
 
 missing=()

@@ -110,12 +110,14 @@ int cmd_create(int argc, char **argv)
   char *optlists[16];
   int nopt = 0;
   int c;
+  bool fmt_given = false;
 
   while ((c = getopt_long(argc, argv, "f:b:F:o:qh", longopts, NULL)) != -1) {
     switch (c) {
     case 'f':
       if (sl_format_parse(optarg, &a.o.format) < 0)
         return cli_fail("create", "%s", sl_last_error());
+      fmt_given = true;
       break;
     case 'b': a.o.backing_file = optarg; break;
     case 'F': a.backing_fmt_name = optarg; break;
@@ -139,6 +141,11 @@ int cmd_create(int argc, char **argv)
     return cli_fail("create", "no FILE given");
   }
   const char *file = argv[optind++];
+  /* An RBD image is raw (its object size is -o cluster_size), as with
+   * qemu-img create rbd:... */
+  bool rbd = sl_image_path_is_rbd(file);
+  if (rbd && !fmt_given)
+    a.o.format = SL_FORMAT_RAW;
   if (optind < argc) {
     if (sl_parse_size("size", argv[optind++], &a.o.size) < 0)
       return cli_fail("create", "%s", sl_last_error());
@@ -155,7 +162,7 @@ int cmd_create(int argc, char **argv)
   if (optind < argc)
     return cli_fail("create", "unexpected argument '%s'", argv[optind]);
   if (a.o.format == SL_FORMAT_RAW &&
-      (a.o.backing_file || a.o.cluster_size || a.o.extended_l2 || a.o.compat ||
+      (a.o.backing_file || (a.o.cluster_size && !rbd) || a.o.extended_l2 || a.o.compat ||
        a.o.lazy_refcounts || a.o.refcount_bits || a.o.compression_type))
     return cli_fail("create", "%s: raw images take no backing file or qcow2 options", file);
 

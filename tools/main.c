@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <sluice/error.h>
+#include <sluice/image.h>
 #include "config.h"
 #include "tools/cli.h"
 
@@ -79,7 +80,8 @@ int main(int argc, char **argv)
     return 0;
   }
   if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0) {
-    printf("sluice %s\n", SLUICE_VERSION);
+    /* Optional features after a '+', so scripts (the RBD tests) can ask. */
+    printf("sluice %s%s\n", SLUICE_VERSION, sl_image_have_rbd() ? " +rbd" : "");
     return 0;
   }
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

@@ -136,15 +136,30 @@ int sl_image_refuse_layer(const struct sl_image *img, const char *path,
                           const char *what);
 
 /* Layer identity: the cache daemon keys blocks by layer.  The id comes from
- * the file itself so a modified base never matches stale cache entries. */
+ * the file itself so a modified base never matches stale cache entries.
+ * An RBD layer has no file: its id is the cluster's fsid, the pool id, the
+ * image id and the snapshot id (CEPH_NOSNAP, UINT64_MAX - 1, at the head),
+ * which for a snapshot never changes; dev and ino are then 0. */
 struct sl_layer_id {
   uint64_t dev, ino;
   uint64_t size;           /* only for read-only layers, else 0 */
   int64_t mtime_ns;        /* only for read-only layers, else 0 */
+  char rbd_fsid[40];       /* "" for files */
+  int64_t rbd_pool;
+  char rbd_image[32];
+  uint64_t rbd_snap;
 };
 int sl_image_layer_id(const struct sl_image *img, struct sl_layer_id *id);
-/* A new read-only descriptor for this layer's file; the caller closes it. */
+/* A new read-only descriptor for this layer's file; the caller closes it.
+ * -ENOTSUP for a layer that is not a file (RBD). */
 int sl_image_layer_fd(const struct sl_image *img);
+
+/* Does PATH name an RBD image ("rbd:POOL/IMAGE[@SNAP][:conf=FILE][:id=USER]",
+ * QEMU's syntax)?  Such names are not files: they are neither resolved
+ * against a directory nor stat()ed. */
+bool sl_image_path_is_rbd(const char *path);
+/* Was sluice built with RBD support (librbd)? */
+bool sl_image_have_rbd(void);
 
 /* An internal snapshot of a qcow2 image, as qemu-img info shows it. */
 struct sl_snapshot_info {

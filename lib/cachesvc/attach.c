@@ -58,6 +58,10 @@ int sl_cache_host_attach(struct sl_next *next, const char *socket,
     if (!shared && !(flags & SL_CACHE_PRIVATE))
       continue;
     cd->qcow2[d] = sl_image_format(l) == SL_FORMAT_QCOW2;
+    /* A layer that is no file (RBD) has no descriptor to hand the daemon:
+     * it is read directly, uncached. */
+    if (sl_image_path_is_rbd(sl_image_filename(l)))
+      continue;
     int fd = sl_image_layer_fd(l);
     if (fd < 0) {
       r = fd;

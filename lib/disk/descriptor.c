@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <sluice/error.h>
+#include <sluice/image.h>
 #include "common/util.h"
 #include "disk/descriptor.h"
 
@@ -352,14 +353,16 @@ static char *relative_to(const char *dir, const char *image)
 int sl_descriptor_new(const char *path, const char *image,
                       struct sl_descriptor **out)
 {
-  if (access(image, R_OK) < 0)
+  /* An RBD name is kept as given: it is not a file beside the descriptor. */
+  bool rbd = sl_image_path_is_rbd(image);
+  if (!rbd && access(image, R_OK) < 0)
     return sl_error(errno, "%s: %s", image, strerror(errno));
   struct sl_descriptor *d = calloc(1, sizeof *d);
   if (!d || !(d->path = strdup(path)) || !(d->dir = dir_of(path))) {
     sl_descriptor_free(d);
     return sl_error(ENOMEM, "out of memory");
   }
-  d->image = relative_to(d->dir, image);
+  d->image = rbd ? strdup(image) : relative_to(d->dir, image);
   if (!d->image) {
     int e = errno;
     sl_descriptor_free(d);
@@ -373,7 +376,7 @@ int sl_descriptor_new(const char *path, const char *image,
 char *sl_descriptor_image_path(const struct sl_descriptor *d)
 {
   char *p = NULL;
-  if (d->image[0] == '/' || !d->dir)
+  if (d->image[0] == '/' || !d->dir || sl_image_path_is_rbd(d->image))
     return strdup(d->image);
   if (asprintf(&p, "%s/%s", d->dir, d->image) < 0)
     return NULL;

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include <sluice/image.h>
+#include "config.h"
 
 struct sl_image_driver {
   const char *name;
@@ -65,6 +66,18 @@ struct sl_image {
 
 extern const struct sl_image_driver sl_raw_driver;
 extern const struct sl_image_driver sl_qcow2_driver;
+
+/* RBD (rbd.c, with librbd only): a layer without a file descriptor.
+ * image.c sends "rbd:" names here instead of open()ing them. */
+struct sl_rbd_spec;
+#if HAVE_RBD
+extern const struct sl_image_driver sl_rbd_driver;
+int sl_rbd_create(const char *path, const struct sl_image_create_opts *o,
+                  uint64_t size);
+int sl_rbd_layer_id(const struct sl_image *img, struct sl_layer_id *id);
+/* Is IMG (an RBD layer) the image S names, whatever the snapshot? */
+bool sl_rbd_same_image(const struct sl_image *img, const struct sl_rbd_spec *s);
+#endif
 
 /* Read from the layer below IMG: zeros past its end or without one. */
 int sl_image_read_backing(struct sl_image *img, void *buf, size_t len,

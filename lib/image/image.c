@@ -19,6 +19,7 @@
 #include <sluice/error.h>
 #include "common/util.h"
 #include "image/driver.h"
+#include "image/rbd-spec.h"
 
 #define DEFAULT_MAX_CHAIN 1024
 #define PROBE_SECTOR 512u
@@ -94,11 +95,54 @@ static int probe_fd(int fd, const char *path, const struct sl_image_driver **drv
   return 0;
 }
 
+bool sl_image_path_is_rbd(const char *path) { return sl_rbd_is_path(path); }
+
+bool sl_image_have_rbd(void) { return HAVE_RBD; }
+
+/* An RBD layer: no file to open, stat or lock here; the driver connects,
+ * and takes the RBD exclusive lock for a writable open (rbd.c). */
+static int open_rbd_layer(struct sl_image *img, const struct sl_image_open_opts *opts,
+                          enum sl_format fmt)
+{
+  const char *path = img->filename;
+  if (fmt == SL_FORMAT_QCOW2)
+    return sl_error(ENOTSUP, "%s: RBD images are opened as raw (qcow2 inside an "
+                    "RBD image is not supported)", path);
+#if HAVE_RBD
+  img->drv = &sl_rbd_driver;
+  int r = img->drv->open(img, opts);
+  if (r < 0 || fmt != SL_FORMAT_AUTO)
+    return r;
+  /* Probed, as QEMU probes an rbd: name without a format: the same guard on
+   * sector 0, and an image whose content is a qcow2 header is refused
+   * rather than opened as something other than what QEMU would see. */
+  img->probed_raw = true;
+  uint8_t buf[PROBE_SECTOR];
+  size_t n = (size_t)SL_MIN(img->size, (uint64_t)PROBE_SECTOR);
+  if (n && (r = img->drv->pread(img, buf, n, 0)) < 0)
+    return r;
+  if (n && sl_qcow2_driver.probe(buf, n))
+    return sl_error(ENOTSUP, "%s: the RBD image holds a qcow2 header: qcow2 "
+                    "inside RBD is not supported (give -f raw to open it as raw)",
+                    path);
+  return 0;
+#else
+  struct sl_rbd_spec spec;
+  int r = sl_rbd_spec_parse(path, &spec);
+  if (r < 0)
+    return r;
+  sl_rbd_spec_clear(&spec);
+  return sl_error(ENOTSUP, "%s: this sluice was built without RBD support "
+                  "(librbd)", path);
+#endif
+}
+
 /* BACKING resolved against the directory of OVERLAY, as qemu does. */
 static char *resolve_backing(const char *overlay, const char *backing)
 {
   char *res = NULL;
-  if (backing[0] == '/' || !strchr(overlay, '/')) {
+  if (backing[0] == '/' || !strchr(overlay, '/') || sl_rbd_is_path(backing) ||
+      sl_rbd_is_path(overlay)) {
     res = strdup(backing); /* absolute, or the overlay is in the cwd */
   } else {
     CLEANUP_FREE char *copy = strdup(overlay);
@@ -139,6 +183,17 @@ static int open_layer(const char *path, const struct sl_image_open_opts *opts,
   if (!img->filename) {
     free_layer(img);
     return sl_error(ENOMEM, "%s: out of memory", path);
+  }
+  if (sl_rbd_is_path(path)) {
+    int r = open_rbd_layer(img, opts, fmt);
+    if (r < 0) {
+      if (img->priv)
+        img->drv->close(img);
+      free_layer(img);
+      return r;
+    }
+    *out = img;
+    return 0;
   }
   int flags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
   if (opts->direct)
@@ -212,14 +267,17 @@ int sl_image_open(const char *path, const struct sl_image_open_opts *opts,
       goto fail;
     }
     struct stat st;
-    if (stat(cur->backing_path, &st) < 0) {
+    bool rbd = sl_rbd_is_path(cur->backing_path);
+    /* An RBD parent is a snapshot, which has no parent of its own among
+     * its children: no loop to look for, and nothing to stat. */
+    if (!rbd && stat(cur->backing_path, &st) < 0) {
       int e = errno;
       r = sl_error(e, "%s: backing file '%s' (%s): %s", cur->filename,
                    cur->backing_file, cur->backing_path, strerror(e));
       goto fail;
     }
-    for (struct sl_image *l = top; l; l = l->backing) {
-      if (l->st.st_dev == st.st_dev && l->st.st_ino == st.st_ino) {
+    for (struct sl_image *l = top; !rbd && l; l = l->backing) {
+      if (l->fd >= 0 && l->st.st_dev == st.st_dev && l->st.st_ino == st.st_ino) {
         r = sl_error(ELOOP, "%s: backing file '%s' loops back to %s",
                      cur->filename, cur->backing_file, l->filename);
         goto fail;
@@ -322,6 +380,16 @@ static int preallocate(const char *path, const struct sl_image_create_opts *o,
 
 int sl_image_create(const char *path, const struct sl_image_create_opts *opts)
 {
+  if (sl_rbd_is_path(path)) {
+#if HAVE_RBD
+    if (!opts->size_set && opts->size == 0)
+      return sl_error(EINVAL, "%s: a size is needed for an RBD image", path);
+    return sl_rbd_create(path, opts, opts->size);
+#else
+    return sl_error(ENOTSUP, "%s: this sluice was built without RBD support "
+                    "(librbd)", path);
+#endif
+  }
   struct sl_image_create_opts o = *opts;
   if (o.format == SL_FORMAT_AUTO)
     o.format = SL_FORMAT_QCOW2;
@@ -573,11 +641,28 @@ struct sl_image *sl_image_layer(struct sl_image *img, int depth)
 int sl_image_refuse_layer(const struct sl_image *img, const char *path,
                           const char *what)
 {
+  if (sl_rbd_is_path(path)) {
+#if HAVE_RBD
+    struct sl_rbd_spec spec;
+    if (sl_rbd_spec_parse(path, &spec) < 0)
+      return 0; /* not a name that could be opened: not one of ours */
+    const struct sl_image *same = NULL;
+    for (const struct sl_image *l = img; l && !same; l = l->backing)
+      if (l->drv == &sl_rbd_driver && sl_rbd_same_image(l, &spec))
+        same = l;
+    sl_rbd_spec_clear(&spec);
+    if (same)
+      return sl_error(EEXIST, "%s: %s is the same RBD image as %s (layer %d of "
+                      "%s's chain): refusing to overwrite an input", path, what,
+                      same->filename, same->depth - img->depth, img->filename);
+#endif
+    return 0;
+  }
   struct stat st;
   if (stat(path, &st) < 0)
     return 0; /* absent (or unreachable): it cannot be one of our files */
   for (const struct sl_image *l = img; l; l = l->backing)
-    if (l->st.st_dev == st.st_dev && l->st.st_ino == st.st_ino)
+    if (l->fd >= 0 && l->st.st_dev == st.st_dev && l->st.st_ino == st.st_ino)
       return sl_error(EEXIST, "%s: %s is the same file as %s (layer %d of "
                       "%s's chain): refusing to overwrite an input", path,
                       what, l->filename, l->depth - img->depth, img->filename);
@@ -587,6 +672,13 @@ int sl_image_refuse_layer(const struct sl_image *img, const char *path,
 int sl_image_layer_id(const struct sl_image *img, struct sl_layer_id *id)
 {
   memset(id, 0, sizeof *id);
+  if (img->fd < 0) {
+#if HAVE_RBD
+    if (img->drv == &sl_rbd_driver)
+      return sl_rbd_layer_id(img, id);
+#endif
+    return sl_error(ENOTSUP, "%s: layer has no identity", img->filename);
+  }
   id->dev = (uint64_t)img->st.st_dev;
   id->ino = (uint64_t)img->st.st_ino;
   if (img->read_only) {
@@ -601,6 +693,9 @@ int sl_image_layer_id(const struct sl_image *img, struct sl_layer_id *id)
 
 int sl_image_layer_fd(const struct sl_image *img)
 {
+  if (img->fd < 0)
+    return sl_error(ENOTSUP, "%s: not a file (no descriptor to share)",
+                    img->filename);
   char proc[64];
   snprintf(proc, sizeof proc, "/proc/self/fd/%d", img->fd);
   int fd = open(proc, O_RDONLY | O_CLOEXEC);
@@ -613,8 +708,8 @@ int sl_image_layer_fd(const struct sl_image *img)
 int sl_image_get_info(const struct sl_image *img, struct sl_image_info *info)
 {
   memset(info, 0, sizeof *info);
-  struct stat st;
-  if (fstat(img->fd, &st) < 0)
+  struct stat st = {0};
+  if (img->fd >= 0 && fstat(img->fd, &st) < 0)
     return sl_error(errno, "%s: %s", img->filename, strerror(errno));
   info->format = img->drv->format;
   info->virtual_size = img->size;
@@ -630,6 +725,9 @@ int sl_image_get_info(const struct sl_image *img, struct sl_image_info *info)
 
 int sl_image_check(const char *path, unsigned repair, struct sl_check_result *res)
 {
+  if (sl_rbd_is_path(path))
+    return sl_error(ENOTSUP, "%s: RBD images (raw) have no metadata to check",
+                    path);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return sl_error(errno, "%s: cannot open: %s", path, strerror(errno));
