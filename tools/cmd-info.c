@@ -79,6 +79,15 @@ static void print_human(const struct sl_image *img, const struct sl_image_info *
   printf("file format: %s\n", sl_format_name(info->format));
   printf("virtual size: %s (%" PRIu64 " bytes)\n",
          sl_human_size(info->virtual_size, a, sizeof a), info->virtual_size);
+  /* An RBD image: qemu-img's lines for it, and its parent snapshot (an
+   * RBD clone's backing layer) as the backing file. */
+  if (sl_image_path_is_rbd(file)) {
+    printf("disk size: unavailable\n");
+    printf("cluster_size: %u\n", info->cluster_size);
+    if (info->backing_file)
+      printf("backing file: %s\n", info->backing_file);
+    return;
+  }
   printf("disk size: %s\n", sl_human_size(info->actual_size, b, sizeof b));
   if (info->format != SL_FORMAT_QCOW2)
     return;

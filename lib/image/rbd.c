@@ -320,14 +320,14 @@ static int rbd_open_layer(struct sl_image *img, const struct sl_image_open_opts 
   r = rbd_get_parent(L->image, &pimg, &psnap);
   if (r == 0) {
     L->has_parent = true;
-    if (!opts->no_backing) {
-      img->backing_file = sl_rbd_spec_format(s, pimg.pool_name, pimg.pool_namespace,
-                                             pimg.image_name, psnap.name);
-      img->backing_fmt = SL_FORMAT_RAW;
-    }
+    /* Recorded even with no_backing (image.c then opens no chain), as a
+     * qcow2 header's backing file is. */
+    img->backing_file = sl_rbd_spec_format(s, pimg.pool_name, pimg.pool_namespace,
+                                           pimg.image_name, psnap.name);
+    img->backing_fmt = SL_FORMAT_RAW;
     rbd_linked_image_spec_cleanup(&pimg);
     rbd_snap_spec_cleanup(&psnap);
-    if (!opts->no_backing && !img->backing_file) {
+    if (!img->backing_file) {
       r = sl_error(ENOMEM, "%s: out of memory", path);
       goto fail;
     }
