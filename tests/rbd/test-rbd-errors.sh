@@ -19,6 +19,8 @@ expect_fail "RBD image 'missing' does not exist in pool '$POOL'" sluice info "rb
 expect_fail "RBD image 'a' has no snapshot 'nosnap'" sluice info "rbd:$POOL/a@nosnap"
 expect_fail "RBD image 'missing' does not exist" sluice convert -O raw "rbd:$POOL/missing" out.raw
 [[ ! -e out.raw ]] || die "convert left an output behind for a missing source"
+expect_fail "is the same RBD image as rbd:$POOL/a@s" \
+  sluice convert -f raw -O raw "rbd:$POOL/a@s" "rbd:$POOL/a"
 expect_fail "snapshot 's' is read-only" sluice io -f raw "rbd:$POOL/a@s" write 0 4096
 expect_fail "cannot read the Ceph configuration /nonexistent.conf" \
   sluice info "rbd:$POOL/a:conf=/nonexistent.conf"

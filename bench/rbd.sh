@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# fio's nbd engine against `sluice serve rbd:...` and `qemu-nbd` (QEMU's rbd
+# driver) on the same RBD image of a single-node Ceph cluster that this
+# script starts (scripts/ceph-single-node.sh) and stops by pid (issue 16).
+# Servers alternate line by line, best of ROUNDS; all with their default
+# cache mode (writeback: librbd's cache on).  sluice runs twice: with its
+# default 4 workers, and with 16 -- each request to librbd occupies a worker
+# until its completion, so the workers bound the requests in flight, where
+# qemu-nbd's coroutines submit all 32 of a depth-32 client.
+#   bench/rbd.sh [--quick]            (--quick: 2 s per job, one round)
+#   SLUICE=/other/build/sluice bench/rbd.sh   measures that binary
+# Prints a markdown table with IOPS, MiB/s and the ratio sluice/qemu-nbd,
+# then the load average.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+if [[ -n ${SLUICE:-} ]]; then
+  sluice=$SLUICE
+else
+  scripts/build.sh build
+  sluice=$root/build/sluice
+fi
+"$sluice" --version | grep -q '+rbd' || { echo "rbd-bench: $sluice has no RBD support" >&2; exit 1; }
+size=256M runtime=5 rounds=2
+[[ ${1:-} == --quick ]] && { runtime=2; rounds=1; }
+for c in fio qemu-nbd rbd; do command -v $c >/dev/null || { echo "needs $c"; exit 1; }; done
+dir=$(mktemp -d /tmp/rbd-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  scripts/ceph-single-node.sh stop "$dir/ceph" || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+eval "$(scripts/ceph-single-node.sh start "$dir/ceph")"
+img=rbd/bench
+rbd create --size "$size" "$img"
+# Fully written, so reads hit objects (a hole is answered without an OSD).
+rbd bench --io-type write --io-size 4M --io-pattern seq --io-total "$size" \
+  "$img" >/dev/null
+
+start() { # SOCK COMMAND...: start a server, wait for its socket
+  local sock=$1; shift
+  rm -f "$sock"
+  "$@" >"$dir/server.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 300); do [[ -S $sock ]] && return 0; sleep 0.05; done
+  echo "server did not start: $* ($(tail -2 "$dir/server.log"))" >&2; exit 1
+}
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
+
+job() { # URI RW BS DEPTH -> IOPS
+  local out
+  out=$(fio --name=j --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
+        --size="$size" --runtime="$runtime" --time_based --group_reporting \
+        --output-format=json 2>"$dir/fio.err") || { cat "$dir/fio.err" >&2; exit 1; }
+  python3 -c "
+import json, sys; s=sys.argv[1]; d=json.loads(s[s.index('{'):])['jobs'][0]
+print(round(d['read']['iops'] + d['write']['iops']))" "$out"
+}
+
+launch() {
+  local s=$dir/$1.sock
+  case $1 in
+    sluice) start "$s" "$sluice" serve -f raw --nbd "unix:$s" "rbd:$img" ;;
+    sluice-w16) start "$s" "$sluice" serve -f raw --workers 16 --nbd "unix:$s" "rbd:$img" ;;
+    qemu-nbd) start "$s" qemu-nbd -k "$s" -f raw --cache=writeback -e 4 -t "rbd:$img" ;;
+  esac
+  uri="nbd+unix:///?socket=$s"
+}
+
+lines=("4K random read, depth 1|randread|4k|1" "4K random read, depth 32|randread|4k|32"
+       "4K random write, depth 32|randwrite|4k|32" "1M sequential read, depth 4|read|1M|4")
+declare -A best
+for ((r = 0; r < rounds; r++)); do
+  for l in "${lines[@]}"; do
+    IFS='|' read -r name rw bs depth <<<"$l"
+    for s in sluice sluice-w16 qemu-nbd; do
+      launch "$s"
+      v=$(job "$uri" "$rw" "$bs" "$depth")
+      stop_all
+      [[ ${best["$name|$s"]:-0} -ge $v ]] || best["$name|$s"]=$v
+    done
+  done
+done
+
+echo "| line | sluice serve rbd: | ratio | sluice --workers 16 | ratio | qemu-nbd rbd: |"
+echo "|---|---|---|---|---|---|"
+for l in "${lines[@]}"; do
+  IFS='|' read -r name rw bs depth <<<"$l"
+  a=${best["$name|sluice"]} w=${best["$name|sluice-w16"]} b=${best["$name|qemu-nbd"]}
+  python3 -c "
+a,w,b=$a,$w,$b
+bs={'4k': 4096, '1M': 1 << 20}['$bs']
+def cell(v): return '%d IOPS, %.1f MiB/s' % (v, v * bs / 1048576)
+print('| $name | %s | %.2fx | %s | %.2fx | %s |' % (cell(a), a/max(b,1), cell(w), w/max(b,1), cell(b)))"
+done
+echo
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
