@@ -35,7 +35,8 @@ static char *full_backing(const struct sl_image_info *info, const char *file)
     return strdup(info->backing_path);
   if (!info->backing_file)
     return NULL;
-  if (info->backing_file[0] == '/' || !strchr(file, '/'))
+  if (info->backing_file[0] == '/' || !strchr(file, '/') ||
+      sl_image_path_is_rbd(info->backing_file) || sl_image_path_is_rbd(file))
     return strdup(info->backing_file); /* as qemu-img shows it */
   CLEANUP_FREE char *copy = strdup(file);
   char *res = NULL;

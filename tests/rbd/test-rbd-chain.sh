@@ -39,6 +39,9 @@ chain=$(sluice info --backing-chain ov.qcow2 | grep '^image:' | cut -d' ' -f2- |
 assert_eq "$chain" "ov.qcow2 rbd:$POOL/clone rbd:$POOL/base@s" "backing chain"
 sluice info "rbd:$POOL/clone" | grep -qx "backing file: rbd:$POOL/base@s" ||
   die "the clone's parent: $(sluice info "rbd:$POOL/clone")"
+full=$(sluice info --output=json "rbd:$POOL/clone" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["full-backing-filename"])')
+assert_eq "$full" "rbd:$POOL/base@s" "full-backing-filename"
 
 # Allocation depth over NBD.
 depth_map() { # URI: "start end depth" lines, adjacent equal depths merged
