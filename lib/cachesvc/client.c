@@ -772,12 +772,15 @@ static struct conn *current_conn(struct sl_csc *c)
 
 static bool zc_enabled(void)
 {
-  static int on = -1;
-  if (on < 0) {
-    const char *v = getenv("SLUICE_CACHE_ZEROCOPY");
-    on = !(v && !strcmp(v, "0"));
+  /* request threads race to read the environment once: same answer */
+  static atomic_int on = -1;
+  int v = atomic_load_explicit(&on, memory_order_relaxed);
+  if (v < 0) {
+    const char *e = getenv("SLUICE_CACHE_ZEROCOPY");
+    v = !(e && !strcmp(e, "0"));
+    atomic_store_explicit(&on, v, memory_order_relaxed);
   }
-  return on;
+  return v;
 }
 
 /* The memory handle under which K's daemon may write into arena A, or 0:
