@@ -1056,7 +1056,7 @@ static void op_stats(struct sd_server *srv, struct conn *c, const struct sl_cs_r
     x->clients = atomic_load(&l->refs);
     x->index = l->index;
     x->flags = (dead ? SL_CS_LSTAT_DEAD : 0) | (l->blockdev ? SL_CS_LSTAT_BLOCKDEV : 0) |
-               (l->direct ? SL_CS_LSTAT_DIRECT : 0) | (l->lease ? SL_CS_LSTAT_LEASE : 0) |
+               (l->direct ? SL_CS_LSTAT_DIRECT : 0) | (l->lease_held ? SL_CS_LSTAT_LEASE : 0) |
                (l->private_ ? SL_CS_LSTAT_PRIVATE : 0) | (mine ? 0 : SL_CS_LSTAT_OTHER);
     if (mine)
       memcpy(x->path, l->path, sizeof x->path);

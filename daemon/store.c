@@ -247,8 +247,9 @@ void sd_store_reap(struct sd_store *s)
  * sweep), so a number stays valid while the sweep looks at it. */
 static void release_files(struct sd_store *s, struct sd_layer *l)
 {
-  if (l->lease)
+  if (l->lease_held)
     fcntl(l->fd, F_SETLEASE, F_UNLCK);
+  l->lease_held = false;
   sd_store_close_later(s, l->fd);
   sd_store_close_later(s, l->dfd);
   l->fd = l->dfd = -1;
@@ -274,9 +275,9 @@ static void kill_locked(struct sd_store *s, struct sd_layer *l, const char *why)
   /* Let the writer go on (a broken lease is released only once the layer is
    * dead); the descriptors stay open while registrations may still be using
    * them in a fill, and close with the last one. */
-  if (l->lease) {
+  if (l->lease_held) {
     fcntl(l->fd, F_SETLEASE, F_UNLCK);
-    l->lease = false;
+    l->lease_held = false;
   }
   unlink_live(s, l);
   l->next_live = s->dead;
@@ -480,6 +481,7 @@ struct sd_layer *sd_layer_register(struct sd_store *s, int fd, bool private_,
   l->blockdev = blk;
   l->private_ = private_;
   l->lease = lease;
+  l->lease_held = lease;
   l->direct = dfd >= 0;
   l->fd = myfd;
   l->dfd = dfd;
@@ -554,7 +556,7 @@ void sd_layer_sweep(struct sd_store *s)
   n = 0;
   for (struct sd_layer *l = s->live; l && p; l = l->next_live) {
     l->busy++;
-    p[n++] = (struct pin){l, l->fd, l->lease, l->blockdev, NULL};
+    p[n++] = (struct pin){l, l->fd, l->lease_held, l->blockdev, NULL};
   }
   pthread_mutex_unlock(&s->layers_lock);
   for (size_t i = 0; i < n; i++) {

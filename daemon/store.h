@@ -30,7 +30,8 @@ struct sd_layer {
   ino_t ino;
   uint64_t size;
   struct timespec mtime, ctime;
-  bool blockdev, private_, lease, direct;
+  bool blockdev, private_, lease, direct; /* as registered: never change */
+  bool lease_held;                /* under layers_lock: the lease is still ours */
   int fd;                         /* the daemon's own read-only descriptor */
   int dfd;                        /* the same file with O_DIRECT, or -1 */
   _Atomic bool dead;              /* changed: never served again */
