@@ -4,9 +4,10 @@
 # pages, the systemd units, the filter kit (<sluice/filter.h>, what it
 # includes, sluice-filter.pc) -- and its install step trusts each module
 # through `sluice filter install` into the filter directory *inside* the
-# scratch root, writing nothing outside it.  Then the installed sluice,
-# pointed at that directory, attaches every shipped filter to one disk and
-# data goes through the whole stack.
+# scratch root, writing nothing outside it.  Then the installed sluiced
+# starts on a private socket, and the installed sluice, pointed at that
+# directory, talks to it, attaches every shipped filter to one disk and
+# moves data through the whole stack.
 #
 # The expected lists come from the source tree (a directory per filter
 # under filters/, a page per command under docs/man/), not from meson's own
@@ -100,6 +101,16 @@ for m in "${modules[@]}"; do
 done
 ! grep -q UNTRUSTED list.out || die "untrusted modules: $(cat list.out)"
 
+# The installed sluiced starts (on a private socket) and the installed
+# sluice talks to it; the cache filter below is pointed at it.
+sock=$TMP/sluiced.sock
+"$root$sbindir/sluiced" --socket "$sock" --memory 4M --pidfile "$TMP/sluiced.pid" --daemon \
+  2>sluiced.log || die "the installed sluiced does not start: $(cat sluiced.log)"
+pid=$(cat "$TMP/sluiced.pid")
+cleanup_push "kill $pid"
+isluice cache stats --socket "$sock" > stats.out 2>&1 ||
+  die "the installed sluice cannot talk to the installed sluiced: $(cat stats.out)"
+
 # Every shipped filter on one disk, with the parameters it requires.
 isluice create -q -f qcow2 vm.qcow2 8M
 isluice create -q -f raw replica.raw 8M
@@ -108,7 +119,7 @@ isluice disk create vm.disk vm.qcow2
 declare -A params=(
   [crypt]="key=$TMP/vm.key" [mirror]="target=$TMP/replica.raw"
   [trace]="log=$TMP/trace.log" [throttle]="iops=100000"
-  [fault]="prob=0" [stats]="print=no" [cache]="socket=$TMP/no-sluiced.sock"
+  [fault]="prob=0" [stats]="print=no" [cache]="socket=$sock"
 )
 for m in "${modules[@]}"; do
   # shellcheck disable=SC2086
@@ -126,4 +137,7 @@ assert_eq "$(isluice io vm.disk cat 65536 20 2>/dev/null)" "through every filter
 cmp -s <(isluice io vm.qcow2 cat 65536 4096) <(isluice io replica.raw cat 65536 4096) ||
   die "the mirror's replica does not hold what the image holds"
 [[ -s trace.log ]] || die "the trace filter logged nothing"
+kill -TERM "$pid"
+for ((i = 0; i < 200; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+! kill -0 "$pid" 2>/dev/null || die "the installed sluiced did not stop on SIGTERM"
 echo OK
