@@ -16,17 +16,21 @@
 # footprint (as ANCHORS.md's scoreboard); cells where the cache holds
 # fewer than 10 blocks are left out (every policy degenerates there).
 #
-# usage: bench/policy-cv.sh [--grid "CFG1 CFG2 ..."] [SLUICE]
+# usage: bench/policy-cv.sh [--grid "CFG1 CFG2 ..."] [--jobs N] [SLUICE]
+#   --jobs N: traces simulated at once, and threads per trace (default 2;
+#   1 on a shared machine)
 #   CFG is a twophase argument string as `sluice sim --policy twophase:CFG`
 #   takes (default grid: cold 0.05/0.1/0.2 x classic 0/1); "default" is
-#   twophase with no arguments.  Traces run two at a time.
+#   twophase with no arguments.
 set -euo pipefail
+jobs_n=2
 here=$(cd "$(dirname "$0")/.." && pwd)
 traces=${SHARED:-$here/../shared}/traces
 grid="cold=0.05:classic=1 cold=0.1:classic=1 cold=0.2:classic=1 cold=0.05:classic=0 cold=0.1:classic=0 cold=0.2:classic=0"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --grid) grid=$2; shift 2 ;;
+    --jobs) jobs_n=$2; shift 2 ;;
     -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) break ;;
   esac
@@ -55,9 +59,9 @@ jobs+=("msr_sample $traces/samples/msr-cambridge1-sample.csv msr"
        "systor_add_sample $traces/samples/systor17-additional-sample.csv.gz systor")
 start=$(date +%s)
 printf '%s\n' "${jobs[@]}" |
-  xargs -P 2 -L 1 bash -c 'name=$0 file=$1 fmt=$2; shift 2
+  xargs -P "$jobs_n" -L 1 bash -c 'name=$0 file=$1 fmt=$2; shift 2
     nice "'"$sluice"'" sim --trace "$file" --format "$fmt" "$@" \
-      --policy "'"$policies"'" --sizes 0.01,0.05,0.1,0.2,0.4 --threads 2 \
+      --policy "'"$policies"'" --sizes 0.01,0.05,0.1,0.2,0.4 --threads "'"$jobs_n"'" \
       --output=json > "'"$out"'/$name.json"'
 echo "policy-cv: $(( $(date +%s) - start )) s for ${#jobs[@]} traces" >&2
 

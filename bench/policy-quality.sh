@@ -13,9 +13,12 @@
 #   --policy       only these policies (default: all that --help lists,
 #                  the lirs policy among them); lru is added if missing,
 #                  as everything is scored against it
+#   --jobs N       traces simulated at once, and threads per trace
+#                  (default 2; 1 on a shared machine)
 #   SLUICE         the binary (default build/sluice)
 # Traces run two at a time (the CI machine has two cores).
 set -euo pipefail
+jobs_n=2
 here=$(cd "$(dirname "$0")/.." && pwd)
 traces=${SHARED:-$here/../shared}/traces
 lirs=0
@@ -24,7 +27,8 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --lirs|--lirs-traces) lirs=1; shift ;;
     --policy) policies=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --jobs) jobs_n=$2; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -55,9 +59,9 @@ fi
 start=$(date +%s)
 # arc_P3 is by far the longest: start it first.
 printf '%s\n' "${jobs[3]}" "${jobs[@]:0:3}" "${jobs[@]:4}" |
-  xargs -P 2 -L 1 bash -c 'name=$0 file=$1 fmt=$2; shift 2
+  xargs -P "$jobs_n" -L 1 bash -c 'name=$0 file=$1 fmt=$2; shift 2
     nice "'"$sluice"'" sim --trace "$file" --format "$fmt" "$@" \
-      --policy "'"$policies"'" --sizes "'"$sizes"'" --threads 2 \
+      --policy "'"$policies"'" --sizes "'"$sizes"'" --threads "'"$jobs_n"'" \
       --output=json > "'"$out"'/$name.json"'
 echo "policy-quality: $(( $(date +%s) - start )) s for ${#jobs[@]} traces" \
      "($("$sluice" --version 2>/dev/null | head -1 || echo sluice))" >&2

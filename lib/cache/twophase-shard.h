@@ -27,9 +27,10 @@ void sl_tp_shard_destroy(struct sl_tp_shard *t);
 uint32_t sl_tp_shard_capacity(const struct sl_tp_shard *t);
 
 uint32_t sl_tp_shard_lookup(struct sl_tp_shard *t, uint64_t key, uint32_t hash);
+/* REQUESTS: how many requests (hits and this miss) the caller credits to
+ * this shard's hill climber with this insert; at least 1. */
 uint32_t sl_tp_shard_insert(struct sl_tp_shard *t, uint64_t key, uint32_t hash, bool pin,
-                            uint64_t *evicted, bool *did_evict);
-bool sl_tp_shard_access(struct sl_tp_shard *t, uint64_t key, uint32_t hash);
+                            uint64_t requests, uint64_t *evicted, bool *did_evict);
 uint32_t sl_tp_shard_pin(struct sl_tp_shard *t, uint64_t key, uint32_t hash);
 void sl_tp_shard_unpin(struct sl_tp_shard *t, uint32_t slot);
 bool sl_tp_shard_remove(struct sl_tp_shard *t, uint64_t key, uint32_t hash);

@@ -130,8 +130,42 @@ void sl_twophase_destroy(struct sl_twophase *t)
 
 /* ---- by key ------------------------------------------------------------ */
 
+/* Requests this thread made of one structure since its last miss there,
+ * for the shards' hill climbers (params.climb), which need a hit ratio.
+ * A shared counter would be a store every hitting core makes to one cache
+ * line; this one is the thread's own, a plain store that no other core
+ * ever reads.  A miss hands the count to the shard it inserts into: a
+ * thread's hits fall on every shard, but so do its misses, so each shard
+ * is credited its share on average.  A thread that turns to another
+ * structure starts again from zero (its count for the first would be
+ * credited to the wrong one). */
+static _Thread_local struct {
+  const struct sl_twophase *owner;
+  uint64_t n;
+} asked;
+
+static inline void count_request(const struct sl_twophase *t)
+{
+  if (__builtin_expect(asked.owner != t, 0)) {
+    asked.owner = t;
+    asked.n = 0;
+  }
+  asked.n++;
+}
+
+/* The requests to credit with a miss: those counted since the last one
+ * (the miss's own lookup among them), at least the miss itself. */
+static inline uint64_t take_requests(const struct sl_twophase *t)
+{
+  uint64_t n = asked.owner == t && asked.n ? asked.n : 1;
+  asked.owner = t;
+  asked.n = 0;
+  return n;
+}
+
 uint32_t sl_twophase_lookup(struct sl_twophase *t, uint64_t key)
 {
+  count_request(t);
   const struct shard_ref *r = &t->shard[shard_of_key(t, key)];
   uint32_t s = sl_tp_shard_lookup(r->sh, key, sl_slot_index_hash(key));
   return s == NONE ? NONE : r->base + s;
@@ -141,15 +175,15 @@ uint32_t sl_twophase_insert(struct sl_twophase *t, uint64_t key, bool pin,
                             uint64_t *evicted, bool *did_evict)
 {
   const struct shard_ref *r = &t->shard[shard_of_key(t, key)];
-  uint32_t s = sl_tp_shard_insert(r->sh, key, sl_slot_index_hash(key), pin, evicted,
-                                  did_evict);
+  uint32_t s = sl_tp_shard_insert(r->sh, key, sl_slot_index_hash(key), pin,
+                                  take_requests(t), evicted, did_evict);
   return s == NONE ? NONE : r->base + s;
 }
 
 bool sl_twophase_access(struct sl_twophase *t, uint64_t key)
 {
-  return sl_tp_shard_access(t->shard[shard_of_key(t, key)].sh, key,
-                            sl_slot_index_hash(key));
+  return sl_twophase_lookup(t, key) != NONE ||
+         (sl_twophase_insert(t, key, false, NULL, NULL), false);
 }
 
 uint32_t sl_twophase_pin(struct sl_twophase *t, uint64_t key)
@@ -224,6 +258,7 @@ void sl_twophase_get_stats(struct sl_twophase *t, struct sl_twophase_stats *s)
     s->promotions += x.promotions;
     s->contests += x.contests;
     s->rejections += x.rejections;
+    s->climbs += x.climbs;
     s->demotions += x.demotions;
     s->hot_evictions += x.hot_evictions;
     s->cold_evictions += x.cold_evictions;

@@ -34,6 +34,16 @@ enum sl_cold_hit {
  * SL_TWOPHASE_MAX_SHARDS of them, so that two to a few dozen threads
  * rarely meet on one lock. */
 #define SL_TWOPHASE_SHARD_MIN 4096
+
+/* Defaults of the issue-15 tunables (chosen by bench/policy-cv.sh, see
+ * docs/cache-policy.md): hill climbing on cold's target with samples of
+ * 10 x the shard's capacity (Caffeine's length) and cold at most half the
+ * shard; a ghost hit must beat the hot block by more than 1 count; blocks
+ * seen 3 times fill hot while it is below its share. */
+#define SL_TWOPHASE_CLIMB 10.0
+#define SL_TWOPHASE_CLIMB_MAX 0.5
+#define SL_TWOPHASE_MARGIN 1
+#define SL_TWOPHASE_FILL 3
 #define SL_TWOPHASE_MAX_SHARDS 64
 
 struct sl_twophase_params {
@@ -59,6 +69,27 @@ struct sl_twophase_params {
   /* Only ghost hits at least this old (0..7, the eighths of the ghost's
    * age range) contest; younger ones enter hot as in the classic mode. */
   unsigned contest_min_age;
+  /* A ghost hit wins its contest only if the sketch has seen it more than
+   * this many times more often than the block it would displace: ties and
+   * the sketch's over-counts then keep the hot set. */
+  int contest_margin;       /* 0 = SL_TWOPHASE_MARGIN; < 0 = none */
+  /* Issue 15: hill climbing on cold's target, per shard.  Every CLIMB x
+   * the shard's capacity requests, the shard compares its hit ratio with
+   * the previous sample's, moves cold's target by a step, reverses the
+   * direction when the hit ratio fell, and decays the step.
+   * 0 = SL_TWOPHASE_CLIMB; < 0 = off (a fixed split; also off with
+   * classic or adaptive). */
+  double climb;
+  /* Cold's largest target while climbing, as a share of the shard
+   * (0 = SL_TWOPHASE_CLIMB_MAX); the smallest is 1%. */
+  double climb_max;
+  /* While hot holds less than its share (capacity - cold's target), a
+   * block leaving cold unreferenced moves to hot instead of the ghost if
+   * the sketch has seen it at least FILL_HOT times (1: always), so that
+   * hot fills even when nothing is reused within the ghost's reach (a
+   * loop many times the cache), but not with a scan.
+   * 0 = SL_TWOPHASE_FILL; < 0 = never (also with classic). */
+  int fill_hot;
 };
 
 struct sl_twophase_stats {
@@ -75,6 +106,7 @@ struct sl_twophase_stats {
   uint64_t cold_target;         /* summed over shards, as are all the counts */
   uint64_t contests;            /* ghost hits that had to displace a hot block */
   uint64_t rejections;          /* ... and lost: they entered cold instead */
+  uint64_t climbs;              /* hill-climbing samples taken (all shards) */
   double bytes_per_resident;    /* metadata per resident block */
   uint64_t ghost;               /* ghost entries remembered now (a scan) */
   uint64_t ghost_entries;       /* keys the ghost can hold: every shard's buckets
