@@ -3,10 +3,11 @@
 # driver) on the same RBD image of a single-node Ceph cluster that this
 # script starts (scripts/ceph-single-node.sh) and stops by pid (issue 16).
 # Servers alternate line by line, best of ROUNDS; all with their default
-# cache mode (writeback: librbd's cache on).  sluice runs twice: with its
-# default 4 workers, and with 16 -- each request to librbd occupies a worker
-# until its completion, so the workers bound the requests in flight, where
-# qemu-nbd's coroutines submit all 32 of a depth-32 client.
+# cache mode (writeback: librbd's cache on).  sluice runs twice: with the
+# 16 workers serve gives an RBD image by default, and with the 4 it gives
+# files -- each request to librbd occupies a worker until its completion,
+# so the workers bound the requests in flight, where qemu-nbd's coroutines
+# submit all 32 of a depth-32 client.
 #   bench/rbd.sh [--quick]            (--quick: 2 s per job, one round)
 #   SLUICE=/other/build/sluice bench/rbd.sh   measures that binary
 # Prints a markdown table with IOPS, MiB/s and the ratio sluice/qemu-nbd,
@@ -63,7 +64,7 @@ launch() {
   local s=$dir/$1.sock
   case $1 in
     sluice) start "$s" "$sluice" serve -f raw --nbd "unix:$s" "rbd:$img" ;;
-    sluice-w16) start "$s" "$sluice" serve -f raw --workers 16 --nbd "unix:$s" "rbd:$img" ;;
+    sluice-w4) start "$s" "$sluice" serve -f raw --workers 4 --nbd "unix:$s" "rbd:$img" ;;
     qemu-nbd) start "$s" qemu-nbd -k "$s" -f raw --cache=writeback -e 4 -t "rbd:$img" ;;
   esac
   uri="nbd+unix:///?socket=$s"
@@ -75,7 +76,7 @@ declare -A best
 for ((r = 0; r < rounds; r++)); do
   for l in "${lines[@]}"; do
     IFS='|' read -r name rw bs depth <<<"$l"
-    for s in sluice sluice-w16 qemu-nbd; do
+    for s in sluice sluice-w4 qemu-nbd; do
       launch "$s"
       v=$(job "$uri" "$rw" "$bs" "$depth")
       stop_all
@@ -84,11 +85,11 @@ for ((r = 0; r < rounds; r++)); do
   done
 done
 
-echo "| line | sluice serve rbd: | ratio | sluice --workers 16 | ratio | qemu-nbd rbd: |"
+echo "| line | sluice serve rbd: (16 workers) | ratio | sluice --workers 4 | ratio | qemu-nbd rbd: |"
 echo "|---|---|---|---|---|---|"
 for l in "${lines[@]}"; do
   IFS='|' read -r name rw bs depth <<<"$l"
-  a=${best["$name|sluice"]} w=${best["$name|sluice-w16"]} b=${best["$name|qemu-nbd"]}
+  a=${best["$name|sluice"]} w=${best["$name|sluice-w4"]} b=${best["$name|qemu-nbd"]}
   python3 -c "
 a,w,b=$a,$w,$b
 bs={'4k': 4096, '1M': 1 << 20}['$bs']

@@ -43,6 +43,7 @@
 #include "common/util.h"
 #include "image/driver.h"
 #include "image/rbd-spec.h"
+#include "image/rbd.h"
 
 /* Unless ceph.conf or the name says otherwise: a monitor that does not
  * answer fails the open after this long instead of Ceph's 300 s. */
@@ -608,6 +609,39 @@ bool sl_rbd_same_image(const struct sl_image *img, const struct sl_rbd_spec *s)
   return strcmp(L->spec.pool, s->pool) == 0 && strcmp(L->spec.ns, s->ns) == 0 &&
          strcmp(L->spec.image, s->image) == 0;
 }
+
+struct sl_rbd_conn {
+  struct rbd_conn *c;
+};
+
+int sl_rbd_conn_open(const char *path, const struct sl_rbd_spec *spec,
+                     struct sl_rbd_conn **conn, rados_ioctx_t *io)
+{
+  struct sl_rbd_conn *w = calloc(1, sizeof *w);
+  if (!w)
+    return sl_error(ENOMEM, "%s: out of memory", path);
+  int r = conn_get(path, spec, &w->c);
+  if (r == 0 && (r = open_ioctx(path, w->c, spec->pool, spec->ns, io)) < 0)
+    conn_put(w->c);
+  if (r < 0) {
+    free(w);
+    return r;
+  }
+  *conn = w;
+  return 0;
+}
+
+void sl_rbd_conn_close(struct sl_rbd_conn *conn, rados_ioctx_t io)
+{
+  if (!conn)
+    return;
+  if (io)
+    rados_ioctx_destroy(io);
+  conn_put(conn->c);
+  free(conn);
+}
+
+rados_t sl_rbd_conn_cluster(struct sl_rbd_conn *conn) { return conn->c->cluster; }
 
 const struct sl_image_driver sl_rbd_driver = {
   .name = "rbd",

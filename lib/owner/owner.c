@@ -11,6 +11,9 @@
 #include "owner/owner.h"
 
 static const struct sl_owner_backend *const backends[] = {
+#if HAVE_RBD
+  &sl_owner_rbd,
+#endif
   &sl_owner_local,
 };
 

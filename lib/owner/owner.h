@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "config.h"
 #include "owner/record.h"
 
 enum sl_owner_state {
@@ -132,6 +133,9 @@ struct sl_owner_base {
 };
 
 extern const struct sl_owner_backend sl_owner_local;
+#if HAVE_RBD
+extern const struct sl_owner_backend sl_owner_rbd;   /* rbd.c */
+#endif
 
 /* "none", "owned", ... */
 const char *sl_owner_state_name(enum sl_owner_state s);

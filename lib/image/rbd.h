@@ -1,0 +1,20 @@
+/* Ceph connections of the RBD driver, for other RBD-aware parts of
+ * libsluice (lib/owner/rbd.c).  Only with HAVE_RBD. */
+#ifndef SLUICE_IMAGE_RBD_H
+#define SLUICE_IMAGE_RBD_H
+
+#include <rados/librados.h>
+
+#include "image/rbd-spec.h"
+
+struct sl_rbd_conn;
+
+/* A connection for SPEC's conf, id and options (shared with images that
+ * use the same ones) and an I/O context on its pool and namespace.  Errors
+ * are reported as the driver reports them, naming PATH. */
+int sl_rbd_conn_open(const char *path, const struct sl_rbd_spec *spec,
+                     struct sl_rbd_conn **conn, rados_ioctx_t *io);
+void sl_rbd_conn_close(struct sl_rbd_conn *conn, rados_ioctx_t io);
+rados_t sl_rbd_conn_cluster(struct sl_rbd_conn *conn);
+
+#endif
