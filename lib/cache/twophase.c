@@ -139,7 +139,9 @@ void sl_twophase_destroy(struct sl_twophase *t)
  * is credited its share on average.  A thread that turns to another
  * structure starts again from zero (its count for the first would be
  * credited to the wrong one). */
-static _Thread_local struct {
+/* initial-exec: the library is built position-independent, and the
+ * default model would make every lookup call __tls_get_addr. */
+static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
   const struct sl_twophase *owner;
   uint64_t n;
 } asked;
