@@ -358,8 +358,14 @@ static int rbd_close_layer(struct sl_image *img)
 }
 
 /* Wait for C and release it; the request's result. */
-static ssize_t wait_completion(rbd_completion_t c)
+/* The result of the request submitted on C, whose submit returned
+ * SUBMITTED: a refused submit releases C at once, else wait for it. */
+static ssize_t wait_completion(rbd_completion_t c, int submitted)
 {
+  if (submitted < 0) {
+    rbd_aio_release(c);
+    return submitted;
+  }
   rbd_aio_wait_for_complete(c);
   ssize_t r = rbd_aio_get_return_value(c);
   rbd_aio_release(c);
@@ -380,12 +386,7 @@ static int rbd_pread(struct sl_image *img, void *buf, size_t len, uint64_t off)
   int r = rbd_aio_create_completion(NULL, NULL, &c);
   if (r < 0)
     return io_error(img, "read", r, off, len);
-  r = rbd_aio_read(L->image, off, len, buf, c);
-  if (r < 0) {
-    rbd_aio_release(c);
-    return io_error(img, "read", r, off, len);
-  }
-  ssize_t n = wait_completion(c);
+  ssize_t n = wait_completion(c, rbd_aio_read(L->image, off, len, buf, c));
   if (n < 0)
     return io_error(img, "read", n, off, len);
   if ((size_t)n < len) /* past a shrunk end: zeros, as for files */
@@ -400,13 +401,8 @@ static int rbd_do_flush(struct sl_image *img)
     return 0;
   rbd_completion_t c;
   int r = rbd_aio_create_completion(NULL, NULL, &c);
-  if (r == 0) {
-    r = rbd_aio_flush(L->image, c);
-    if (r < 0)
-      rbd_aio_release(c);
-    else
-      r = (int)wait_completion(c);
-  }
+  if (r == 0)
+    r = (int)wait_completion(c, rbd_aio_flush(L->image, c));
   if (r < 0)
     return sl_error(-r, "%s: RBD flush: %s", img->filename, strerror(-r));
   return 0;
@@ -427,12 +423,7 @@ static int rbd_pwrite(struct sl_image *img, const void *buf, size_t len,
   int r = rbd_aio_create_completion(NULL, NULL, &c);
   if (r < 0)
     return io_error(img, "write", r, off, len);
-  r = rbd_aio_write(L->image, off, len, buf, c);
-  if (r < 0) {
-    rbd_aio_release(c);
-    return io_error(img, "write", r, off, len);
-  }
-  ssize_t n = wait_completion(c);
+  ssize_t n = wait_completion(c, rbd_aio_write(L->image, off, len, buf, c));
   if (n < 0)
     return io_error(img, "write", n, off, len);
   return after_write(img, flags);
@@ -445,12 +436,7 @@ static int drv_discard(struct sl_image *img, uint64_t off, uint64_t len)
   int r = rbd_aio_create_completion(NULL, NULL, &c);
   if (r < 0)
     return io_error(img, "discard", r, off, len);
-  r = rbd_aio_discard(L->image, off, len, c);
-  if (r < 0) {
-    rbd_aio_release(c);
-    return io_error(img, "discard", r, off, len);
-  }
-  ssize_t n = wait_completion(c);
+  ssize_t n = wait_completion(c, rbd_aio_discard(L->image, off, len, c));
   return n < 0 ? io_error(img, "discard", n, off, len) : 0;
 }
 
@@ -463,12 +449,8 @@ static int drv_write_zeroes(struct sl_image *img, uint64_t off, uint64_t len,
   if (r < 0)
     return io_error(img, "write-zeroes", r, off, len);
   int zflags = (flags & SL_NO_HOLE) ? RBD_WRITE_ZEROES_FLAG_THICK_PROVISION : 0;
-  r = rbd_aio_write_zeroes(L->image, off, len, c, zflags, 0);
-  if (r < 0) {
-    rbd_aio_release(c);
-    return io_error(img, "write-zeroes", r, off, len);
-  }
-  ssize_t n = wait_completion(c);
+  ssize_t n = wait_completion(c, rbd_aio_write_zeroes(L->image, off, len, c,
+                                                      zflags, 0));
   if (n < 0)
     return io_error(img, "write-zeroes", n, off, len);
   return after_write(img, flags);
