@@ -45,9 +45,9 @@
  *
  * Hill climbing (params.climb, issue 15): cold's target is sized per
  * shard from the hit ratio, as Caffeine sizes W-TinyLFU's window.  The
- * requests of a sample are counted by the caller (twophase.c keeps a
- * per-thread count, handed over with each miss; the hit path stores to no
- * shared memory for it) and the misses here; at the end of a sample, the
+ * requests of a sample are counted per thread (`asked` below, handed over
+ * with each miss; the hit path stores to no shared memory for it) and the
+ * misses under the lock; at the end of a sample, the
  * target moves by a step in the direction that last raised the hit ratio.
  * A reuse pattern LRU likes (a zigzag) wants a large cold, a loop larger
  * than the cache a small one and a steady hot set: no fixed split serves
@@ -114,6 +114,7 @@ struct sl_tp_shard {
   uint64_t ghost_nominal;
   size_t ghost_bytes;               /* as allocated, for the stats */
   bool fixed;
+  const void *owner;                /* the structure: whose request count (asked) */
 
   _Alignas(64) pthread_mutex_t lock; /* everything below */
   uint32_t cold_head, cold_count;
@@ -139,6 +140,38 @@ struct sl_tp_shard {
  * which covers every shard of every structure. */
 static _Thread_local uint64_t ref_stores_here;
 
+/* Requests this thread made since its last miss, for the hill climbers
+ * (params.climb), which need a hit ratio.  A shared counter would be a
+ * store every hitting core makes to one cache line; this one is the
+ * thread's own, a plain increment that no other core ever reads, and it is
+ * all a hit does for the climber.  (Issue 15's first climber also checked
+ * on every hit which structure the count belonged to, and routed
+ * sl_twophase_access through sl_twophase_lookup: 22-28 instructions more
+ * per hit, measured with callgrind, docs/benchmarks.md.)  A miss hands the
+ * count to the shard it inserts into: a thread's hits fall on every shard,
+ * but so do its misses, so each shard is credited its share on average.
+ * The count is credited only if this thread's previous miss was in the
+ * same structure (t->owner, checked on the miss path): a thread that turns
+ * from one structure to another drops the hits in between rather than
+ * crediting them to the wrong one; one that interleaves two credits each
+ * with some of the other's hits, which blurs both hit ratios alike. */
+/* initial-exec: the library is built position-independent, and the
+ * default model would make every lookup call __tls_get_addr. */
+static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
+  const void *owner;
+  uint64_t n;
+} asked;
+
+/* The requests to credit with a miss: those counted since the last one
+ * (the miss's own lookup among them), at least the miss itself. */
+static inline uint64_t take_requests(const void *owner)
+{
+  uint64_t n = asked.owner == owner && asked.n ? asked.n : 1;
+  asked.owner = owner;
+  asked.n = 0;
+  return n;
+}
+
 #define mix sl_mix64
 
 static uint32_t pow2_at_least(uint64_t v)
@@ -149,7 +182,8 @@ static uint32_t pow2_at_least(uint64_t v)
   return p > UINT32_MAX ? 0 : (uint32_t)p;
 }
 
-struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint32_t capacity)
+struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint32_t capacity,
+                                       const void *owner)
 {
   if (!p || capacity == 0 || capacity >= (1u << 30))
     return NULL;
@@ -159,6 +193,7 @@ struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint3
   if (!t)
     return NULL;
   t->n = capacity;
+  t->owner = owner;
   double cf = p->cold_fraction > 0 ? p->cold_fraction : 0.10;
   double gf = p->ghost_fraction > 0 ? p->ghost_fraction : 1.0;
   /* The issue-15 tunables: 0 is the default, negative is off; the
@@ -529,6 +564,7 @@ static void adapt(struct sl_tp_shard *t, int origin, int age)
  * the caller. */
 static inline uint32_t lookup_hashed(struct sl_tp_shard *t, uint64_t key, uint32_t hash)
 {
+  asked.n++;
   uint32_t s = sl_slot_index_find(&t->ix, t->keys, key, hash, NULL);
   if (s == NONE)
     return NONE;
@@ -554,7 +590,7 @@ uint32_t sl_tp_shard_lookup(struct sl_tp_shard *t, uint64_t key, uint32_t hash)
 }
 
 static uint32_t insert_hashed(struct sl_tp_shard *t, uint64_t key, uint32_t hash, bool pin,
-                              uint64_t requests, uint64_t *evicted, bool *did_evict)
+                              uint64_t *evicted, bool *did_evict)
 {
   uint64_t ev_dummy;
   bool did_dummy;
@@ -574,8 +610,9 @@ static uint32_t insert_hashed(struct sl_tp_shard *t, uint64_t key, uint32_t hash
     pthread_mutex_unlock(&t->lock);
     return s;
   }
+  uint64_t requests = take_requests(t->owner);
   if (t->clk_len) {
-    t->clk_req += requests ? requests : 1;
+    t->clk_req += requests;
     t->clk_miss++;
     if (t->clk_req >= t->clk_len)
       climb(t);
@@ -617,9 +654,17 @@ static uint32_t insert_hashed(struct sl_tp_shard *t, uint64_t key, uint32_t hash
 }
 
 uint32_t sl_tp_shard_insert(struct sl_tp_shard *t, uint64_t key, uint32_t hash, bool pin,
-                            uint64_t requests, uint64_t *evicted, bool *did_evict)
+                            uint64_t *evicted, bool *did_evict)
 {
-  return insert_hashed(t, key, hash, pin, requests, evicted, did_evict);
+  return insert_hashed(t, key, hash, pin, evicted, did_evict);
+}
+
+bool sl_tp_shard_access(struct sl_tp_shard *t, uint64_t key, uint32_t hash)
+{
+  if (lookup_hashed(t, key, hash) != NONE)
+    return true;
+  insert_hashed(t, key, hash, false, NULL, NULL);
+  return false;
 }
 
 uint32_t sl_tp_shard_pin(struct sl_tp_shard *t, uint64_t key, uint32_t hash)

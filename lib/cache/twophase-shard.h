@@ -21,16 +21,21 @@
 struct sl_tp_shard;
 
 /* CAPACITY slots; P's capacity and shards are ignored, the rest (cold and
- * ghost fractions, adaptive, cold_hit) apply to this shard alone. */
-struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint32_t capacity);
+ * ghost fractions, adaptive, cold_hit) apply to this shard alone.  OWNER
+ * is the whole structure (the shards of one share a request count). */
+struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint32_t capacity,
+                                       const void *owner);
 void sl_tp_shard_destroy(struct sl_tp_shard *t);
 uint32_t sl_tp_shard_capacity(const struct sl_tp_shard *t);
 
+/* Lookups count themselves in a per-thread request count; an insert
+ * credits that count to this shard's hill climber if the thread's previous
+ * insert was into the same owner (the whole structure), see
+ * twophase-shard.c.  access: lookup, and insert on a miss; true on a hit. */
 uint32_t sl_tp_shard_lookup(struct sl_tp_shard *t, uint64_t key, uint32_t hash);
-/* REQUESTS: how many requests (hits and this miss) the caller credits to
- * this shard's hill climber with this insert; at least 1. */
 uint32_t sl_tp_shard_insert(struct sl_tp_shard *t, uint64_t key, uint32_t hash, bool pin,
-                            uint64_t requests, uint64_t *evicted, bool *did_evict);
+                            uint64_t *evicted, bool *did_evict);
+bool sl_tp_shard_access(struct sl_tp_shard *t, uint64_t key, uint32_t hash);
 uint32_t sl_tp_shard_pin(struct sl_tp_shard *t, uint64_t key, uint32_t hash);
 void sl_tp_shard_unpin(struct sl_tp_shard *t, uint32_t slot);
 bool sl_tp_shard_remove(struct sl_tp_shard *t, uint64_t key, uint32_t hash);

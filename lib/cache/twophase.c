@@ -108,7 +108,7 @@ struct sl_twophase *sl_twophase_create(const struct sl_twophase_params *p)
   uint32_t base = 0;
   for (uint32_t i = 0; i < t->nshards; i++) {
     uint32_t size = t->q + (i < t->big);
-    t->shard[i] = (struct shard_ref){.sh = sl_tp_shard_create(p, size), .base = base,
+    t->shard[i] = (struct shard_ref){.sh = sl_tp_shard_create(p, size, t), .base = base,
                                      .size = size};
     if (!t->shard[i].sh) {
       sl_twophase_destroy(t);
@@ -130,44 +130,8 @@ void sl_twophase_destroy(struct sl_twophase *t)
 
 /* ---- by key ------------------------------------------------------------ */
 
-/* Requests this thread made of one structure since its last miss there,
- * for the shards' hill climbers (params.climb), which need a hit ratio.
- * A shared counter would be a store every hitting core makes to one cache
- * line; this one is the thread's own, a plain store that no other core
- * ever reads.  A miss hands the count to the shard it inserts into: a
- * thread's hits fall on every shard, but so do its misses, so each shard
- * is credited its share on average.  A thread that turns to another
- * structure starts again from zero (its count for the first would be
- * credited to the wrong one). */
-/* initial-exec: the library is built position-independent, and the
- * default model would make every lookup call __tls_get_addr. */
-static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
-  const struct sl_twophase *owner;
-  uint64_t n;
-} asked;
-
-static inline void count_request(const struct sl_twophase *t)
-{
-  if (__builtin_expect(asked.owner != t, 0)) {
-    asked.owner = t;
-    asked.n = 0;
-  }
-  asked.n++;
-}
-
-/* The requests to credit with a miss: those counted since the last one
- * (the miss's own lookup among them), at least the miss itself. */
-static inline uint64_t take_requests(const struct sl_twophase *t)
-{
-  uint64_t n = asked.owner == t && asked.n ? asked.n : 1;
-  asked.owner = t;
-  asked.n = 0;
-  return n;
-}
-
 uint32_t sl_twophase_lookup(struct sl_twophase *t, uint64_t key)
 {
-  count_request(t);
   const struct shard_ref *r = &t->shard[shard_of_key(t, key)];
   uint32_t s = sl_tp_shard_lookup(r->sh, key, sl_slot_index_hash(key));
   return s == NONE ? NONE : r->base + s;
@@ -177,15 +141,17 @@ uint32_t sl_twophase_insert(struct sl_twophase *t, uint64_t key, bool pin,
                             uint64_t *evicted, bool *did_evict)
 {
   const struct shard_ref *r = &t->shard[shard_of_key(t, key)];
-  uint32_t s = sl_tp_shard_insert(r->sh, key, sl_slot_index_hash(key), pin,
-                                  take_requests(t), evicted, did_evict);
+  uint32_t s = sl_tp_shard_insert(r->sh, key, sl_slot_index_hash(key), pin, evicted,
+                                  did_evict);
   return s == NONE ? NONE : r->base + s;
 }
 
+/* One call into the shard, which looks up and inserts on a miss (the
+ * key's shard and hash computed once): a hit costs what it did before the
+ * hill climber (docs/benchmarks.md). */
 bool sl_twophase_access(struct sl_twophase *t, uint64_t key)
 {
-  return sl_twophase_lookup(t, key) != NONE ||
-         (sl_twophase_insert(t, key, false, NULL, NULL), false);
+  return sl_tp_shard_access(t->shard[shard_of_key(t, key)].sh, key, sl_slot_index_hash(key));
 }
 
 uint32_t sl_twophase_pin(struct sl_twophase *t, uint64_t key)
