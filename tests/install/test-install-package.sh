@@ -15,7 +15,12 @@
 #     disk, the socket unit is enabled and the service is not, and the
 #     example filter builds from sluice-dev's copy with plain `make`;
 #     then purge, after which nothing of the packages is left (their files,
-#     the filter directory, the unit symlinks, dpkg's records).
+#     the filter directory, the unit symlinks, dpkg's records).  What is
+#     compared is attributed to our packages alone: their dependencies
+#     (apt-get satisfy of the packages' Depends) are installed before the
+#     "before" snapshot, so what a dependency leaves behind on its own
+#     (libibverbs1, pulled by librbd1, adds the rdma group and keeps it) is
+#     in both snapshots, and the install itself may pull nothing more.
 # The install part skips, saying why, when not root; the host install when
 # sluice is already installed on this machine (never purge someone's real
 # install), the chroot when there is no debootstrap or no mirror.  Host
@@ -86,13 +91,36 @@ install_check() {
   apt_() { run env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600 "$@"; }
   rm -rf "$R$W"; mkdir -p "$R$W"
   cp "$deb" "$devdeb" "$R$W/"
-  # Everything but dpkg's and apt's own records and logs, before and after.
-  snapshot() { (cd "$R/" && find etc usr lib var/lib -xdev \( -path var/lib/apt -o -path var/lib/dpkg \
-    -o -path var/lib/systemd/timers -o -path var/lib/ucf \) -prune -o -print 2>/dev/null | sort); }
+  # Everything but dpkg's and apt's own records and logs, before and after;
+  # and what the files in /etc hold, since a user or group a package adds
+  # and leaves behind changes /etc/group, not the list of paths (the
+  # backups passwd- group- shadow- gshadow- keep the previous contents, and
+  # are compared by path only).
+  snapshot() {
+    { (cd "$R/" && find etc usr lib var/lib -xdev \( -path var/lib/apt -o -path var/lib/dpkg \
+        -o -path var/lib/systemd/timers -o -path var/lib/ucf \) -prune -o -print 2>/dev/null)
+      (cd "$R/" && find etc -xdev -type f ! -name '*-' ! -name ld.so.cache -print0 2>/dev/null |
+        xargs -0 -r md5sum | sed 's/^/content: /')
+    } | sort
+  }
+  # Our packages' dependencies first, so that the snapshots differ only by
+  # what installing and purging sluice itself did.  (Dependency strings as
+  # dpkg-deb prints them: apt-get satisfy takes them as they are.)
+  local deps
+  deps=$(dpkg-deb -f "$deb" Pre-Depends Depends | sed -n 's/^[A-Za-z-]*: //p' | paste -sd, -)
+  [[ -n $(dpkg-deb -f "$devdeb" Depends | tr -d ' ') ]] &&
+    deps="$deps, $(dpkg-deb -f "$devdeb" Depends)"
+  apt_ satisfy --no-install-recommends "$deps" > apt-deps.log 2>&1 ||
+    die "apt-get satisfy of the packages' dependencies${R:+ in the chroot} failed: $(tail -20 apt-deps.log)"
   snapshot > fs.before
   pending_purge=$R   # until the purge below succeeds (see purge_pending)
   apt_ install --no-install-recommends "$W/$(basename "$deb")" "$W/$(basename "$devdeb")" > apt-install.log 2>&1 ||
     die "apt-get install${R:+ in the chroot} failed: $(tail -20 apt-install.log)"
+  # The Depends were all there already: apt installed our two packages and
+  # nothing else (anything more would be outside what the snapshots blame).
+  local pulled
+  pulled=$(sed -n '/^The following NEW packages will be installed:/,/^[^ ]/{/^  /p}' apt-install.log | xargs -n1 | sort | xargs)
+  assert_eq "$pulled" "sluice sluice-dev" "packages apt-get install added once the Depends were installed"
   run dpkg -L sluice sluice-dev | sort -u > pkg.files
   for f in /usr/include/sluice/filter.h /usr/share/pkgconfig/sluice-filter.pc \
            /usr/share/man/man3/sluice-filter.3.gz /usr/share/doc/sluice-dev/writing-filters.md.gz; do
@@ -149,15 +177,18 @@ install_check() {
          done < pkg.files)
   [[ -z $left ]] || die "files of the packages left after purge: $left"
   [[ ! -e $R/var/lib/sluice ]] || die "/var/lib/sluice left after purge: $(find "$R/var/lib/sluice")"
-  [[ -n $R ]] && apt_ autoremove --purge > apt-autoremove.log 2>&1
   snapshot > fs.after
   new=$(comm -13 fs.before fs.after)
   ours=$(grep -i sluice <<<"$new" || true)
   [[ -z $ours ]] || die "left after purge: $ours"
   if [[ -n $R ]]; then
-    # A chroot has nothing else going on: nothing new at all may remain
-    # (the packages pulled as dependencies were autoremoved).
-    [[ -z $new ]] || die "left in the chroot after purge and autoremove: $(head -20 <<<"$new")"
+    # A chroot has nothing else going on: nothing new at all may remain,
+    # and no file in /etc may hold anything else (the dependencies were
+    # installed before the first snapshot and stay).
+    [[ -z $new ]] || die "left in the chroot after purge: $(head -20 <<<"$new")"
+    local gone
+    gone=$(comm -23 fs.before fs.after)
+    [[ -z $gone ]] || die "changed or removed in the chroot by install and purge: $(head -20 <<<"$gone")"
   else
     [[ -z $new ]] || echo "note: paths that appeared meanwhile (not the package's): $(head -5 <<<"$new")"
   fi
@@ -197,8 +228,9 @@ fi
 exec 9>&-
 
 # On a clean Debian 12 made with debootstrap (minbase) from this machine's
-# mirror: apt must pull the runtime dependencies itself (minbase lacks
-# libfuse3-3 and libssl3).  About 3 minutes; needs the mirror.
+# mirror: apt must pull the runtime dependencies itself, from the
+# packages' Depends (minbase lacks libfuse3-3 and libssl3, and Ceph's
+# client libraries).  About 3 minutes; needs the mirror.
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | grep -v security | head -1 || true)
 mirror=${mirror:-http://deb.debian.org/debian}
@@ -224,7 +256,8 @@ if [[ -z $chroot_why ]]; then
   done
   chroot "$root" apt-get -q update > apt-update.log 2>&1 || die "apt-get update in the chroot: $(tail -5 apt-update.log)"
   install_check "$root"
-  grep -q "libfuse3-3" apt-install.log || die "apt did not pull libfuse3-3 into the chroot: $(tail -20 apt-install.log)"
+  grep -q "libfuse3-3" apt-deps.log ||
+    die "apt did not pull libfuse3-3 into the chroot for the packages' Depends: $(tail -20 apt-deps.log)"
   umount -l "$root/proc"
   ran+=("installed and purged in a $codename chroot")
 else
