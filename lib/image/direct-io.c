@@ -31,10 +31,9 @@ static int bounce(size_t len, uint64_t off, uint64_t *start, size_t *blen,
   return posix_memalign((void **)b, SL_DIRECT_ALIGN, *blen) ? -ENOMEM : 0;
 }
 
-int sl_image_io_read(struct sl_image *img, void *buf, size_t len, uint64_t off)
+int sl_image_io_read_bounced(struct sl_image *img, void *buf, size_t len,
+                             uint64_t off)
 {
-  if (!img->direct || aligned(buf, len, off))
-    return sl_pread_full(img->fd, buf, len, off);
   uint64_t start;
   size_t blen;
   char *b;

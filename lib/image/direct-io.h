@@ -8,15 +8,30 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/util.h"
 #include "image/driver.h"
 
 /* The alignment O_DIRECT asks of buffers, offsets and lengths. */
 #define SL_DIRECT_ALIGN 4096u
 
+/* Through an aligned superset of the range (sl_image_io_read). */
+int sl_image_io_read_bounced(struct sl_image *img, void *buf, size_t len,
+                             uint64_t off);
+
 /* Read LEN bytes at OFF of IMG's file.  Without O_DIRECT, or when all is
  * aligned, a plain full pread; otherwise through an aligned superset of
- * the range.  0 or -errno (no message: the driver names the request). */
-int sl_image_io_read(struct sl_image *img, void *buf, size_t len, uint64_t off);
+ * the range.  0 or -errno (no message: the driver names the request).
+ * Inline: the buffered read is every request's path, and the call layers
+ * this rule's move added cost about 65 instructions per 4K read (issue 12,
+ * docs/benchmarks.md). */
+static inline int sl_image_io_read(struct sl_image *img, void *buf, size_t len,
+                                   uint64_t off)
+{
+  if (!img->direct ||
+      (((uintptr_t)buf | len | off) & (SL_DIRECT_ALIGN - 1)) == 0)
+    return sl_pread_full(img->fd, buf, len, off);
+  return sl_image_io_read_bounced(img, buf, len, off);
+}
 
 /* Write LEN bytes at OFF.  Unaligned under O_DIRECT: the aligned superset
  * is read, patched and written back under RMW_LOCK, so two partial writes
