@@ -13,7 +13,11 @@
 #   * syscalls, context switches (all, and involuntary: preempted while
 #     runnable), CPU microseconds per request, from perf stat -p on the
 #     server (raw_syscalls:sys_enter, context-switches, sched:sched_switch
-#     with prev_state == 0, task-clock), with polling off and on (default).
+#     with prev_state == 0, task-clock), with polling off and on (default);
+#   * the server's service time, polling off: from recvfrom's return to
+#     sendmsg's return on the reader, and pread64's and sendmsg's own time,
+#     medians (perf record of raw_syscalls, microsecond resolution).  A
+#     median is robust to the load's outliers as CPU seconds are not.
 # Rounds alternate the builds' order.  Needs root (or perf_event_paranoid
 # <= 0 and tracefs access), perf, valgrind, fio, qemu-img.
 #   bench/nbd/per-request.sh [-r ROUNDS] [-n N] NAME=SLUICE-BINARY...
@@ -108,6 +112,44 @@ print('%.2f %.2f %.3f %.3f' % (r['task-clock'] * 1000 / ios, r['raw_syscalls:sys
 PY
 }
 
+service() { # BIN FMT -> median "service pread sendmsg" microseconds
+  local bin=$1 fmt=$2
+  start "$dir/t.sock" "$bin" serve --poll-us 0 --nbd "unix:$dir/t.sock" "$dir/disk.$fmt"
+  cat "$dir/disk.raw" "$dir/disk.qcow2" >/dev/null
+  reads "$dir/t.sock" 1000 --output=/dev/null
+  perf record -q -e raw_syscalls:sys_enter,raw_syscalls:sys_exit -p "$server_pid" \
+    -o "$dir/trace.data" 2>/dev/null &
+  local perf_pid=$!
+  sleep 0.5
+  reads "$dir/t.sock" "$((n / 3))" --output=/dev/null
+  kill -INT "$perf_pid"; wait "$perf_pid" || true
+  stop
+  perf script -i "$dir/trace.data" 2>/dev/null | python3 -c '
+import re, statistics, sys
+# x86-64 syscall numbers: recvfrom 45, pread64 17, sendmsg 46
+enter, recv_end, svc, pr, sd = {}, {}, [], [], []
+for l in sys.stdin:
+    m = re.search(r" (\d+) \[\d+\] ([\d.]+):\s+raw_syscalls:sys_(enter|exit): NR (\d+)", l)
+    if not m:
+        continue
+    tid, t, kind, nr = m.group(1), float(m.group(2)), m.group(3), int(m.group(4))
+    if kind == "enter":
+        enter[tid] = (nr, t)
+        continue
+    e = enter.pop(tid, None)
+    if not e or e[0] != nr:
+        continue
+    if nr == 45:
+        recv_end[tid] = t
+    elif nr == 17:
+        pr.append(t - e[1])
+    elif nr == 46:
+        sd.append(t - e[1])
+        if tid in recv_end:
+            svc.append(t - recv_end.pop(tid))
+print(" ".join("%.1f" % (statistics.median(v) * 1e6) for v in (svc, pr, sd)))'
+}
+
 results=$dir/results
 for fmt in qcow2 raw; do
   for i in "${!names[@]}"; do
@@ -124,6 +166,9 @@ for ((r = 0; r < rounds; r++)); do
         echo "count $fmt $mode ${names[i]} $(counted "${bins[i]}" "$fmt" "${args[@]}")" >> "$results"
       done
     done
+    for i in "${order[@]}"; do
+      echo "service $fmt ${names[i]} $(service "${bins[i]}" "$fmt")" >> "$results"
+    done
   done
 done
 
@@ -131,11 +176,13 @@ echo "Depth-1 4K random reads, per request ($rounds rounds of $n reads, medians;
 python3 - "$results" "${names[@]}" <<'PY'
 import collections, statistics, sys
 names = sys.argv[2:]
-ins, cnt = {}, collections.defaultdict(list)
+ins, cnt, svc = {}, collections.defaultdict(list), collections.defaultdict(list)
 for line in open(sys.argv[1]):
     p = line.split()
     if p[0] == 'instr':
         ins[(p[1], p[2])] = int(p[3])
+    elif p[0] == 'service':
+        svc[(p[1], p[2])].append([float(x) for x in p[3:]])
     else:
         cnt[(p[1], p[2], p[3])].append([float(x) for x in p[4:]])
 print()
@@ -149,4 +196,7 @@ for fmt in ('qcow2', 'raw'):
             vals = [statistics.median(v[j] for v in cnt[(fmt, mode, n)]) for n in names]
             fmtv = '%.2f' if j < 2 else '%.3f'
             print('| %s | %s, %s | %s |' % (fmt, what, label, ' | '.join(fmtv % v for v in vals)))
+    for j, what in enumerate(('service time (recvfrom to sendmsg returned)', 'pread64', 'sendmsg')):
+        vals = [statistics.median(v[j] for v in svc[(fmt, n)]) for n in names]
+        print('| %s | us, %s, --poll-us 0 | %s |' % (fmt, what, ' | '.join('%.1f' % v for v in vals)))
 PY
