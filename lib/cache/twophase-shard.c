@@ -114,7 +114,7 @@ struct sl_tp_shard {
   uint64_t ghost_nominal;
   size_t ghost_bytes;               /* as allocated, for the stats */
   bool fixed;
-  const void *owner;                /* the structure: whose request count (asked) */
+  uint64_t owner;                   /* the structure's id: whose request count (asked) */
 
   _Alignas(64) pthread_mutex_t lock; /* everything below */
   uint32_t cold_head, cold_count;
@@ -150,21 +150,27 @@ static _Thread_local uint64_t ref_stores_here;
  * per hit, measured with callgrind, docs/benchmarks.md.)  A miss hands the
  * count to the shard it inserts into: a thread's hits fall on every shard,
  * but so do its misses, so each shard is credited its share on average.
+ *
  * The count is credited only if this thread's previous miss was in the
- * same structure (t->owner, checked on the miss path): a thread that turns
- * from one structure to another drops the hits in between rather than
- * crediting them to the wrong one; one that interleaves two credits each
- * with some of the other's hits, which blurs both hit ratios alike. */
+ * same structure, checked on the miss path against t->owner, an id no
+ * other structure of the process ever has.  (It was the structure's
+ * address: a structure created where a destroyed one had been inherited
+ * the count of the old one's last hits, and the simulator's results for
+ * one configuration depended on which ran before it in the same thread.)
+ * A thread that turns from one structure to another drops the hits in
+ * between rather than crediting them to the wrong one; one that
+ * interleaves two credits each with some of the other's hits, which
+ * blurs both hit ratios alike. */
 /* initial-exec: the library is built position-independent, and the
  * default model would make every lookup call __tls_get_addr. */
 static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
-  const void *owner;
+  uint64_t owner;
   uint64_t n;
 } asked;
 
 /* The requests to credit with a miss: those counted since the last one
  * (the miss's own lookup among them), at least the miss itself. */
-static inline uint64_t take_requests(const void *owner)
+static inline uint64_t take_requests(uint64_t owner)
 {
   uint64_t n = asked.owner == owner && asked.n ? asked.n : 1;
   asked.owner = owner;
@@ -183,7 +189,7 @@ static uint32_t pow2_at_least(uint64_t v)
 }
 
 struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint32_t capacity,
-                                       const void *owner)
+                                       uint64_t owner)
 {
   if (!p || capacity == 0 || capacity >= (1u << 30))
     return NULL;

@@ -22,9 +22,10 @@ struct sl_tp_shard;
 
 /* CAPACITY slots; P's capacity and shards are ignored, the rest (cold and
  * ghost fractions, adaptive, cold_hit) apply to this shard alone.  OWNER
- * is the whole structure (the shards of one share a request count). */
+ * identifies the whole structure (its shards share a request count): a
+ * number no other structure of the process has. */
 struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint32_t capacity,
-                                       const void *owner);
+                                       uint64_t owner);
 void sl_tp_shard_destroy(struct sl_tp_shard *t);
 uint32_t sl_tp_shard_capacity(const struct sl_tp_shard *t);
 

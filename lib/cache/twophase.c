@@ -105,10 +105,14 @@ struct sl_twophase *sl_twophase_create(const struct sl_twophase_params *p)
   t->q = t->capacity / t->nshards;
   t->big = t->capacity % t->nshards;
   t->split = t->big * (t->q + 1);
+  /* Its shards' climbers credit a thread's requests to it by this id
+   * (twophase-shard.c); an address could be a destroyed structure's. */
+  static _Atomic uint64_t last_id;
+  uint64_t id = atomic_fetch_add_explicit(&last_id, 1, memory_order_relaxed) + 1;
   uint32_t base = 0;
   for (uint32_t i = 0; i < t->nshards; i++) {
     uint32_t size = t->q + (i < t->big);
-    t->shard[i] = (struct shard_ref){.sh = sl_tp_shard_create(p, size, t), .base = base,
+    t->shard[i] = (struct shard_ref){.sh = sl_tp_shard_create(p, size, id), .base = base,
                                      .size = size};
     if (!t->shard[i].sh) {
       sl_twophase_destroy(t);
