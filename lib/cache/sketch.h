@@ -78,12 +78,19 @@ static inline void sl_sketch_free(struct sl_sketch *s)
   s->rows = s->door = NULL;
 }
 
-/* The counter of BLOCK in row R: word index and shift. */
+/* The counter of BLOCK in row R: word index and shift.  H is already a
+ * full mix of the block, so each row takes bits 32 and up of H times its
+ * own odd constant (multiply-shift hashing): one multiply a row.  Until
+ * 2026-12-07 each row mixed H again (sl_mix64 of H plus a row constant);
+ * twophase counts and estimates on every miss and demotion under its
+ * lock, and the four mixes were about a sixth of its miss path's
+ * instructions (docs/benchmarks.md). */
 static inline void sl_sketch_cell(const struct sl_sketch *s, uint64_t h,
                                   int r, uint64_t *word, unsigned *shift)
 {
-  uint64_t i = sl_sketch_mix(h + 0x9e3779b97f4a7c15ULL * (uint64_t)(r + 1)) &
-               s->mask;
+  static const uint64_t odd[4] = {0x9e3779b97f4a7c15ULL, 0xc2b2ae3d27d4eb4fULL,
+                                  0x165667b19e3779f9ULL, 0xd6e8feb86659fd93ULL};
+  uint64_t i = ((h * odd[r]) >> 32) & s->mask;
   *word = (uint64_t)r * s->row_words + i / 16;
   *shift = (unsigned)(i % 16) * 4;
 }
