@@ -90,7 +90,6 @@
  * samples) that first step up cost 1.8% more misses than the fixed split,
  * where the issue allows 1% (tests/sim/test-sim-adaptive.c); 4.5% costs
  * about 1% there and scores as well on the shipped traces. */
-#define CLIMB_STEP 0.045
 #define CLIMB_DECAY 0.98
 #define CLIMB_RESTART 0.05
 
@@ -130,7 +129,7 @@ struct sl_tp_shard {
    * the current sample, the previous sample's hit ratio (< 0: none yet),
    * the signed step and the unrounded target, in slots. */
   uint64_t clk_len, clk_req, clk_miss;
-  double clk_prev, clk_step, clk_target;
+  double clk_prev, clk_step, clk_target, clk_first; /* clk_first: full step, a share */
   struct sl_twophase_stats st;
 };
 
@@ -228,7 +227,9 @@ struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint3
   if (climb > 0) {
     t->clk_len = (uint64_t)(climb * t->n) + 1;
     t->clk_prev = -1;
-    t->clk_step = CLIMB_STEP * t->n;
+    t->clk_first = p->climb_step > 0 && p->climb_step < 1 ? p->climb_step
+                                                          : SL_TWOPHASE_CLIMB_STEP;
+    t->clk_step = t->clk_first * t->n;
     t->clk_target = t->cold_target;
   }
   t->ghost_nominal = (uint64_t)(gf * t->n) + 1;
@@ -525,7 +526,7 @@ static void climb(struct sl_tp_shard *t)
     if (delta < 0)
       t->clk_step = -t->clk_step;
     if (delta >= CLIMB_RESTART || delta <= -CLIMB_RESTART)
-      t->clk_step = (t->clk_step < 0 ? -CLIMB_STEP : CLIMB_STEP) * t->n;
+      t->clk_step = (t->clk_step < 0 ? -t->clk_first : t->clk_first) * t->n;
     else
       t->clk_step *= CLIMB_DECAY;
   }

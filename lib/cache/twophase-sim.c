@@ -20,7 +20,7 @@ static void *tp_classic_create(uint64_t capacity)
   return sl_twophase_create(&p);
 }
 
-/* "cold=F:ghost=F:classic=0|1:adaptive=0|1:age=N:climb=F:climbmax=F:fill=N:margin=N": the tunables of
+/* "cold=F:ghost=F:classic=0|1:adaptive=0|1:age=N:climb=F:climbmax=F:step=F:fill=N:margin=N": the tunables of
  * struct sl_twophase_params, for parameter sweeps (bench/policy-cv.sh). */
 static void *tp_create_args(uint64_t capacity, const char *args)
 {
@@ -57,9 +57,11 @@ static void *tp_create_args(uint64_t capacity, const char *args)
       p.contest_margin = v > 0 ? (int)v : -1;
     else if (k == 8 && !strncmp(a, "climbmax", 8) && v < 1)
       p.climb_max = v;
+    else if (k == 4 && !strncmp(a, "step", 4) && v > 0 && v < 1)
+      p.climb_step = v;
     else {
       sl_error(EINVAL, "unknown or out-of-range twophase argument \"%.*s\" (cold<1, "
-               "ghost<=16, classic, adaptive, age<8, climb<=1000, climbmax<1, fill<18, margin<16; 0 = off)", (int)(end - a), a);
+               "ghost<=16, classic, adaptive, age<8, climb<=1000, climbmax<1, 0<step<1, fill<18, margin<16; 0 = off)", (int)(end - a), a);
       return NULL;
     }
     a = *end ? end + 1 : end;

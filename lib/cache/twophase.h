@@ -42,6 +42,7 @@ enum sl_cold_hit {
  * seen 3 times fill hot while it is below its share. */
 #define SL_TWOPHASE_CLIMB 10.0
 #define SL_TWOPHASE_CLIMB_MAX 0.5
+#define SL_TWOPHASE_CLIMB_STEP 0.045
 #define SL_TWOPHASE_MARGIN 1
 #define SL_TWOPHASE_FILL 3
 #define SL_TWOPHASE_MAX_SHARDS 64
@@ -83,6 +84,9 @@ struct sl_twophase_params {
   /* Cold's largest target while climbing, as a share of the shard
    * (0 = SL_TWOPHASE_CLIMB_MAX); the smallest is 1%. */
   double climb_max;
+  /* The climber's first (and largest) step, as a share of the shard
+   * (0 = SL_TWOPHASE_CLIMB_STEP). */
+  double climb_step;
   /* While hot holds less than its share (capacity - cold's target), a
    * block leaving cold unreferenced moves to hot instead of the ghost if
    * the sketch has seen it at least FILL_HOT times (1: always), so that
