@@ -10,10 +10,13 @@
  *    hill climber shrinks cold, so twophase must miss within 0.05 of LIRS
  *    (the issue's goal);
  *  - on a pure Zipf, where the fixed split was tuned, the contest and the
- *    climber must not cost much: the issue asks for 1% relative, which
- *    holds at 2000 blocks and is missed by a hair at 500 and 8000 (+1.0%,
- *    +1.1%: the climber wanders on a stationary workload), so 1.5% is
- *    what this asserts (docs/cache-policy.md);
+ *    climber must not cost much: the issue asks for 1% relative.  At the
+ *    three sizes here it is +0.6%, +0.1% and +1.0%, but the climber
+ *    wanders on a stationary workload and the cost depends on the size:
+ *    over nine sizes from 2% to 40% of the footprint it reaches +3.3% (at
+ *    1978 blocks; mean +0.6%, docs/cache-policy.md).  The issue's 1% is
+ *    therefore not met in general, and this asserts 1.5% at its three
+ *    sizes, as a guard against making it worse, not as a proof of 1%;
  *  - on a zigzag (LRU-friendly), it must not be worse than the classic,
  *    and must stay within 15% of LRU (the issue's 10% holds at the three
  *    sizes here, +7%, +10% and +3%, but not at 900 blocks: +14%).
