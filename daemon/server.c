@@ -532,7 +532,7 @@ static void op_hello(struct sd_server *srv, struct conn *c, const struct sl_cs_r
   const struct sl_cs_hello *h = r->u.hello;
   if (h->min_version > SL_CS_VERSION_MAX || h->max_version < SL_CS_VERSION_MIN) {
     reply_error(srv, c, SL_CS_HELLO, r->hdr.id, -EPROTONOSUPPORT,
-                "no protocol version in common (this daemon speaks 1..1)");
+                "no protocol version in common (this daemon speaks 1.." SD_STR(SL_CS_VERSION_MAX) ")");
     pthread_mutex_lock(&c->out_lock);
     flush_locked(c);
     pthread_mutex_unlock(&c->out_lock);
@@ -557,6 +557,7 @@ struct regjob {
   int fd;
   bool priv;
   uint32_t slot;
+  struct sl_cs_register_rbd *rbd; /* REGISTER_RBD: a copy of the request */
 };
 
 static void reg_done(struct sd_server *srv, struct conn *c)
@@ -578,8 +579,16 @@ static void *reg_main(void *opaque)
   struct sd_server *srv = j->srv;
   struct conn *c = j->c;
   int err = 0;
-  struct sd_layer *l = sd_layer_register(&srv->store, j->fd, j->priv, c->pid, &err);
-  close(j->fd); /* may wait for a FUSE server: this thread's to wait */
+  uint16_t op = j->rbd ? SL_CS_REGISTER_RBD : SL_CS_REGISTER_LAYER;
+  struct sd_layer *l;
+  if (j->rbd) {
+    l = sd_layer_register_rbd(&srv->store, j->rbd, &err);
+    explicit_bzero(j->rbd->key, sizeof j->rbd->key);
+    free(j->rbd);
+  } else {
+    l = sd_layer_register(&srv->store, j->fd, j->priv, c->pid, &err);
+    close(j->fd); /* may wait for a FUSE server: this thread's to wait */
+  }
   /* No longer in progress before the reply goes out: a client that waits
    * for each reply must never find its next registration refused. */
   uint32_t id = make_id(j->slot, c->lgen[j->slot]); /* fixed while reserved */
@@ -591,12 +600,12 @@ static void *reg_main(void *opaque)
     if (!srv->o.quiet)
       fprintf(stderr, "sluiced: client pid %d: refused a layer: %s\n", (int)c->pid,
               sl_last_error());
-    reply_error(srv, c, SL_CS_REGISTER_LAYER, j->id, err, sl_last_error());
+    reply_error(srv, c, op, j->id, err, sl_last_error());
   } else {
     struct sl_cs_register_layer_reply rep = {
       .layer = id,
       .flags = j->priv ? SL_CS_LAYER_PRIVATE : 0, .size = l->size};
-    reply(srv, c, SL_CS_REGISTER_LAYER, j->id, &rep, sizeof rep);
+    reply(srv, c, op, j->id, &rep, sizeof rep);
   }
   conn_unref(srv, c);
   free(j);
@@ -639,12 +648,23 @@ static void op_register_layer(struct sd_server *srv, struct conn *c,
     return;
   }
   int e = fds_take(srv, c, SD_LAYER_FDS);
-  struct regjob *j = e < 0 ? NULL : malloc(sizeof *j);
+  struct regjob *j = e < 0 ? NULL : calloc(1, sizeof *j);
+  struct sl_cs_register_rbd *rbd = NULL;
+  if (j && r->hdr.op == SL_CS_REGISTER_RBD && !(rbd = malloc(sizeof *rbd))) {
+    free(j);
+    j = NULL;
+  }
   pthread_t t;
   pthread_attr_t attr;
   if (j) {
-    *j = (struct regjob){srv, c, r->hdr.id, fd, (r->u.reg_layer->flags & SL_CS_LAYER_PRIVATE) != 0,
-                         (uint32_t)slot};
+    if (rbd) {
+      memcpy(rbd, r->u.reg_rbd, sizeof *rbd);
+      *j = (struct regjob){srv, c, r->hdr.id, -1, false, (uint32_t)slot, rbd};
+    } else {
+      *j = (struct regjob){srv, c, r->hdr.id, fd,
+                           (r->u.reg_layer->flags & SL_CS_LAYER_PRIVATE) != 0, (uint32_t)slot,
+                           NULL};
+    }
     atomic_store(&c->layers[slot], &reserved_layer);
     atomic_fetch_add(&c->refs, 1);
     pthread_attr_init(&attr);
@@ -657,6 +677,9 @@ static void op_register_layer(struct sd_server *srv, struct conn *c,
     atomic_store(&c->layers[slot], NULL);
     atomic_fetch_sub(&c->refs, 1); /* the loop holds one more: never the last */
     fds_give(srv, c, SD_LAYER_FDS);
+    if (rbd)
+      explicit_bzero(rbd, sizeof *rbd);
+    free(rbd);
     free(j);
     sl_error(EAGAIN, "cannot start a registration thread");
   } else if (e == 0) {
@@ -1057,7 +1080,8 @@ static void op_stats(struct sd_server *srv, struct conn *c, const struct sl_cs_r
     x->index = l->index;
     x->flags = (dead ? SL_CS_LSTAT_DEAD : 0) | (l->blockdev ? SL_CS_LSTAT_BLOCKDEV : 0) |
                (l->direct ? SL_CS_LSTAT_DIRECT : 0) | (l->lease_held ? SL_CS_LSTAT_LEASE : 0) |
-               (l->private_ ? SL_CS_LSTAT_PRIVATE : 0) | (mine ? 0 : SL_CS_LSTAT_OTHER);
+               (l->private_ ? SL_CS_LSTAT_PRIVATE : 0) | (mine ? 0 : SL_CS_LSTAT_OTHER) |
+               (l->rbd_id ? SL_CS_LSTAT_RBD : 0);
     if (mine)
       memcpy(x->path, l->path, sizeof x->path);
     else
@@ -1113,7 +1137,8 @@ static bool process_input(struct sd_server *srv, struct conn *c)
     }
     switch (r.hdr.op) {
     case SL_CS_HELLO: op_hello(srv, c, &r); break;
-    case SL_CS_REGISTER_LAYER: op_register_layer(srv, c, &r, fd); break;
+    case SL_CS_REGISTER_LAYER:
+    case SL_CS_REGISTER_RBD: op_register_layer(srv, c, &r, fd); break;
     case SL_CS_REGISTER_HANDLE: op_register_handle(srv, c, &r, fd); break;
     case SL_CS_UNREGISTER_LAYER:
     case SL_CS_UNREGISTER_HANDLE: op_unregister(srv, c, &r); break;

@@ -62,6 +62,11 @@
 #include <sluice/error.h>
 #include "cache/twophase.h"
 #include "common/util.h"
+#include "rbd.h"
+
+/* RBD layers kept open (each an open librbd image) once no registration
+ * holds them; beyond, unregistered ones are dropped to make room. */
+#define SD_MAX_RBD_LIVE 64
 
 enum { ST_EMPTY = 0, ST_FILLING = 1, ST_VALID = 2 };
 
@@ -132,12 +137,15 @@ void sd_store_fini(struct sd_store *s)
         close(l->fd);
       if (l->dfd >= 0)
         close(l->dfd);
+      sd_rbd_close(l->rbd);
+      free(l->rbd_id);
       free(l);
     }
     free(s->dir[i]);
   }
   sd_store_reap(s);
   free(s->closeq);
+  free(s->rbdq);
   free(s->free_idx);
   memset(s, 0, sizeof *s);
 }
@@ -230,8 +238,36 @@ void sd_store_close_later(struct sd_store *s, int fd)
   pthread_mutex_unlock(&s->close_lock);
 }
 
+static void rbd_close_later(struct sd_store *s, struct sd_rbd *r)
+{
+  if (!r)
+    return;
+  pthread_mutex_lock(&s->close_lock);
+  if (s->n_rbdq == s->cap_rbdq) {
+    size_t cap = s->cap_rbdq ? 2 * s->cap_rbdq : 16;
+    struct sd_rbd **q = realloc(s->rbdq, cap * sizeof *q);
+    if (!q) {
+      pthread_mutex_unlock(&s->close_lock);
+      sd_rbd_close(r);
+      return;
+    }
+    s->rbdq = q;
+    s->cap_rbdq = cap;
+  }
+  s->rbdq[s->n_rbdq++] = r;
+  pthread_mutex_unlock(&s->close_lock);
+}
+
 void sd_store_reap(struct sd_store *s)
 {
+  for (;;) {
+    pthread_mutex_lock(&s->close_lock);
+    struct sd_rbd *r = s->n_rbdq ? s->rbdq[--s->n_rbdq] : NULL;
+    pthread_mutex_unlock(&s->close_lock);
+    if (!r)
+      break;
+    sd_rbd_close(r);
+  }
   for (;;) {
     pthread_mutex_lock(&s->close_lock);
     int fd = s->n_close ? s->closeq[--s->n_close] : -1;
@@ -253,6 +289,8 @@ static void release_files(struct sd_store *s, struct sd_layer *l)
   sd_store_close_later(s, l->fd);
   sd_store_close_later(s, l->dfd);
   l->fd = l->dfd = -1;
+  rbd_close_later(s, l->rbd);
+  l->rbd = NULL;
 }
 
 /* Under layers_lock: take L off the live list. */
@@ -280,6 +318,8 @@ static void kill_locked(struct sd_store *s, struct sd_layer *l, const char *why)
     l->lease_held = false;
   }
   unlink_live(s, l);
+  if (l->rbd_id)
+    s->live_rbd--;
   l->next_live = s->dead;
   s->dead = l;
   if (atomic_load(&l->refs) == 0)
@@ -312,11 +352,12 @@ static void recycle_locked(struct sd_store *s)
       s->cap_free = cap;
     }
     *pp = l->next_live;
-    if (l->fd >= 0 || l->dfd >= 0)
+    if (l->fd >= 0 || l->dfd >= 0 || l->rbd)
       release_files(s, l);
     s->dir[l->index >> 12][l->index & 4095] = NULL;
     s->free_idx[s->n_free++] = l->index;
     s->recycled++;
+    free(l->rbd_id);
     free(l);
   }
 }
@@ -334,6 +375,106 @@ struct sd_layer *sd_layer_by_fd(struct sd_store *s, int fd)
   struct sd_layer *l = s->live;
   while (l && l->fd != fd)
     l = l->next_live;
+  pthread_mutex_unlock(&s->layers_lock);
+  return l;
+}
+
+/* Under layers_lock: a new layer record with a free index (not yet
+ * reachable), or NULL with -errno in *ERR and a message. */
+static struct sd_layer *alloc_layer_locked(struct sd_store *s, int *err)
+{
+  if (s->next_index >= s->max_layers && s->n_free == 0)
+    recycle_locked(s);
+  if (s->next_index >= s->max_layers && s->n_free == 0) {
+    *err = sl_error(ENOSPC, "no layer index left (%u layers known, live or still cached)",
+                    s->max_layers - 1);
+    return NULL;
+  }
+  bool fresh = s->next_index < s->max_layers;
+  uint32_t idx = fresh ? s->next_index : s->free_idx[s->n_free - 1];
+  struct sd_layer ***chunk = &s->dir[idx >> 12];
+  if (!*chunk)
+    *chunk = calloc(4096, sizeof **chunk);
+  struct sd_layer *l = *chunk ? calloc(1, sizeof *l) : NULL;
+  if (!l) {
+    *err = sl_error(ENOMEM, "out of memory for a layer");
+    return NULL;
+  }
+  if (fresh)
+    s->next_index++;
+  else
+    s->n_free--;
+  l->index = idx;
+  l->fd = l->dfd = -1;
+  return l;
+}
+
+/* Under layers_lock: make L (from alloc_layer_locked, filled in) live. */
+static void publish_locked(struct sd_store *s, struct sd_layer *l)
+{
+  s->dir[l->index >> 12][l->index & 4095] = l;
+  l->next_live = s->live;
+  s->live = l;
+}
+
+struct sd_layer *sd_layer_register_rbd(struct sd_store *s, const struct sl_cs_register_rbd *req,
+                                       int *err)
+{
+  char id[SL_CS_RBD_MON + 160], name[SL_CS_PATH_MAX];
+  uint64_t size = 0;
+  struct sd_rbd *r = NULL;
+  int e = sd_rbd_open(req, &r, id, sizeof id, name, sizeof name, &size);
+  if (e < 0) {
+    *err = e;
+    return NULL;
+  }
+  if ((size >> s->shift) >= (1ull << SD_BLOCK_BITS)) {
+    sd_rbd_close(r);
+    *err = sl_error(EFBIG, "%s: %" PRIu64 " bytes is too large for the cache", name, size);
+    return NULL;
+  }
+  pthread_mutex_lock(&s->layers_lock);
+  /* The same snapshot of the same cluster, registered before: share it
+   * (this client has just shown that it may read it). */
+  for (struct sd_layer *l = s->live; l; l = l->next_live)
+    if (l->rbd_id && !strcmp(l->rbd_id, id) && !atomic_load(&l->dead)) {
+      atomic_fetch_add(&l->refs, 1);
+      pthread_mutex_unlock(&s->layers_lock);
+      sd_rbd_close(r);
+      return l;
+    }
+  /* Room for one more open snapshot: drop one nobody holds. */
+  if (s->live_rbd >= SD_MAX_RBD_LIVE) {
+    for (struct sd_layer *l = s->live; l; l = l->next_live)
+      if (l->rbd_id && atomic_load(&l->refs) == 0) {
+        kill_locked(s, l, "unregistered, making room for another RBD snapshot");
+        break;
+      }
+  }
+  if (s->live_rbd >= SD_MAX_RBD_LIVE) {
+    pthread_mutex_unlock(&s->layers_lock);
+    sd_rbd_close(r);
+    *err = sl_error(EMFILE, "%s: %d RBD snapshots registered, the daemon's limit", name,
+                    SD_MAX_RBD_LIVE);
+    return NULL;
+  }
+  char *dup = strdup(id);
+  struct sd_layer *l = dup ? alloc_layer_locked(s, err) : NULL;
+  if (!l) {
+    if (!dup)
+      *err = sl_error(ENOMEM, "out of memory for a layer");
+    pthread_mutex_unlock(&s->layers_lock);
+    free(dup);
+    sd_rbd_close(r);
+    return NULL;
+  }
+  l->size = size;
+  l->rbd = r;
+  l->rbd_id = dup;
+  atomic_init(&l->refs, 1);
+  snprintf(l->path, sizeof l->path, "%s", name);
+  s->live_rbd++;
+  publish_locked(s, l);
   pthread_mutex_unlock(&s->layers_lock);
   return l;
 }
@@ -449,30 +590,11 @@ struct sd_layer *sd_layer_register(struct sd_store *s, int fd, bool private_,
       break;
     }
   }
-  if (s->next_index >= s->max_layers && s->n_free == 0)
-    recycle_locked(s);
-  if (s->next_index >= s->max_layers && s->n_free == 0) {
-    pthread_mutex_unlock(&s->layers_lock);
-    *err = sl_error(ENOSPC, "no layer index left (%u layers known, live or still cached)",
-                    s->max_layers - 1);
-    goto fail;
-  }
-  bool fresh = s->next_index < s->max_layers;
-  uint32_t idx = fresh ? s->next_index : s->free_idx[s->n_free - 1];
-  struct sd_layer ***chunk = &s->dir[idx >> 12];
-  if (!*chunk)
-    *chunk = calloc(4096, sizeof **chunk);
-  struct sd_layer *l = *chunk ? calloc(1, sizeof *l) : NULL;
+  struct sd_layer *l = alloc_layer_locked(s, err);
   if (!l) {
     pthread_mutex_unlock(&s->layers_lock);
-    *err = sl_error(ENOMEM, "out of memory for a layer");
     goto fail;
   }
-  if (fresh)
-    s->next_index++;
-  else
-    s->n_free--;
-  l->index = idx;
   l->dev = st2.st_dev;
   l->ino = st2.st_ino;
   l->size = size;
@@ -490,9 +612,7 @@ struct sd_layer *sd_layer_register(struct sd_store *s, int fd, bool private_,
   if (n < 0)
     snprintf(l->path, sizeof l->path, "(dev %ju ino %ju)", (uintmax_t)l->dev,
              (uintmax_t)l->ino);
-  (*chunk)[idx & 4095] = l;
-  l->next_live = s->live;
-  s->live = l;
+  publish_locked(s, l);
   pthread_mutex_unlock(&s->layers_lock);
   return l;
 
@@ -511,7 +631,7 @@ void sd_layer_unregister(struct sd_store *s, struct sd_layer *l)
      * layer cannot be trusted once nobody holds it: it dies.  A leased one
      * stays cached (the lease still guards it) until its file changes or
      * is deleted. */
-    if (l->private_ || !l->lease)
+    if (!l->rbd_id && (l->private_ || !l->lease))
       kill_locked(s, l, l->private_ ? "private layer released" : "released (no lease)");
     if (atomic_load(&l->dead))
       release_files(s, l);
@@ -523,8 +643,8 @@ int sd_layer_verify(struct sd_layer *l, struct sd_store *s)
 {
   if (atomic_load_explicit(&l->dead, memory_order_acquire))
     return -ESTALE;
-  if (l->lease || l->blockdev || l->private_)
-    return 0;
+  if (l->lease || l->blockdev || l->private_ || l->rbd_id)
+    return 0; /* guarded otherwise, or (RBD snapshots) immutable */
   struct stat st;
   uint64_t size;
   if (fstat(l->fd, &st) < 0 || file_size(l->fd, &st, &size) < 0 ||
@@ -544,7 +664,7 @@ void sd_layer_sweep(struct sd_store *s)
   struct pin {
     struct sd_layer *l;
     int fd;
-    bool lease, blockdev;
+    bool lease, blockdev, rbd;
     const char *why;
   } *p = NULL;
   size_t n = 0;
@@ -556,13 +676,15 @@ void sd_layer_sweep(struct sd_store *s)
   n = 0;
   for (struct sd_layer *l = s->live; l && p; l = l->next_live) {
     l->busy++;
-    p[n++] = (struct pin){l, l->fd, l->lease_held, l->blockdev, NULL};
+    p[n++] = (struct pin){l, l->fd, l->lease_held, l->blockdev, l->rbd_id != NULL, NULL};
   }
   pthread_mutex_unlock(&s->layers_lock);
   for (size_t i = 0; i < n; i++) {
     struct sd_layer *l = p[i].l;
     struct stat st = {.st_nlink = 1};
     uint64_t size;
+    if (p[i].rbd)
+      continue; /* a snapshot never changes */
     if (p[i].lease && fcntl(p[i].fd, F_GETLEASE) != F_RDLCK)
       p[i].why = "someone opened it for writing (lease broken)";
     else if (!p[i].blockdev &&
@@ -624,6 +746,12 @@ static long read_block(struct sd_store *s, struct sd_layer *l, uint64_t block, u
   size_t want = s->block_size;
   if (off + want > l->size)
     want = (size_t)(l->size - off);
+  if (l->rbd) {
+    long n = sd_rbd_read(l->rbd, buf, want, off);
+    if (n >= 0 && (size_t)n < want)
+      memset(buf + n, 0, want - (size_t)n);
+    return n < 0 ? n : (long)want;
+  }
   /* the whole block, so that O_DIRECT sees an aligned length; a range that
    * does not take O_DIRECT is read buffered */
   long got = sl_pread_count(l->dfd >= 0 ? l->dfd : l->fd, l->fd, buf, s->block_size, off);
@@ -713,7 +841,16 @@ static int fill_and_copy(struct sd_store *s, struct sd_layer *l, uint64_t block,
     return 0;
   }
   /* No slot to be had: read this piece straight from the file. */
-  long got = sl_pread_count(l->fd, -1, dst, len, (block << s->shift) + in_off);
+  uint64_t poff = (block << s->shift) + in_off;
+  long got;
+  if (l->rbd) {
+    uint32_t n = poff >= l->size ? 0 : (uint32_t)SL_MIN((uint64_t)len, l->size - poff);
+    got = n ? sd_rbd_read(l->rbd, dst, n, poff) : 0;
+    if (got >= 0 && (uint64_t)got < len)
+      memset(dst + got, 0, len - (size_t)got);
+  } else {
+    got = sl_pread_count(l->fd, -1, dst, len, poff);
+  }
   if (got < 0)
     return (int)got;
   atomic_fetch_add_explicit(&l->c.backend_bytes, (uint64_t)got, memory_order_relaxed);

@@ -12,6 +12,7 @@
 #include "cachesvc/protocol.h"
 
 struct sl_twophase;
+struct sd_rbd;
 
 /* Layer indices live in the top bits of a cache key (store.c), the block
  * number in the low SD_BLOCK_BITS. */
@@ -31,6 +32,9 @@ struct sd_layer {
   uint64_t size;
   struct timespec mtime, ctime;
   bool blockdev, private_, lease, direct; /* as registered: never change */
+  struct sd_rbd *rbd;             /* an RBD snapshot (rbd.c), or NULL: then fd
+                                   * and dfd are -1 and RBD_ID is its identity */
+  char *rbd_id;
   bool lease_held;                /* under layers_lock: the lease is still ours */
   int fd;                         /* the daemon's own read-only descriptor */
   int dfd;                        /* the same file with O_DIRECT, or -1 */
@@ -66,6 +70,9 @@ struct sd_store {
   pthread_mutex_t close_lock;
   int *closeq;
   size_t n_close, cap_close;
+  struct sd_rbd **rbdq;           /* RBD snapshots to close, likewise */
+  size_t n_rbdq, cap_rbdq;
+  uint32_t live_rbd;              /* under layers_lock: RBD layers not dead */
   struct sd_layer **dir[SD_MAX_LAYERS >> 12]; /* index -> layer, under layers_lock */
   uint32_t next_index;
   _Atomic uint64_t inval_gen;     /* bumped by every invalidation of all layers */
@@ -84,6 +91,11 @@ void sd_store_fini(struct sd_store *s);
  * message (sl_last_error). */
 struct sd_layer *sd_layer_register(struct sd_store *s, int fd, bool private_,
                                    pid_t client_pid, int *err);
+/* Register the RBD snapshot REQ names (rbd.c opens it as the client REQ
+ * names; run off the event loop: it talks to the cluster).  As
+ * sd_layer_register. */
+struct sd_layer *sd_layer_register_rbd(struct sd_store *s, const struct sl_cs_register_rbd *req,
+                                       int *err);
 void sd_layer_unregister(struct sd_store *s, struct sd_layer *l);
 /* Mark L dead (its file changed): none of its blocks is served again. */
 void sd_layer_kill(struct sd_store *s, struct sd_layer *l, const char *why);
@@ -110,7 +122,7 @@ int sd_layer_verify(struct sd_layer *l, struct sd_store *s);
  * lease)?  Then it must not run on the event loop thread. */
 static inline bool sd_layer_needs_stat(const struct sd_layer *l)
 {
-  return !l->lease && !l->blockdev && !l->private_;
+  return !l->lease && !l->blockdev && !l->private_ && !l->rbd;
 }
 /* The real-time signal the kernel sends when a layer's lease breaks
  * (F_SETSIG; si_fd names the descriptor).  Block it before any thread. */

@@ -15,14 +15,22 @@
  * and the image handles reads (encryption, say): the files' bytes are then
  * not what the cache filter would read from next.
  *
+ * RBD snapshots (the parents of RBD clones) have no descriptor: the daemon
+ * opens them itself with this process's Ceph identity (its monitors and
+ * key), and derives their identity from the cluster (REGISTER_RBD).
+ *
  * qcow2 reports compressed clusters as data with no file offset (0, where
  * a qcow2 file always has its header): those, and anything else the
  * daemon cannot serve byte for byte, come back unserved, and the filter
  * reads them from next.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+
+#include "config.h"
 
 #include <sluice/error.h>
 #include <sluice/filter.h>
@@ -30,6 +38,10 @@
 #include "cachesvc/client.h"
 #include "cachesvc/host.h"
 #include "disk/next-image.h"
+#if HAVE_RBD
+#include "cachesvc/protocol.h"
+#include "image/rbd.h"
+#endif
 
 struct sl_cache_disk {
   struct sl_csc *client;
@@ -59,9 +71,22 @@ int sl_cache_host_attach(struct sl_next *next, const char *socket,
       continue;
     cd->qcow2[d] = sl_image_format(l) == SL_FORMAT_QCOW2;
     /* A layer that is no file (RBD) has no descriptor to hand the daemon:
-     * it is read directly, uncached. */
-    if (sl_image_path_is_rbd(sl_image_filename(l)))
+     * a snapshot is opened by the daemon itself, as this process's Ceph
+     * client (REGISTER_RBD); anything else is read directly, uncached. */
+    if (sl_image_path_is_rbd(sl_image_filename(l))) {
+#if HAVE_RBD
+      if (!shared || !strchr(sl_image_filename(l), '@'))
+        continue;
+      struct sl_cs_register_rbd q;
+      if (sl_rbd_cache_desc(l, &q) < 0) {
+        fprintf(stderr, "sluice: cache: %s\n", sl_last_error());
+        continue;
+      }
+      r = sl_csc_layer_add_rbd(cd->client, &q, &cd->layers[d]);
+      explicit_bzero(&q, sizeof q);
+#endif
       continue;
+    }
     int fd = sl_image_layer_fd(l);
     if (fd < 0) {
       r = fd;

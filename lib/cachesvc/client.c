@@ -96,6 +96,7 @@
 #define SEND_TIMEOUT_MS 500            /* a send the daemon does not take */
 #define INVALIDATE_MIN_NS 100000000ull
 #define SETUP_TIMEOUT_NS 2000000000ull /* HELLO and registrations */
+#define RBD_SETUP_TIMEOUT_NS 25000000000ull /* the daemon connects to Ceph */
 #define BACKOFF_MIN_NS 50000000ull
 #define BACKOFF_MAX_NS 2000000000ull
 #define MAX_DEADLINE_NS 30000000000ull
@@ -131,7 +132,7 @@ struct slot {
   void *bounce;                        /* freed by whoever finishes last */
   struct hold *holds;                  /* released by whoever finishes last, */
   unsigned nholds;                     /* once the daemon is known done */
-  uint8_t body[sizeof(struct sl_cs_register_layer_reply)];
+  uint8_t body[SL_CS_MAX_ERRMSG];   /* a reply's body, or an error's text */
   struct sl_cs_read_result results[MAX_CLIENT_BATCH];
   pthread_cond_t cond;
 };
@@ -161,8 +162,9 @@ struct conn {
 
 struct sl_csc_layer {
   struct sl_csc_layer *next;
-  int fd;
+  int fd;                              /* -1 for an RBD snapshot */
   bool priv;
+  struct sl_cs_register_rbd *rbd;      /* REGISTER_RBD's body, or NULL */
   /* The registration: connection generation << 33 | refused << 32 |
    * handle (generation 0: none yet).  One atomic word, so the request path
    * reads it without a lock while the maintainer registers. */
@@ -387,6 +389,8 @@ static int conn_call(struct conn *k, uint16_t op, const void *req_body,
     }
   }
   r = s->status;
+  if (r < 0) /* the daemon's words, for the caller's message */
+    sl_error(-r, "%s", s->body[0] ? (const char *)s->body : strerror(-r));
   if (r == 0 && body)
     memcpy(body, s->body, SL_MIN(body_len, sizeof s->body));
   if (r == 0 && results)
@@ -443,7 +447,9 @@ static int deliver(struct conn *k, const uint8_t *msg, size_t len)
   }
   s->status = h.status;
   const uint8_t *body = msg + sizeof h;
-  if (h.status == 0) {
+  if (h.status < 0) {
+    snprintf((char *)s->body, sizeof s->body, "%s", sl_cs_error_text(msg, len));
+  } else {
     if (s->op == SL_CS_READ)
       memcpy(s->results, body + sizeof(struct sl_cs_read_reply),
              s->count * sizeof(struct sl_cs_read_result));
@@ -561,16 +567,44 @@ static int recv_msg(int fd, void *buf, size_t cap, size_t *len)
   }
 }
 
+static void layer_free(struct sl_csc_layer *l);
+
 static int register_layer(struct conn *k, struct sl_csc_layer *l, uint64_t deadline)
 {
   struct sl_cs_register_layer rq = {.flags = l->priv ? SL_CS_LAYER_PRIVATE : 0};
   struct sl_cs_register_layer_reply rp;
-  int r = conn_call(k, SL_CS_REGISTER_LAYER, &rq, sizeof rq, NULL, 0, l->fd,
-                    NULL, NULL, 0, deadline, &rp, sizeof rp, NULL);
+  int r;
+  if (l->rbd && k->version < 2) {
+    atomic_store(&l->reg, REG(k->gen, 1, 0));
+    fprintf(stderr, "sluice: sluiced does not cache rbd:%s/%s@%s: it speaks protocol "
+            "version %u, RBD layers need 2\n", l->rbd->pool, l->rbd->image, l->rbd->snap,
+            k->version);
+    return 0;
+  }
+  if (l->rbd) {
+    /* The daemon connects to the cluster for it, which takes longer than
+     * a file's registration; and other disks of the host may be
+     * registering theirs at the same time (EAGAIN: wait a little). */
+    uint64_t end = sl_now_ns() + RBD_SETUP_TIMEOUT_NS;
+    for (;;) {
+      r = conn_call(k, SL_CS_REGISTER_RBD, l->rbd, sizeof *l->rbd, NULL, 0, -1,
+                    NULL, NULL, 0, end, &rp, sizeof rp, NULL);
+      if (r != -EAGAIN || sl_now_ns() + 50000000ull > end)
+        break;
+      struct timespec ts = {.tv_nsec = 20000000 + (long)(random() % 30000000)};
+      nanosleep(&ts, NULL);
+    }
+  } else
+    r = conn_call(k, SL_CS_REGISTER_LAYER, &rq, sizeof rq, NULL, 0, l->fd,
+                  NULL, NULL, 0, deadline, &rp, sizeof rp, NULL);
   if (r == -ETIMEDOUT || r == -ECONNRESET || r == -EBUSY)
     return r;                        /* try again on the next connection */
   atomic_store(&l->reg, REG(k->gen, r < 0, r < 0 ? 0 : rp.layer));
-  if (r < 0) {
+  if (r < 0 && l->rbd) {
+    fprintf(stderr, "sluice: sluiced does not cache rbd:%s/%s%s%s@%s: %s\n", l->rbd->pool,
+            l->rbd->ns, *l->rbd->ns ? "/" : "", l->rbd->image, l->rbd->snap,
+            sl_last_error());
+  } else if (r < 0) {
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", l->fd);
     char target[512] = "?";
@@ -970,14 +1004,55 @@ void sl_csc_put(struct sl_csc *c)
   while (c->layers) {
     struct sl_csc_layer *l = c->layers;
     c->layers = l->next;
-    close(l->fd);
-    free(l);
+    layer_free(l);
   }
   pthread_cond_destroy(&c->cond);
   pthread_mutex_destroy(&c->lock);
   pthread_mutex_destroy(&c->reg_lock);
   free(c->path);
   free(c);
+}
+
+static void layer_free(struct sl_csc_layer *l)
+{
+  if (l->fd >= 0)
+    close(l->fd);
+  if (l->rbd) {
+    explicit_bzero(l->rbd, sizeof *l->rbd); /* it holds a key */
+    free(l->rbd);
+  }
+  free(l);
+}
+
+/* Known to the client, registered now or by the maintainer later. */
+static void layer_insert(struct sl_csc *c, struct sl_csc_layer *l)
+{
+  pthread_mutex_lock(&c->reg_lock);
+  l->next = c->layers;
+  c->layers = l;
+  struct conn *k = current_conn(c);
+  if (k)
+    register_layer(k, l, sl_now_ns() + SETUP_TIMEOUT_NS);
+  conn_put(k);
+  pthread_mutex_unlock(&c->reg_lock);
+}
+
+int sl_csc_layer_add_rbd(struct sl_csc *c, const struct sl_cs_register_rbd *req,
+                         struct sl_csc_layer **out)
+{
+  struct sl_csc_layer *l = calloc(1, sizeof *l);
+  struct sl_cs_register_rbd *q = l ? malloc(sizeof *q) : NULL;
+  if (!q) {
+    free(l);
+    return sl_error(ENOMEM, "sluiced client: out of memory");
+  }
+  memcpy(q, req, sizeof *q);
+  l->fd = -1;
+  l->rbd = q;
+  atomic_init(&l->reg, 0);
+  layer_insert(c, l);
+  *out = l;
+  return 0;
 }
 
 int sl_csc_layer_add(struct sl_csc *c, int fd, bool private_layer,
@@ -991,16 +1066,7 @@ int sl_csc_layer_add(struct sl_csc *c, int fd, bool private_layer,
   l->fd = fd;
   l->priv = private_layer;
   atomic_init(&l->reg, 0);
-  pthread_mutex_lock(&c->reg_lock);
-  l->next = c->layers;
-  c->layers = l;
-  /* Registered on the current connection now, or by the maintainer on the
-   * next one. */
-  struct conn *k = current_conn(c);
-  if (k)
-    register_layer(k, l, sl_now_ns() + SETUP_TIMEOUT_NS);
-  conn_put(k);
-  pthread_mutex_unlock(&c->reg_lock);
+  layer_insert(c, l);
   *out = l;
   return 0;
 }
@@ -1025,8 +1091,7 @@ void sl_csc_layer_remove(struct sl_csc *c, struct sl_csc_layer *l)
   }
   conn_put(k);
   pthread_mutex_unlock(&c->reg_lock);
-  close(l->fd);
-  free(l);
+  layer_free(l);
 }
 
 int sl_csc_read(struct sl_csc *c, struct sl_csc_io *io, unsigned n,

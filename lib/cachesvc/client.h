@@ -28,6 +28,11 @@ void sl_csc_put(struct sl_csc *c);
  * cached in a namespace of this connection alone. */
 int sl_csc_layer_add(struct sl_csc *c, int fd, bool private_layer,
                      struct sl_csc_layer **out);
+/* An RBD snapshot the daemon opens itself, as the client REQ names (with
+ * its key: see REGISTER_RBD in protocol.h); REQ is copied. */
+struct sl_cs_register_rbd;
+int sl_csc_layer_add_rbd(struct sl_csc *c, const struct sl_cs_register_rbd *req,
+                         struct sl_csc_layer **out);
 void sl_csc_layer_remove(struct sl_csc *c, struct sl_csc_layer *l);
 
 struct sl_csc_io {

@@ -25,6 +25,7 @@ _Static_assert(sizeof(struct sl_cs_hello_reply) == 32, "hello reply size");
 _Static_assert(sizeof(struct sl_cs_register_layer) == 8, "register layer size");
 _Static_assert(sizeof(struct sl_cs_register_layer_reply) == 16, "layer reply size");
 _Static_assert(sizeof(struct sl_cs_unregister) == 8, "unregister size");
+_Static_assert(sizeof(struct sl_cs_register_rbd) == 1224, "register rbd size");
 _Static_assert(sizeof(struct sl_cs_register_handle) == 24, "register handle size");
 _Static_assert(sizeof(struct sl_cs_register_handle_reply) == 8, "handle reply size");
 _Static_assert(sizeof(struct sl_cs_read) == 8, "read size");
@@ -54,6 +55,7 @@ const char *sl_cs_op_name(uint16_t op)
   case SL_CS_INVALIDATE: return "INVALIDATE";
   case SL_CS_STATS: return "STATS";
   case SL_CS_DROP: return "DROP";
+  case SL_CS_REGISTER_RBD: return "REGISTER_RBD";
   case SL_CS_ERROR: return "ERROR";
   default: return "unknown";
   }
@@ -91,8 +93,22 @@ static size_t body_size(uint16_t op)
   case SL_CS_INVALIDATE: return sizeof(struct sl_cs_invalidate);
   case SL_CS_STATS: return sizeof(struct sl_cs_stats);
   case SL_CS_DROP: return sizeof(struct sl_cs_drop);
+  case SL_CS_REGISTER_RBD: return sizeof(struct sl_cs_register_rbd);
   default: return 0;
   }
+}
+
+/* A text field of SIZE bytes: NUL-terminated inside, zeros after the NUL,
+ * and (unless MAY_BE_EMPTY) not empty. */
+static bool text_ok(const char *f, size_t size, bool may_be_empty)
+{
+  const char *nul = memchr(f, 0, size);
+  if (!nul || (nul == f && !may_be_empty))
+    return false;
+  for (const char *p = nul; p < f + size; p++)
+    if (*p)
+      return false;
+  return true;
 }
 
 static int bad(const struct sl_cs_hdr *h, const char *what)
@@ -156,6 +172,8 @@ int sl_cs_parse_request(const void *buf, size_t len, uint16_t version,
   }
 
   size_t want = body_size(h->op);
+  if (h->op == SL_CS_REGISTER_RBD && version < 2)
+    want = 0; /* unknown to a version 1 connection */
   if (want == 0)
     return sl_error(EPROTO, "sluiced protocol: unknown opcode %u in request %llu", h->op,
                     (unsigned long long)h->id);
@@ -202,6 +220,30 @@ int sl_cs_parse_request(const void *buf, size_t len, uint16_t version,
   case SL_CS_STATS:
     req->u.stats = (const void *)body;
     break;
+  case SL_CS_REGISTER_RBD: {
+    const struct sl_cs_register_rbd *b = (const void *)body;
+    req->u.reg_rbd = b;
+    if (b->flags)
+      return bad(h, "unknown flags");
+    if (b->reserved)
+      return bad(h, "reserved field not zero");
+    if (!text_ok(b->pool, sizeof b->pool, false))
+      return bad(h, "pool: empty, unterminated or not zero-padded");
+    if (!text_ok(b->ns, sizeof b->ns, true))
+      return bad(h, "namespace: unterminated or not zero-padded");
+    if (!text_ok(b->image, sizeof b->image, false))
+      return bad(h, "image: empty, unterminated or not zero-padded");
+    /* empty: the daemon refuses it (not a snapshot) with a reply */
+    if (!text_ok(b->snap, sizeof b->snap, true))
+      return bad(h, "snapshot: unterminated or not zero-padded");
+    if (!text_ok(b->user, sizeof b->user, false))
+      return bad(h, "user: empty, unterminated or not zero-padded");
+    if (!text_ok(b->key, sizeof b->key, false))
+      return bad(h, "key: empty, unterminated or not zero-padded");
+    if (!text_ok(b->mon_host, sizeof b->mon_host, false))
+      return bad(h, "mon_host: empty, unterminated or not zero-padded");
+    break;
+  }
   case SL_CS_DROP:
     req->u.drop = (const void *)body;
     if (req->u.drop->flags & ~SL_CS_DROP_ALL)
@@ -217,7 +259,8 @@ static size_t reply_body_size(uint16_t op, uint32_t count)
 {
   switch (op) {
   case SL_CS_HELLO: return sizeof(struct sl_cs_hello_reply);
-  case SL_CS_REGISTER_LAYER: return sizeof(struct sl_cs_register_layer_reply);
+  case SL_CS_REGISTER_LAYER:
+  case SL_CS_REGISTER_RBD: return sizeof(struct sl_cs_register_layer_reply);
   case SL_CS_REGISTER_HANDLE: return sizeof(struct sl_cs_register_handle_reply);
   case SL_CS_READ:
     return sizeof(struct sl_cs_read_reply) + (size_t)count * sizeof(struct sl_cs_read_result);

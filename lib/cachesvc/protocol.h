@@ -35,7 +35,7 @@
 
 #define SL_CS_MAGIC 0x44434c53u   /* "SLCD" in memory on little-endian hosts */
 #define SL_CS_VERSION_MIN 1
-#define SL_CS_VERSION_MAX 1
+#define SL_CS_VERSION_MAX 2       /* 2: REGISTER_RBD */
 #define SL_CS_MAX_MSG 65536u      /* largest message, header included */
 #define SL_CS_MAX_BATCH 1024u     /* entries in one READ */
 #define SL_CS_MAX_READ (2u << 20) /* bytes of one READ entry */
@@ -55,7 +55,8 @@ enum sl_cs_op {
   SL_CS_INVALIDATE = 7,
   SL_CS_STATS = 8,
   SL_CS_DROP = 9,
-  SL_CS_OP_MAX = SL_CS_DROP,
+  SL_CS_REGISTER_RBD = 10,        /* version 2 */
+  SL_CS_OP_MAX = SL_CS_REGISTER_RBD,
   /* Sent by the daemon alone, just before it closes a connection that
    * broke the protocol; the id is the offending request's when known. */
   SL_CS_ERROR = 0x7fff,
@@ -105,6 +106,32 @@ struct sl_cs_register_layer_reply {
   uint32_t layer;                 /* handle, local to the connection */
   uint32_t flags;                 /* SL_CS_LAYER_* as granted */
   uint64_t size;                  /* bytes of the layer file */
+};
+
+/* REGISTER_RBD (version 2): a snapshot of a Ceph RBD image as a shared
+ * layer.  No descriptor: the daemon connects to the monitors MON_HOST as
+ * client.USER with KEY (the cephx secret, base64), opens
+ * POOL/NS/IMAGE@SNAP read-only itself and derives the layer's identity
+ * from what the cluster answers (monitors, fsid, pool id, image id,
+ * snapshot id).  Each text field is NUL-terminated within its size with
+ * only zeros after the NUL; NS may be empty, the others may not.  The
+ * client's ceph.conf is never read by the daemon: a configuration file
+ * can load plugins and name log files, which no client may choose for it.
+ * Reply: struct sl_cs_register_layer_reply. */
+#define SL_CS_RBD_NAME 128u
+#define SL_CS_RBD_USER 64u
+#define SL_CS_RBD_KEY 128u
+#define SL_CS_RBD_MON 512u
+struct sl_cs_register_rbd {
+  uint32_t flags;                 /* none defined: 0 */
+  uint32_t reserved;
+  char pool[SL_CS_RBD_NAME];
+  char ns[SL_CS_RBD_NAME];
+  char image[SL_CS_RBD_NAME];
+  char snap[SL_CS_RBD_NAME];
+  char user[SL_CS_RBD_USER];      /* the client id, without "client." */
+  char key[SL_CS_RBD_KEY];
+  char mon_host[SL_CS_RBD_MON];   /* as ceph.conf's mon_host */
 };
 
 /* UNREGISTER_LAYER, UNREGISTER_HANDLE: the handle to forget.  Reply: no
@@ -211,6 +238,7 @@ struct sl_cs_stats_reply {
 #define SL_CS_LSTAT_LEASE 0x8u    /* guarded by a read lease */
 #define SL_CS_LSTAT_PRIVATE 0x10u /* registered with SL_CS_LAYER_PRIVATE */
 #define SL_CS_LSTAT_OTHER 0x20u   /* not this client's: path, dev, ino withheld */
+#define SL_CS_LSTAT_RBD 0x40u     /* an RBD snapshot (version 2) */
 struct sl_cs_layer_stats {
   struct sl_cs_counters c;
   uint64_t dev, ino, size;
@@ -226,6 +254,7 @@ struct sl_cs_request {
   union {
     const struct sl_cs_hello *hello;
     const struct sl_cs_register_layer *reg_layer;
+    const struct sl_cs_register_rbd *reg_rbd;
     const struct sl_cs_unregister *unreg;
     const struct sl_cs_register_handle *reg_handle;
     const struct sl_cs_invalidate *invalidate;

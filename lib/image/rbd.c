@@ -44,10 +44,13 @@
 #include "image/driver.h"
 #include "image/rbd-spec.h"
 #include "image/rbd.h"
+#include "cachesvc/protocol.h"
 
 /* Unless ceph.conf or the name says otherwise: a monitor that does not
  * answer fails the open after this long instead of Ceph's 300 s. */
 #define DEFAULT_MON_TIMEOUT "30"
+/* ... and an OSD request (a read, a write, a flush) after this long. */
+#define DEFAULT_OSD_TIMEOUT "60"
 
 struct rbd_conn {
   struct rbd_conn *next;
@@ -157,6 +160,10 @@ static int conn_get(const char *path, const struct sl_rbd_spec *s,
    * errors come back as codes, reported below). */
   rados_conf_set(c->cluster, "client_mount_timeout", DEFAULT_MON_TIMEOUT);
   rados_conf_set(c->cluster, "rados_mon_op_timeout", DEFAULT_MON_TIMEOUT);
+  /* Ceph waits for an OSD for ever by default: a flush at exit with the
+   * cluster gone would hang the process.  Bounded, an OSD that does not
+   * answer fails the request (and the exit's flush) with ETIMEDOUT. */
+  rados_conf_set(c->cluster, "rados_osd_op_timeout", DEFAULT_OSD_TIMEOUT);
   rados_conf_set(c->cluster, "log_to_stderr", "false");
   rados_conf_set(c->cluster, "err_to_stderr", "false");
   rados_conf_set(c->cluster, "log_file", "");
@@ -486,6 +493,13 @@ static int rbd_block_status(struct sl_image *img, uint64_t off, uint64_t len,
                             struct sl_extent *ext)
 {
   struct rbd_layer *L = img->priv;
+  /* A clone reads its parent only below the parent overlap (shrunk by a
+   * resize of the clone, and not grown back by a later one): beyond it
+   * its holes read as zeros, and must not be attributed to the parent --
+   * a cache that follows block status would serve parent bytes there. */
+  uint64_t overlap = 0;
+  if (L->has_parent && rbd_get_overlap(L->image, &overlap) < 0)
+    overlap = 0;
   struct diff_first d = {.off = off, .end = off + len};
   int r = rbd_diff_iterate2(L->image, NULL, off, len, 0, 0, diff_cb, &d);
   if (r < 0 && r != -ECANCELED)
@@ -495,10 +509,18 @@ static int rbd_block_status(struct sl_image *img, uint64_t off, uint64_t len,
   if (d.found && d.start == off) {
     ext->type = SL_EXTENT_DATA;
     ext->length = d.stop - off;
+    ext->file_offset = off; /* raw: the image is its own "file" */
   } else {
-    /* A hole up to the next extent: the parent's, or zeros. */
-    ext->type = L->has_parent ? SL_EXTENT_UNALLOCATED : SL_EXTENT_ZERO;
-    ext->length = (d.found ? d.start : off + len) - off;
+    /* A hole up to the next extent: the parent's below the overlap,
+     * zeros above it. */
+    uint64_t end = d.found ? d.start : off + len;
+    if (L->has_parent && off < overlap) {
+      ext->type = SL_EXTENT_UNALLOCATED;
+      end = SL_MIN(end, overlap);
+    } else {
+      ext->type = SL_EXTENT_ZERO;
+    }
+    ext->length = end - off;
   }
   return 0;
 }
@@ -640,3 +662,102 @@ const struct sl_image_driver sl_rbd_driver = {
   .get_info = rbd_get_info,
   .check = rbd_check,
 };
+
+/* ---- what sluiced needs to open a snapshot itself ---------------------- */
+
+/* The cephx key of client NAME ("client.USER") in keyring file PATH, or
+ * false. */
+static bool key_from_keyring(const char *path, const char *name, char *key, size_t len)
+{
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return false;
+  char line[1024];
+  bool in = false, found = false;
+  while (!found && fgets(line, sizeof line, f)) {
+    char *p = line + strspn(line, " \t");
+    p[strcspn(p, "\r\n")] = 0;
+    if (*p == '[') {
+      char *e = strchr(p, ']');
+      in = e && (size_t)(e - p - 1) == strlen(name) && !strncmp(p + 1, name, strlen(name));
+      continue;
+    }
+    if (!in || strncmp(p, "key", 3))
+      continue;
+    p += 3;
+    p += strspn(p, " \t");
+    if (*p != '=')
+      continue;
+    p++;
+    p += strspn(p, " \t");
+    size_t n = strcspn(p, " \t");
+    if (n > 0 && n < len) {
+      memcpy(key, p, n);
+      key[n] = 0;
+      found = true;
+    }
+  }
+  fclose(f);
+  explicit_bzero(line, sizeof line);
+  return found;
+}
+
+/* The key this process's Ceph client authenticates with: the "key"
+ * option, else the "keyfile", else the first keyring that holds one for
+ * NAME -- the order librados itself uses. */
+static int own_key(rados_t cl, const char *name, char *key, size_t len)
+{
+  if (rados_conf_get(cl, "key", key, len) == 0 && key[0])
+    return 0;
+  char buf[4096];
+  if (rados_conf_get(cl, "keyfile", buf, sizeof buf) == 0 && buf[0]) {
+    FILE *f = fopen(buf, "re");
+    if (f) {
+      bool ok = fgets(key, (int)len, f) != NULL;
+      fclose(f);
+      key[strcspn(key, " \t\r\n")] = 0;
+      if (ok && key[0])
+        return 0;
+    }
+  }
+  if (rados_conf_get(cl, "keyring", buf, sizeof buf) == 0) {
+    char *save = NULL;
+    for (char *p = strtok_r(buf, ",; \t", &save); p; p = strtok_r(NULL, ",; \t", &save))
+      if (key_from_keyring(p, name, key, len))
+        return 0;
+  }
+  return -ENOENT;
+}
+
+int sl_rbd_cache_desc(const struct sl_image *img, struct sl_cs_register_rbd *q)
+{
+  const struct rbd_layer *L = img->priv;
+  const struct sl_rbd_spec *s = &L->spec;
+  memset(q, 0, sizeof *q);
+  if (!s->snap)
+    return sl_error(EROFS, "%s: not a snapshot: only snapshots are shared", img->filename);
+  char name[256];
+  snprintf(name, sizeof name, "client.%s", s->user ? s->user : "admin");
+  int n[] = {
+    snprintf(q->pool, sizeof q->pool, "%s", s->pool),
+    snprintf(q->ns, sizeof q->ns, "%s", s->ns),
+    snprintf(q->image, sizeof q->image, "%s", s->image),
+    snprintf(q->snap, sizeof q->snap, "%s", s->snap),
+    snprintf(q->user, sizeof q->user, "%s", s->user ? s->user : "admin"),
+  };
+  size_t sz[] = {sizeof q->pool, sizeof q->ns, sizeof q->image, sizeof q->snap,
+                 sizeof q->user};
+  for (size_t i = 0; i < sizeof n / sizeof n[0]; i++)
+    if (n[i] < 0 || (size_t)n[i] >= sz[i])
+      return sl_error(ENAMETOOLONG, "%s: a name is too long for sluiced", img->filename);
+  rados_t cl = L->conn->cluster;
+  if (rados_conf_get(cl, "mon_host", q->mon_host, sizeof q->mon_host) < 0 || !q->mon_host[0])
+    return sl_error(ENOENT, "%s: no mon_host in the Ceph configuration to give sluiced",
+                    img->filename);
+  if (own_key(cl, name, q->key, sizeof q->key) < 0) {
+    memset(q, 0, sizeof *q);
+    return sl_error(ENOENT, "%s: cannot find %s's key (key, keyfile or keyring) to give "
+                    "sluiced", img->filename, name);
+  }
+  return 0;
+}

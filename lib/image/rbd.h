@@ -17,4 +17,12 @@ int sl_rbd_conn_open(const char *path, const struct sl_rbd_spec *spec,
 void sl_rbd_conn_close(struct sl_rbd_conn *conn, rados_ioctx_t io);
 rados_t sl_rbd_conn_cluster(struct sl_rbd_conn *conn);
 
+/* What sluiced needs to open the snapshot IMG (an RBD layer) itself as
+ * this process's Ceph client: names, monitors and the client's key
+ * (REGISTER_RBD, lib/cachesvc/protocol.h).  -EROFS if IMG is no snapshot,
+ * -ENOENT without monitors or key; with a message. */
+struct sl_image;
+struct sl_cs_register_rbd;
+int sl_rbd_cache_desc(const struct sl_image *img, struct sl_cs_register_rbd *q);
+
 #endif

@@ -1,0 +1,327 @@
+/* sluiced's RBD backend: the daemon opens RBD snapshots itself.
+ *
+ * A file layer reaches the daemon as a descriptor the client opened; an
+ * RBD snapshot has none (DESIGN.md: "Layers on storage without
+ * descriptors (RBD snapshots) are identified by the backend's immutable ids
+ * and opened by the daemon itself").  Two rules shape this file:
+ *
+ *  - The daemon never reads for a client what that client's own Ceph
+ *    identity could not read.  A registration carries the client's id, its
+ *    cephx key and the monitors; the daemon connects *as that client* and
+ *    opens the snapshot and reads its first bytes with that connection
+ *    before it grants anything, every time, even when the layer is cached
+ *    already.  A wrong key fails at the monitor (EACCES), missing
+ *    capabilities at the OSD.  The client's ceph.conf is never read here:
+ *    a configuration file can load plugins and name log and socket files,
+ *    which no client may choose for the daemon; only the monitors and the
+ *    key cross, and the client read them with its own rights.
+ *  - Identity comes from the cluster, not the client: the layer key is
+ *    (monitors, cluster fsid, pool id, image id, snapshot id), as librados
+ *    and librbd report them after the open.  Snapshot ids are never reused
+ *    in a pool and a snapshot's bytes never change, so cached blocks stay
+ *    true for as long as the daemon runs.  The monitors are part of the key
+ *    because a cluster of the client's own making could claim any fsid and
+ *    ids; the daemon trusts whatever answers at the monitor addresses.
+ *    Only snapshots are accepted: a writable image head is never shared.
+ *
+ * One rados connection (a dozen librados threads and a session with the
+ * monitors) per (monitors, client id, key), shared by every registration
+ * that names the same three, so a boot storm of clones of one snapshot
+ * costs one connection; at most SD_RBD_MAX_CONNS exist, unused ones are
+ * shut down to make room.  Fills are rbd_aio_read calls waited for on the
+ * worker thread that fills (store.c keeps them single-flight).  Timeouts
+ * are always set: a cluster that stops answering fails fills (the client
+ * then reads from its own connection) instead of holding workers for
+ * ever. */
+#include "rbd.h"
+
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <sluice/error.h>
+
+#if HAVE_RBD
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+
+#define SD_RBD_MAX_CONNS 16
+#define SD_RBD_TIMEOUT "20"      /* monitor: connect and commands, seconds */
+#define SD_RBD_OSD_TIMEOUT "30"  /* one OSD request, seconds */
+
+struct rconn {
+  struct rconn *next;
+  char mon[SL_CS_RBD_MON], user[SL_CS_RBD_USER], key[SL_CS_RBD_KEY];
+  rados_t cluster;
+  char fsid[40];
+  int refs;                      /* under conns_lock */
+};
+
+struct sd_rbd {
+  struct rconn *conn;
+  rados_ioctx_t io;
+  rbd_image_t image;
+};
+
+static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct rconn *conns;
+static int nconns;
+
+bool sd_rbd_supported(void) { return true; }
+
+static bool same_conn(const struct rconn *c, const struct sl_cs_register_rbd *q)
+{
+  return !strcmp(c->mon, q->mon_host) && !strcmp(c->user, q->user) && !strcmp(c->key, q->key);
+}
+
+static void conn_put(struct rconn *c)
+{
+  pthread_mutex_lock(&conns_lock);
+  c->refs--;
+  pthread_mutex_unlock(&conns_lock);
+}
+
+/* Names of clients and keys go to librados: keep them to what Ceph uses. */
+static bool plain(const char *s, const char *extra)
+{
+  for (; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+          strchr(extra, *s)))
+      return false;
+  return true;
+}
+
+static void conn_free(struct rconn *c)
+{
+  rados_shutdown(c->cluster);
+  explicit_bzero(c->key, sizeof c->key);
+  free(c);
+}
+
+static int conn_get(const struct sl_cs_register_rbd *q, struct rconn **out)
+{
+  pthread_mutex_lock(&conns_lock);
+  for (struct rconn *c = conns; c; c = c->next)
+    if (same_conn(c, q)) {
+      c->refs++;
+      pthread_mutex_unlock(&conns_lock);
+      *out = c;
+      return 0;
+    }
+  /* Room for one more: shut down one that nothing uses. */
+  struct rconn *idle = NULL;
+  if (nconns >= SD_RBD_MAX_CONNS) {
+    for (struct rconn **pp = &conns; *pp; pp = &(*pp)->next)
+      if ((*pp)->refs == 0) {
+        idle = *pp;
+        *pp = idle->next;
+        nconns--;
+        break;
+      }
+    if (!idle) {
+      pthread_mutex_unlock(&conns_lock);
+      return sl_error(EAGAIN, "rbd: %d Ceph connections in use, the daemon's limit",
+                      SD_RBD_MAX_CONNS);
+    }
+  }
+  nconns++; /* reserved while we connect, outside the lock */
+  pthread_mutex_unlock(&conns_lock);
+  if (idle)
+    conn_free(idle);
+
+  struct rconn *c = calloc(1, sizeof *c);
+  int r = c ? 0 : sl_error(ENOMEM, "rbd: out of memory");
+  char name[SL_CS_RBD_USER + 8];
+  snprintf(name, sizeof name, "client.%s", q->user);
+  if (r == 0) {
+    snprintf(c->mon, sizeof c->mon, "%s", q->mon_host);
+    snprintf(c->user, sizeof c->user, "%s", q->user);
+    snprintf(c->key, sizeof c->key, "%s", q->key);
+    c->refs = 1;
+    r = rados_create2(&c->cluster, "ceph", name, 0);
+    if (r < 0) {
+      free(c);
+      c = NULL;
+      r = sl_error(-r, "rbd: cannot set up a Ceph client %s: %s", name, strerror(-r));
+    }
+  }
+  if (r == 0) {
+    /* No configuration file, no environment: these settings and no
+     * others.  No log, no admin socket, no keyring search. */
+    const char *set[][2] = {
+      {"log_to_stderr", "false"}, {"err_to_stderr", "false"}, {"log_file", ""},
+      {"admin_socket", ""}, {"keyring", ""}, {"client_mount_timeout", SD_RBD_TIMEOUT},
+      {"rados_mon_op_timeout", SD_RBD_TIMEOUT}, {"rados_osd_op_timeout", SD_RBD_OSD_TIMEOUT},
+      {"rbd_cache", "false"}, /* the daemon is the cache */
+      {"mon_host", q->mon_host}, {"key", q->key},
+    };
+    for (size_t i = 0; r == 0 && i < sizeof set / sizeof set[0]; i++) {
+      int e = rados_conf_set(c->cluster, set[i][0], set[i][1]);
+      if (e < 0)
+        r = sl_error(EINVAL, "rbd: Ceph option %s=%s refused: %s", set[i][0],
+                     strcmp(set[i][0], "key") ? set[i][1] : "(the key)", strerror(-e));
+    }
+    if (r == 0 && (r = rados_connect(c->cluster)) < 0) {
+      if (r == -EACCES || r == -EPERM)
+        r = sl_error(EACCES, "rbd: Ceph refused %s: authentication failed (wrong key?)", name);
+      else if (r == -ETIMEDOUT)
+        r = sl_error(ETIMEDOUT, "rbd: no Ceph monitor answered at %s within %s s",
+                     q->mon_host, SD_RBD_TIMEOUT);
+      else
+        r = sl_error(-r, "rbd: cannot connect to the Ceph monitors %s as %s: %s",
+                     q->mon_host, name, strerror(-r));
+    }
+    if (r == 0)
+      rados_cluster_fsid(c->cluster, c->fsid, sizeof c->fsid);
+    if (r < 0) {
+      conn_free(c);
+      c = NULL;
+    }
+  }
+  pthread_mutex_lock(&conns_lock);
+  if (c) {
+    /* Another registration may have connected the same meanwhile. */
+    for (struct rconn *o = conns; o; o = o->next)
+      if (same_conn(o, q)) {
+        o->refs++;
+        nconns--;
+        pthread_mutex_unlock(&conns_lock);
+        conn_free(c);
+        *out = o;
+        return 0;
+      }
+    c->next = conns;
+    conns = c;
+  } else {
+    nconns--;
+  }
+  pthread_mutex_unlock(&conns_lock);
+  *out = c;
+  return r;
+}
+
+int sd_rbd_open(const struct sl_cs_register_rbd *q, struct sd_rbd **out, char *id,
+                size_t id_len, char *name, size_t name_len, uint64_t *size)
+{
+  snprintf(name, name_len, "rbd:%s/%s%s%s@%s", q->pool, q->ns, *q->ns ? "/" : "", q->image,
+           q->snap);
+  if (!*q->snap)
+    return sl_error(EROFS, "rbd: %s/%s%s%s is an image, not a snapshot: only snapshots "
+                    "(immutable) are shared", q->pool, q->ns, *q->ns ? "/" : "", q->image);
+  if (!plain(q->user, "._-"))
+    return sl_error(EINVAL, "rbd: client id '%s': only letters, digits and . _ -", q->user);
+  if (!plain(q->key, "+/="))
+    return sl_error(EINVAL, "rbd: the key is not base64");
+  struct sd_rbd *r = calloc(1, sizeof *r);
+  if (!r)
+    return sl_error(ENOMEM, "rbd: out of memory");
+  int e = conn_get(q, &r->conn);
+  if (e < 0) {
+    free(r);
+    return e;
+  }
+  e = rados_ioctx_create(r->conn->cluster, q->pool, &r->io);
+  if (e < 0) {
+    r->io = NULL;
+    e = e == -ENOENT ? sl_error(ENOENT, "%s: no pool '%s'", name, q->pool)
+                     : sl_error(-e, "%s: cannot open pool '%s': %s", name, q->pool,
+                                strerror(-e));
+    goto fail;
+  }
+  rados_ioctx_set_namespace(r->io, q->ns);
+  e = rbd_open_read_only(r->io, q->image, &r->image, q->snap);
+  if (e < 0) {
+    r->image = NULL;
+    e = e == -ENOENT ? sl_error(ENOENT, "%s: no such image or snapshot", name)
+        : (e == -EPERM || e == -EACCES)
+            ? sl_error(EACCES, "%s: client.%s may not read it", name, q->user)
+            : sl_error(-e, "%s: cannot open: %s", name, strerror(-e));
+    goto fail;
+  }
+  char image_id[64] = "";
+  uint64_t snap_id = 0;
+  if ((e = rbd_get_size(r->image, size)) < 0 ||
+      (e = rbd_get_id(r->image, image_id, sizeof image_id)) < 0 ||
+      (e = rbd_snap_get_id(r->image, q->snap, &snap_id)) < 0) {
+    e = sl_error(-e, "%s: cannot read its identity: %s", name, strerror(-e));
+    goto fail;
+  }
+  /* The client's rights on the data objects, not only on the header. */
+  char probe[4096];
+  size_t plen = *size < sizeof probe ? (size_t)*size : sizeof probe;
+  if (plen) {
+    ssize_t n = rbd_read(r->image, 0, plen, probe);
+    if (n < 0) {
+      e = (n == -EPERM || n == -EACCES)
+              ? sl_error(EACCES, "%s: client.%s may not read it", name, q->user)
+              : sl_error((int)-n, "%s: reading it failed: %s", name, strerror((int)-n));
+      goto fail;
+    }
+  }
+  snprintf(id, id_len, "%s|%s|%" PRId64 "|%s|%" PRIu64, r->conn->mon, r->conn->fsid,
+           rados_ioctx_get_id(r->io), image_id, snap_id);
+  *out = r;
+  return 0;
+fail:
+  sd_rbd_close(r);
+  return e;
+}
+
+long sd_rbd_read(struct sd_rbd *r, void *buf, size_t len, uint64_t off)
+{
+  rbd_completion_t c;
+  int e = rbd_aio_create_completion(NULL, NULL, &c);
+  if (e < 0)
+    return e;
+  e = rbd_aio_read(r->image, off, len, buf, c);
+  if (e < 0) {
+    rbd_aio_release(c);
+    return e;
+  }
+  rbd_aio_wait_for_complete(c);
+  long n = (long)rbd_aio_get_return_value(c);
+  rbd_aio_release(c);
+  return n;
+}
+
+void sd_rbd_close(struct sd_rbd *r)
+{
+  if (!r)
+    return;
+  if (r->image)
+    rbd_close(r->image);
+  if (r->io)
+    rados_ioctx_destroy(r->io);
+  if (r->conn)
+    conn_put(r->conn);
+  free(r);
+}
+
+#else /* !HAVE_RBD */
+
+bool sd_rbd_supported(void) { return false; }
+
+int sd_rbd_open(const struct sl_cs_register_rbd *q, struct sd_rbd **out, char *id,
+                size_t id_len, char *name, size_t name_len, uint64_t *size)
+{
+  (void)out, (void)id, (void)id_len, (void)size;
+  snprintf(name, name_len, "rbd:%s/%s", q->pool, q->image);
+  return sl_error(ENOTSUP, "rbd:%s/%s@%s: this sluiced was built without RBD support "
+                  "(librbd): RBD layers are not cached", q->pool, q->image, q->snap);
+}
+
+long sd_rbd_read(struct sd_rbd *r, void *buf, size_t len, uint64_t off)
+{
+  (void)r, (void)buf, (void)len, (void)off;
+  return -ENOTSUP;
+}
+
+void sd_rbd_close(struct sd_rbd *r) { (void)r; }
+
+#endif
