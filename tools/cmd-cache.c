@@ -67,9 +67,10 @@ static int fetch(struct sl_cs_conn *c, struct sl_cs_stats_reply *tot, struct sl_
 
 static void flags_text(uint32_t f, char *buf, size_t len)
 {
-  snprintf(buf, len, "%s%s%s%s%s", f & SL_CS_LSTAT_DEAD ? "stale," : "",
+  snprintf(buf, len, "%s%s%s%s%s%s", f & SL_CS_LSTAT_DEAD ? "stale," : "",
            f & SL_CS_LSTAT_PRIVATE ? "private," : "", f & SL_CS_LSTAT_BLOCKDEV ? "blockdev," : "",
-           f & SL_CS_LSTAT_DIRECT ? "direct," : "", f & SL_CS_LSTAT_LEASE ? "lease," : "");
+           f & SL_CS_LSTAT_DIRECT ? "direct," : "", f & SL_CS_LSTAT_LEASE ? "lease," : "",
+           f & SL_CS_LSTAT_RBD ? "rbd," : "");
   size_t l = strlen(buf);
   if (l)
     buf[l - 1] = 0;

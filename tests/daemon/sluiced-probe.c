@@ -9,6 +9,12 @@
  *       every byte compared with the file
  *   sluiced-probe SOCKET read FILE OFFSET LENGTH
  *       one read through the daemon, the bytes to stdout
+ *   sluiced-probe SOCKET rbd MON POOL IMAGE SNAP1 EXPORT1 SNAP2 EXPORT2 USER KEY
+ *                         LIMITED_USER LIMITED_KEY
+ *       RBD snapshots (REGISTER_RBD): each layer serves its own snapshot's
+ *       bytes (compared with `rbd export`), forged layer numbers, a wrong
+ *       key, an image head, missing snapshot and pool, a client whose
+ *       capabilities forbid the pool, malformed and version 1 requests
  *   sluiced-probe SOCKET stats-check
  *       STATS sanity (exit 1 if the totals contradict each other)
  *   sluiced-probe SOCKET stats-own FILE
@@ -888,6 +894,170 @@ static int read_cmd(int argc, char **argv)
   return 0;
 }
 
+/* ---- RBD snapshots (protocol version 2) ---- */
+
+static void rbd_req(struct sl_cs_register_rbd *q, const char *pool, const char *image,
+                    const char *snap, const char *user, const char *key, const char *mon)
+{
+  memset(q, 0, sizeof *q);
+  snprintf(q->pool, sizeof q->pool, "%s", pool);
+  snprintf(q->image, sizeof q->image, "%s", image);
+  snprintf(q->snap, sizeof q->snap, "%s", snap);
+  snprintf(q->user, sizeof q->user, "%s", user);
+  snprintf(q->key, sizeof q->key, "%s", key);
+  snprintf(q->mon_host, sizeof q->mon_host, "%s", mon);
+}
+
+static int reg_rbd(struct sl_cs_conn *c, const struct sl_cs_register_rbd *q, uint64_t *size)
+{
+  int r = sl_cs_call(c, SL_CS_REGISTER_RBD, q, sizeof *q, -1, 0);
+  if (r < 0)
+    return r;
+  const struct sl_cs_register_layer_reply *rep = sl_cs_reply_body(c);
+  if (size)
+    *size = rep->size;
+  return (int)rep->layer;
+}
+
+/* LEN bytes of layer L at OFF through the daemon compared with FILE. */
+static bool rbd_check_range(struct sl_cs_conn *c, uint32_t l, const char *file, uint64_t off,
+                            uint32_t len, const char *what)
+{
+  uint8_t *m;
+  int mfd = memfd(SL_ROUND_UP((size_t)len, 4096), F_SEAL_SHRINK, 0xee, &m);
+  int h = reg_handle(c, mfd, 0, len, SL_CS_RIGHT_WRITE);
+  int r = h < 0 ? h : read1(c, l, (uint32_t)h, off, 0, len);
+  bool ok = r == 0 && same_as_file(file, off, m, len);
+  if (r < 0)
+    FAIL("%s: READ at %" PRIu64 ": %s", what, off, strerror(-r));
+  else if (!ok)
+    FAIL("%s: bytes at %" PRIu64 " differ from the snapshot's export", what, off);
+  if (h >= 0) {
+    struct sl_cs_unregister u = {.handle = (uint32_t)h};
+    sl_cs_call(c, SL_CS_UNREGISTER_HANDLE, &u, sizeof u, -1, 0);
+  }
+  munmap(m, SL_ROUND_UP((size_t)len, 4096));
+  close(mfd);
+  return ok;
+}
+
+/*   sluiced-probe SOCKET rbd MON POOL IMAGE SNAP1 EXPORT1 SNAP2 EXPORT2 USER KEY
+ *                            LIMITED_USER LIMITED_KEY
+ * SNAP1 and SNAP2 are snapshots of IMAGE with different bytes, EXPORT1/2
+ * their `rbd export`; USER may read POOL, LIMITED_USER may not. */
+static int rbd_cmd(int argc, char **argv)
+{
+  if (argc != 11)
+    return 2;
+  const char *mon = argv[0], *pool = argv[1], *image = argv[2], *s1 = argv[3],
+             *x1 = argv[4], *s2 = argv[5], *x2 = argv[6], *user = argv[7], *key = argv[8],
+             *luser = argv[9], *lkey = argv[10];
+  struct sl_cs_register_rbd q;
+  struct sl_cs_conn c, d;
+  conn(&c);
+  if (c.version < 2) {
+    FAIL("the daemon speaks version %u, RBD needs 2", c.version);
+    return 1;
+  }
+  /* Two snapshots of one image: each layer serves its own bytes. */
+  uint64_t size1 = 0, size2 = 0;
+  rbd_req(&q, pool, image, s1, user, key, mon);
+  int l1 = reg_rbd(&c, &q, &size1);
+  rbd_req(&q, pool, image, s2, user, key, mon);
+  int l2 = reg_rbd(&c, &q, &size2);
+  if (l1 < 0 || l2 < 0) {
+    FAIL("registering the snapshots: %d %d (%s)", l1, l2, sl_last_error());
+    return 1;
+  }
+  struct stat st;
+  if (stat(x1, &st) < 0 || (uint64_t)st.st_size != size1)
+    FAIL("snapshot size %" PRIu64 ", export %jd bytes", size1, (intmax_t)st.st_size);
+  for (uint64_t off = 0; off + 65536 <= size1; off += size1 / 7 & ~4095ull) {
+    rbd_check_range(&c, (uint32_t)l1, x1, off, 65536, "snapshot 1");
+    rbd_check_range(&c, (uint32_t)l2, x2, off, 65536, "snapshot 2");
+  }
+  /* again: now from the cache, still each its own */
+  rbd_check_range(&c, (uint32_t)l1, x1, 0, 65536, "snapshot 1 cached");
+  rbd_check_range(&c, (uint32_t)l2, x2, 0, 65536, "snapshot 2 cached");
+  /* a tail past the end reads zeros; a start past it is refused */
+  if (size1 > 4096)
+    rbd_check_range(&c, (uint32_t)l1, x1, size1 - 4096, 8192, "the tail");
+
+  /* Another connection registers the same snapshot: shares its blocks,
+   * but cannot use the first connection's numbers. */
+  conn(&d);
+  rbd_req(&q, pool, image, s1, user, key, mon);
+  int dl = reg_rbd(&d, &q, NULL);
+  if (dl < 0)
+    FAIL("a second client: %s", sl_last_error());
+  else
+    rbd_check_range(&d, (uint32_t)dl, x1, 0, 65536, "second client");
+  uint8_t *m;
+  int mfd = memfd(65536, F_SEAL_SHRINK, 0, &m);
+  int h = reg_handle(&d, mfd, 0, 65536, SL_CS_RIGHT_WRITE);
+  for (int forged = 0; forged < 4; forged++) {
+    uint32_t id = forged == 0 ? (uint32_t)l2 : forged == 1 ? (uint32_t)dl + 1
+                : forged == 2 ? (uint32_t)dl + (1u << 12) : 0xfffu;
+    if ((int)id == dl)
+      continue;
+    expect(read1(&d, id, (uint32_t)h, 0, 0, 4096), -EBADF, "a forged layer number");
+  }
+  munmap(m, 65536);
+  close(mfd);
+  alive(&d, "forged numbers");
+
+  /* Refusals: each answered, the connection stays. */
+  /* a well-formed key that is not the user's: one byte of the secret
+   * changed (the first 16 characters are its type and creation time) */
+  char wrong[SL_CS_RBD_KEY];
+  snprintf(wrong, sizeof wrong, "%s", key);
+  if (strlen(wrong) > 24)
+    wrong[24] = wrong[24] == 'A' ? 'B' : 'A';
+  rbd_req(&q, pool, image, s1, user, wrong, mon);
+  expect(reg_rbd(&d, &q, NULL), -EACCES, "a wrong key");
+  printf("wrong key: %s\n", sl_last_error());
+  rbd_req(&q, pool, image, "", user, key, mon);
+  expect(reg_rbd(&d, &q, NULL), -EROFS, "an image head (no snapshot)");
+  printf("no snapshot: %s\n", sl_last_error());
+  rbd_req(&q, pool, image, "no-such-snap", user, key, mon);
+  expect(reg_rbd(&d, &q, NULL), -ENOENT, "a missing snapshot");
+  rbd_req(&q, "no-such-pool", image, s1, user, key, mon);
+  expect(reg_rbd(&d, &q, NULL), -ENOENT, "a missing pool");
+  rbd_req(&q, pool, image, s1, luser, lkey, mon);
+  expect(reg_rbd(&d, &q, NULL), -EACCES, "a client whose capabilities forbid the pool");
+  printf("no capability: %s\n", sl_last_error());
+  rbd_req(&q, pool, image, s1, "bad name!", key, mon);
+  expect(reg_rbd(&d, &q, NULL), -EINVAL, "a client id with odd characters");
+  alive(&d, "refused registrations");
+  /* The first client is still served right. */
+  rbd_check_range(&c, (uint32_t)l1, x1, 65536, 65536, "after the refusals");
+  sl_cs_close(&d);
+
+  /* Malformed: a field without its NUL ends the connection. */
+  conn(&d);
+  rbd_req(&q, pool, image, s1, user, key, mon);
+  memset(q.image, 'x', sizeof q.image);
+  expect(sl_cs_call(&d, SL_CS_REGISTER_RBD, &q, sizeof q, -1, 0), -EPROTO,
+         "an unterminated image name");
+  sl_cs_close(&d);
+  /* ... and so does REGISTER_RBD on a version 1 connection. */
+  d.fd = sl_ipc_connect_unix(sock_path);
+  d.buf = aligned_alloc(8, SL_CS_MAX_MSG);
+  d.version = 0;
+  d.next_id = 1;
+  struct sl_cs_hello hv = {1, 1, 0};
+  expect(sl_cs_call(&d, SL_CS_HELLO, &hv, sizeof hv, -1, 0), 0, "HELLO 1..1");
+  d.version = 1;
+  rbd_req(&q, pool, image, s1, user, key, mon);
+  expect(sl_cs_call(&d, SL_CS_REGISTER_RBD, &q, sizeof q, -1, 0), -EPROTO,
+         "REGISTER_RBD on a version 1 connection");
+  sl_cs_close(&d);
+  rbd_check_range(&c, (uint32_t)l1, x1, 0, 65536, "after the protocol errors");
+  sl_cs_close(&c);
+  printf("rbd: %s\n", failures ? "FAILED" : "all cases held");
+  return failures ? 1 : 0;
+}
+
 static int stats_check(void)
 {
   struct sl_cs_conn c;
@@ -1033,6 +1203,8 @@ int main(int argc, char **argv)
   sock_path = argv[1];
   if (!strcmp(argv[2], "hostile"))
     return hostile(argc - 3, argv + 3);
+  if (!strcmp(argv[2], "rbd"))
+    return rbd_cmd(argc - 3, argv + 3);
   if (!strcmp(argv[2], "stress"))
     return stress(argc - 3, argv + 3);
   if (!strcmp(argv[2], "read"))

@@ -1,0 +1,155 @@
+#!/bin/bash
+# Issue 16 with the host cache daemon: RBD clones of one snapshot share
+# their parent through sluiced.
+#   - 4 RBD clones of one protected snapshot, each with data of its own,
+#     served read-only by 4 `sluice serve` processes at once and read whole
+#     over NBD: each reads exactly what `qemu-img convert` (QEMU's rbd
+#     driver) reads;
+#   - without the daemon each process reads the parent from RADOS itself
+#     (about 4 x its data, counted by the OSD: op_out_bytes of
+#     `ceph daemon osd.0 perf dump`, since a cluster without a manager
+#     keeps no pool statistics); with `serve --sluiced` the parent is read
+#     from RADOS about once, by the daemon (its backend bytes agree);
+#   - the parent overlap: a clone shrunk then grown back reads zeros beyond
+#     the overlap, not the parent's bytes -- in its block status (depth 0,
+#     zero), plain, and through the daemon; as `rbd export` and qemu-img.
+# The daemon's own checks of RBD registrations (a wrong key, a client whose
+# capabilities forbid the pool, an image head, forged layer numbers, two
+# snapshots each served its own bytes) run through sluiced-probe's rbd cases.
+source "$(dirname "$0")/../common/lib.sh"
+source "$(dirname "$0")/../common/ceph.sh"
+require qemu-img nbdcopy python3
+: "${SLUICED:?}"
+ceph_start
+cd "$TMP"
+export SLUICE_FILTER_DIR=$TMP/mods
+sluice filter install "$BUILDDIR/filters/cache.so" >/dev/null
+
+M=$((1024 * 1024))
+# The parent: 48 MiB of random bytes in a 64 MiB image (the tail a hole).
+head -c $((48 * M)) /dev/urandom >base.raw
+rbd import --no-progress --object-size 1M base.raw "$POOL/base"
+rbd resize --no-progress --size 64M "$POOL/base"
+rbd snap create "$POOL/base@gold" 2>/dev/null
+rbd snap protect "$POOL/base@gold"
+for i in 1 2 3 4; do
+  rbd clone "$POOL/base@gold" "$POOL/c$i"
+  sluice io -f raw -c "write -P 0x$((40 + i)) $((i * 4 + 1))M 1M" "rbd:$POOL/c$i" >/dev/null
+  qemu-img convert -f raw -O raw "rbd:$POOL/c$i" "ref$i.raw"
+done
+
+asok=$TMP/ceph/run/osd.0.asok
+osd_out() { # bytes the OSD has sent to clients so far
+  ceph --admin-daemon "$asok" perf dump |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["osd"]["op_out_bytes"])'
+}
+
+spids=()
+serve_all() { # [--sluiced=SOCK]: 4 servers, one per clone
+  local i
+  for i in 1 2 3 4; do
+    rm -f "$TMP/n$i.sock"
+    "$SLUICE" serve --read-only "$@" --nbd "unix:$TMP/n$i.sock" "rbd:$POOL/c$i" \
+      2>>serve.log &
+    spids+=($!)
+    cleanup_push "kill ${spids[-1]} 2>/dev/null"
+  done
+  for i in 1 2 3 4; do wait_for_path "$TMP/n$i.sock" 60; done
+}
+stop_all() {
+  local p
+  for p in "${spids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  spids=()
+}
+read_all() { # TAG: read the 4 disks at once, compare, print the OSD's bytes
+  local i before after pids=()
+  before=$(osd_out)
+  for i in 1 2 3 4; do
+    nbdcopy "nbd+unix:///?socket=$TMP/n$i.sock" "$1-$i.raw" &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || die "$1: nbdcopy failed"; done
+  after=$(osd_out)
+  for i in 1 2 3 4; do
+    cmp "$1-$i.raw" "ref$i.raw" || die "$1: clone $i reads unlike qemu-img convert"
+    rm -f "$1-$i.raw"
+  done
+  echo $((after - before))
+}
+
+# Without the daemon: every process reads the parent itself.
+serve_all
+without=$(read_all plain)
+stop_all
+
+# With it.
+"$SLUICED" --socket "$TMP/sd.sock" --memory 256M --check-on-exit 2>sluiced.log &
+dpid=$!
+cleanup_push "kill $dpid 2>/dev/null"
+wait_for_path "$TMP/sd.sock"
+serve_all "--sluiced=$TMP/sd.sock"
+with=$(read_all cached)
+stop_all
+stats=$(sluice cache stats --socket "$TMP/sd.sock" --output=json)
+backend=$(echo "$stats" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+l = [x for x in s["layers"] if x["path"] == "rbd:'"$POOL"'/base@gold"]
+assert len(l) == 1, s["layers"]
+print(l[0]["backend_bytes"])') || die "the parent is not a layer of sluiced: $stats"
+
+parent=$((48 * M)) # the parent's data; each clone replaces 1 MiB of it
+echo "RADOS bytes read for 4 clones: $without without sluiced, $with with it" \
+     "(parent data $parent; sluiced read $backend from it)"
+((without >= 3 * parent)) ||
+  die "without sluiced the OSD sent $without bytes, expected about 4 x $parent"
+((with <= parent * 3 / 2)) ||
+  die "with sluiced the OSD sent $with bytes: the parent ($parent) was read more than about once"
+((with * 5 / 2 <= without)) || die "sluiced saved too little: $with against $without"
+((backend >= parent - 4 * M && backend <= 64 * M)) ||
+  die "sluiced read $backend bytes of the parent (data $parent, size $((64 * M)))"
+grep -q "sluiced does not cache" serve.log && die "a registration was refused: $(cat serve.log)"
+
+# The parent overlap: c5 shrunk to 16 MiB then grown back to 64 MiB sees
+# the parent below 16 MiB only.
+rbd clone "$POOL/base@gold" "$POOL/c5"
+sluice io -f raw -c "write -P 0x55 2M 1M" "rbd:$POOL/c5" >/dev/null
+rbd resize --no-progress --allow-shrink --size 16M "$POOL/c5"
+rbd resize --no-progress --size 64M "$POOL/c5"
+rbd export --no-progress "$POOL/c5" export5.raw
+qemu-img convert -f raw -O raw "rbd:$POOL/c5" ref5.raw
+cmp export5.raw ref5.raw || die "rbd export and qemu-img disagree on c5"
+cmp -n $((48 * M)) -i $((16 * M)):0 ref5.raw /dev/zero ||
+  die "the oracle does not read zeros beyond the overlap"
+sluice convert -O raw "rbd:$POOL/c5" plain5.raw
+cmp plain5.raw ref5.raw || die "c5 reads unlike qemu-img convert (no daemon)"
+map=$(sluice io -f raw -r "rbd:$POOL/c5" map | awk '{print $1/1048576, $2/1048576, $3, $4}' |
+  paste -sd';')
+assert_eq "$map" "0 2 data 1;2 1 data 0;3 13 data 1;16 48 zero 0" "c5's map (MiB)"
+rm -f "$TMP/n5.sock"
+"$SLUICE" serve --read-only "--sluiced=$TMP/sd.sock" --nbd "unix:$TMP/n5.sock" \
+  "rbd:$POOL/c5" 2>>serve.log &
+p5=$!
+cleanup_push "kill $p5 2>/dev/null"
+wait_for_path "$TMP/n5.sock" 60
+nbdcopy "nbd+unix:///?socket=$TMP/n5.sock" cached5.raw
+cmp cached5.raw ref5.raw || die "c5 through sluiced reads parent bytes beyond the overlap"
+kill $p5; wait $p5 2>/dev/null
+
+# The daemon's checks of RBD registrations.
+ceph osd pool create other 8 >/dev/null 2>&1
+ceph auth get-or-create client.limited mon 'profile rbd' osd 'profile rbd pool=other' \
+  >/dev/null
+sluice io -f raw -c "write -P 0x66 0 4M" "rbd:$POOL/base" >/dev/null
+rbd snap create "$POOL/base@gold2" 2>/dev/null
+rbd export --no-progress "$POOL/base@gold" x1.raw
+rbd export --no-progress "$POOL/base@gold2" x2.raw
+mon=$(sed -n 's/^mon host = //p' "$CEPH_CONF")
+[[ -n ${PROBE:-} ]] || PROBE=$BUILDDIR/tests/daemon/sluiced-probe
+"$PROBE" "$TMP/sd.sock" rbd "$mon" "$POOL" base gold x1.raw gold2 x2.raw \
+  admin "$(ceph auth get-key client.admin)" limited "$(ceph auth get-key client.limited)" \
+  || die "sluiced-probe's RBD cases failed (daemon log: $(tail -5 sluiced.log))"
+
+kill -TERM $dpid
+wait $dpid || die "sluiced exited $? (its cache checks on exit: $(tail -3 sluiced.log))"
+echo "PASS: $TEST_NAME"
