@@ -32,6 +32,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,7 +52,10 @@
  * answer fails the open after this long instead of Ceph's 300 s. */
 #define DEFAULT_MON_TIMEOUT "30"
 /* ... and an OSD request (a read, a write, a flush) after this long. */
-#define DEFAULT_OSD_TIMEOUT "60"
+#define DEFAULT_OSD_TIMEOUT "30"
+/* At close, how long the cluster has to answer one request before it is
+ * taken for gone (at most; less if the OSD timeout is shorter). */
+#define CLOSE_PROBE_S 15
 
 struct rbd_conn {
   struct rbd_conn *next;
@@ -58,6 +63,11 @@ struct rbd_conn {
   rados_t cluster;
   char fsid[40];
   int refs;
+  /* The cluster stopped answering while we closed: librados would wait
+   * out a timeout for every request of the close (releasing the lock,
+   * unwatching) and of the shutdown, so none is made any more -- the
+   * connection is left behind, the process being on its way out. */
+  atomic_bool gone;
 };
 
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -108,7 +118,8 @@ static void conn_put(struct rbd_conn *c)
   }
   pthread_mutex_unlock(&conns_lock);
   if (last) {
-    rados_shutdown(c->cluster);
+    if (!atomic_load(&c->gone))
+      rados_shutdown(c->cluster);
     free(c->key);
     free(c);
   }
@@ -232,9 +243,10 @@ static void layer_free(struct rbd_layer *L)
 {
   if (!L)
     return;
-  if (L->image)
+  bool gone = L->conn && atomic_load(&L->conn->gone);
+  if (L->image && !gone)
     rbd_close(L->image);
-  if (L->io)
+  if (L->io && !gone)
     rados_ioctx_destroy(L->io);
   conn_put(L->conn);
   sl_rbd_spec_clear(&L->spec);
@@ -350,15 +362,64 @@ fail:
   return r;
 }
 
+/* Does the cluster answer one request (a stat of the image's header)
+ * within min(CLOSE_PROBE_S, the OSD timeout)?  Asked before closing, which
+ * makes several requests that would each wait out the OSD timeout.  When
+ * it does not, the request is left in flight: its completion and result
+ * are never freed (the process is exiting; it may still complete). */
+static bool cluster_answers(struct rbd_layer *L)
+{
+  char t[32] = "";
+  long limit = CLOSE_PROBE_S;
+  if (rados_conf_get(L->conn->cluster, "rados_osd_op_timeout", t, sizeof t) == 0 &&
+      atol(t) > 0 && atol(t) < limit)
+    limit = atol(t);
+  struct probe {
+    uint64_t size;
+    time_t mtime;
+    char oid[64];
+  } *p = calloc(1, sizeof *p);
+  rados_completion_t c;
+  if (!p || rados_aio_create_completion2(NULL, NULL, &c) < 0) {
+    free(p);
+    return true; /* cannot tell: close as usual */
+  }
+  snprintf(p->oid, sizeof p->oid, "rbd_header.%s", L->id);
+  if (rados_aio_stat(L->io, p->oid, c, &p->size, &p->mtime) < 0) {
+    rados_aio_release(c);
+    free(p);
+    return true;
+  }
+  for (long i = 0; i < limit * 100; i++) {
+    if (rados_aio_is_complete(c)) {
+      int e = rados_aio_get_return_value(c);
+      rados_aio_release(c);
+      free(p);
+      return e != -ETIMEDOUT;
+    }
+    struct timespec ts = {.tv_nsec = 10000000};
+    nanosleep(&ts, NULL);
+  }
+  return false;
+}
+
 static int rbd_close_layer(struct sl_image *img)
 {
   struct rbd_layer *L = img->priv;
   int r = 0;
   if (L && L->image && !img->read_only && !img->no_flush) {
     int e = rbd_flush(L->image);
+    if (e == -ETIMEDOUT)
+      atomic_store(&L->conn->gone, true);
     if (e < 0)
       r = sl_error(-e, "%s: flush on close: %s", img->filename, strerror(-e));
   }
+  if (L && L->image && !atomic_load(&L->conn->gone) && !cluster_answers(L))
+    atomic_store(&L->conn->gone, true);
+  if (L && L->image && atomic_load(&L->conn->gone) && r == 0)
+    r = sl_error(ETIMEDOUT, "%s: the Ceph cluster does not answer: the image is left "
+                 "without closing it (its lock goes when the cluster expires this "
+                 "client's watch)", img->filename);
   layer_free(L);
   img->priv = NULL;
   return r;
@@ -639,13 +700,15 @@ void sl_rbd_conn_close(struct sl_rbd_conn *conn, rados_ioctx_t io)
 {
   if (!conn)
     return;
-  if (io)
+  if (io && !atomic_load(&conn->c->gone))
     rados_ioctx_destroy(io);
   conn_put(conn->c);
   free(conn);
 }
 
 rados_t sl_rbd_conn_cluster(struct sl_rbd_conn *conn) { return conn->c->cluster; }
+
+bool sl_rbd_conn_gone(struct sl_rbd_conn *conn) { return atomic_load(&conn->c->gone); }
 
 const struct sl_image_driver sl_rbd_driver = {
   .name = "rbd",

@@ -3,6 +3,8 @@
 #ifndef SLUICE_IMAGE_RBD_H
 #define SLUICE_IMAGE_RBD_H
 
+#include <stdbool.h>
+
 #include <rados/librados.h>
 
 #include "image/rbd-spec.h"
@@ -16,6 +18,9 @@ int sl_rbd_conn_open(const char *path, const struct sl_rbd_spec *spec,
                      struct sl_rbd_conn **conn, rados_ioctx_t *io);
 void sl_rbd_conn_close(struct sl_rbd_conn *conn, rados_ioctx_t io);
 rados_t sl_rbd_conn_cluster(struct sl_rbd_conn *conn);
+/* Did the cluster stop answering while an image of CONN closed?  Then
+ * nothing more is asked of it (every request would wait out a timeout). */
+bool sl_rbd_conn_gone(struct sl_rbd_conn *conn);
 
 /* What sluiced needs to open the snapshot IMG (an RBD layer) itself as
  * this process's Ceph client: names, monitors and the client's key

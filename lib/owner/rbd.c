@@ -451,11 +451,15 @@ static void rbd_drop(struct sl_owner *own)
   struct rbd_owner *o = (struct rbd_owner *)own;
   if (!o)
     return;
-  if (o->watching) {
+  /* A cluster that stopped answering while the image closed would make
+   * each of these wait out the OSD timeout: the process is leaving, its
+   * watch expires with it. */
+  bool gone = sl_rbd_conn_gone(o->conn);
+  if (o->watching && !gone) {
     rados_unwatch2(o->io, o->cookie);
     rados_watch_flush(sl_rbd_conn_cluster(o->conn));
   }
-  if (!o->releasing)
+  if (!o->releasing && !gone)
     remove_if_mine(o);
   sl_rbd_conn_close(o->conn, o->io);
   sl_rbd_spec_clear(&o->spec);
