@@ -7,7 +7,7 @@
 #
 # For each load, N handoffs in a row between `sluice serve --take-over`
 # processes on one NBD socket (so the client follows the disk).  The
-# client (tests/owner/nbd-writer.py) reconnects as soon as a connection
+# client (tests/common/nbd-writer.py) reconnects as soon as a connection
 # ends; the handoff time is its first reply from owner k+1 minus the
 # request time owner k+1 logs ("request sent at monotonic T s", both
 # CLOCK_MONOTONIC).  Loads:
@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 sluice=$(realpath "$build/sluice")
-writer=$PWD/tests/owner/nbd-writer.py
+writer=$PWD/tests/common/nbd-writer.py
 [ -x "$sluice" ] || { echo "handoff: $sluice not built" >&2; exit 1; }
 command -v qemu-img >/dev/null || { echo "handoff: needs qemu-img" >&2; exit 1; }
 dir=$(mktemp -d "$base/handoff.XXXXXX")

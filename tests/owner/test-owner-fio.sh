@@ -8,7 +8,7 @@
 require fio qemu-img python3
 fio --enghelp=nbd >/dev/null 2>&1 || skip "fio has no nbd engine"
 cd "$TMP"
-writer=$SRCDIR/tests/owner/nbd-writer.py
+writer=$SRCDIR/tests/common/nbd-writer.py
 
 qemu-img create -q -f qcow2 disk.qcow2 256M
 start_owner A a.sock disk.qcow2

@@ -10,7 +10,7 @@
 require qemu-img python3
 cd "$TMP"
 n=${HANDOFFS:-100}
-writer=$SRCDIR/tests/owner/nbd-writer.py
+writer=$SRCDIR/tests/common/nbd-writer.py
 
 qemu-img create -q -f qcow2 base.qcow2 64M
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 disk.qcow2

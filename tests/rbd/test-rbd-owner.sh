@@ -3,7 +3,7 @@
 # with different Ceph ids (h1, h2: two hosts, as far as Ceph can tell) take
 # the image from each other 20 times with `sluice serve --take-over` under
 # a continuous 4 KiB random-write load that follows the disk
-# (tests/owner/nbd-writer.py); every acknowledged write reads back.  The
+# (tests/common/nbd-writer.py); every acknowledged write reads back.  The
 # release request travels through Ceph (a notify on the image's owner
 # object), not a local socket.  Then the owner is SIGKILLed: the next
 # --take-over waits out its timeout, breaks the dead owner's exclusive
@@ -14,7 +14,7 @@ require python3
 ceph_start
 cd "$TMP"
 n=${HANDOFFS:-20}
-writer=$SRCDIR/tests/owner/nbd-writer.py
+writer=$SRCDIR/tests/common/nbd-writer.py
 rbd create --size 64M "$POOL/d"
 for u in h1 h2; do
   ceph auth get-or-create "client.$u" mon 'profile rbd' osd 'profile rbd' \

@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
-"""A write load that follows a disk from owner to owner, and its checker.
+"""A write load of acknowledged writes, and its checker.
 
-Used by the ownership tests (tests/owner) and bench/handoff.sh.  It speaks
+Used by the ownership tests (tests/owner), the RBD crash test (tests/rbd)
+and bench/handoff.sh.  It speaks
 NBD (fixed newstyle, simple replies) on a UNIX socket path that every owner
 of the disk serves in turn (`sluice serve --take-over --nbd unix:PATH`):
 when a connection ends -- the owner released the disk -- it reconnects, as
 fast as it can, to whoever listens there next.
 
   nbd-writer.py write SOCK LOG --size BYTES [--depth N] [--stop FILE]
-                [--seconds S] [--idle]
+                [--seconds S] [--idle] [--fua] [--kill PID --kill-after N]
       4 KiB writes at random 4 KiB-aligned offsets, N in flight, until FILE
       exists (or S seconds pass).  Each block carries its offset and a
       sequence number, and is otherwise filled from them, so any block read
       back names the write that produced it.  No two writes to one offset
-      are in flight at once.  --idle issues one 4 KiB read per connection
+      are in flight at once.  --fua sends every write with FUA.  --kill
+      sends SIGKILL to PID (the server) once N writes are acknowledged,
+      with writes in flight, issues no more, reads replies until the
+      connection drops, and ends (no reconnection): the crash test.
+      --idle issues one 4 KiB read per connection
       instead of writes (the idle-disk handoff measurement).  On exit LOG
       holds, per offset, the last acknowledged sequence number and those
       issued after it without an answer (they may or may not have landed),
@@ -35,6 +40,7 @@ import json
 import os
 import random
 import select
+import signal
 import socket
 import struct
 import sys
@@ -103,7 +109,8 @@ def connect_retry(path, stop):
     return None
 
 
-def write_load(path, logpath, size, depth, stopfile, seconds, idle, status):
+def write_load(path, logpath, size, depth, stopfile, seconds, idle, status,
+               fua=False, kill_pid=None, kill_after=0):
     nblocks = size // BS
     acked = {}          # offset -> last acknowledged seq
     unsure = {}         # offset -> [seqs issued after it, never answered]
@@ -111,6 +118,9 @@ def write_load(path, logpath, size, depth, stopfile, seconds, idle, status):
     seq = 0
     end = time.monotonic() + seconds if seconds else None
     errors = 0
+    nacked = 0
+    killed = False
+    wflags = 1 if fua else 0   # NBD_CMD_FLAG_FUA
 
     def stop():
         return (stopfile and os.path.exists(stopfile)) or (end and time.monotonic() > end)
@@ -130,7 +140,7 @@ def write_load(path, logpath, size, depth, stopfile, seconds, idle, status):
         alive = True
         idle_done = False
         while alive:
-            stopping = stop()
+            stopping = stop() or killed
             # Issue.
             while not stopping and len(inflight) < depth and len(sbuf) < (1 << 20):
                 if idle:
@@ -148,7 +158,8 @@ def write_load(path, logpath, size, depth, stopfile, seconds, idle, status):
                 cookie += 1
                 busy.add(off)
                 inflight[cookie] = (off, seq, CMD_WRITE)
-                sbuf += struct.pack(">IHHQQI", REQ, 0, CMD_WRITE, cookie, off, BS) + block(off, seq)
+                sbuf += struct.pack(">IHHQQI", REQ, wflags, CMD_WRITE, cookie, off, BS) + \
+                    block(off, seq)
             if stopping and not inflight:
                 try:
                     s.setblocking(True)
@@ -195,6 +206,10 @@ def write_load(path, logpath, size, depth, stopfile, seconds, idle, status):
                     else:
                         acked[off] = sq
                         unsure.pop(off, None)
+                        nacked += 1
+                        if kill_pid and not killed and nacked >= kill_after:
+                            os.kill(kill_pid, signal.SIGKILL)
+                            killed = True
                         # Earlier unanswered writes to OFF are overwritten
                         # by this acknowledged one only if they landed
                         # before it: forget them (this one is the floor).
@@ -203,11 +218,17 @@ def write_load(path, logpath, size, depth, stopfile, seconds, idle, status):
             if kind == CMD_WRITE:
                 unsure.setdefault(off, []).append(sq)
         s.close()
+        if killed:
+            break
     with open(logpath, "w") as f:
         json.dump({"acked": acked, "unsure": unsure, "connections": conns,
-                   "writes": seq, "errors": errors}, f)
+                   "writes": seq, "errors": errors, "acknowledged": nacked}, f)
     print("nbd-writer: %d writes issued, %d offsets acknowledged, %d connections, "
           "%d error replies" % (seq, len(acked), len(conns), errors), file=sys.stderr)
+    if kill_pid and not killed:
+        print("nbd-writer: the connection ended before %d acknowledgements" % kill_after,
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -324,9 +345,13 @@ def main(argv):
     p.add_argument("--seconds", type=float)
     p.add_argument("--idle", action="store_true")
     p.add_argument("--status")
+    p.add_argument("--fua", action="store_true")
+    p.add_argument("--kill", type=int)
+    p.add_argument("--kill-after", type=int, default=100)
     a = p.parse_args(argv)
     if a.mode == "write":
-        return write_load(a.sock, a.log, a.size, a.depth, a.stop, a.seconds, a.idle, a.status)
+        return write_load(a.sock, a.log, a.size, a.depth, a.stop, a.seconds, a.idle, a.status,
+                          a.fua, a.kill, a.kill_after)
     if a.mode == "fio-verify":
         return fio_verify(a.sock, a.log)
     return verify(a.sock, a.log)
