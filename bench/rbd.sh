@@ -26,9 +26,10 @@ size=256M runtime=5 rounds=2
 [[ ${1:-} == --quick ]] && { runtime=2; rounds=1; }
 for c in fio qemu-nbd rbd; do command -v $c >/dev/null || { echo "needs $c"; exit 1; }; done
 dir=$(mktemp -d /tmp/rbd-bench.XXXXXX)
-pids=()
+DIR=$dir PIDS=()
+source bench/lib/nbd-fio.sh
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   scripts/ceph-single-node.sh stop "$dir/ceph" || true
   rm -rf "$dir"
 }
@@ -40,24 +41,12 @@ rbd create --size "$size" "$img"
 rbd bench --io-type write --io-size 4M --io-pattern seq --io-total "$size" \
   "$img" >/dev/null
 
-start() { # SOCK COMMAND...: start a server, wait for its socket
-  local sock=$1; shift
-  rm -f "$sock"
-  "$@" >"$dir/server.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 300); do [[ -S $sock ]] && return 0; sleep 0.05; done
-  echo "server did not start: $* ($(tail -2 "$dir/server.log"))" >&2; exit 1
-}
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
-
+start() { bench_start "$@"; } # SOCK COMMAND...
+stop_all() { bench_stop_all; }
 job() { # URI RW BS DEPTH -> IOPS
-  local out
-  out=$(fio --name=j --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
-        --size="$size" --runtime="$runtime" --time_based --group_reporting \
-        --output-format=json 2>"$dir/fio.err") || { cat "$dir/fio.err" >&2; exit 1; }
-  python3 -c "
-import json, sys; s=sys.argv[1]; d=json.loads(s[s.index('{'):])['jobs'][0]
-print(round(d['read']['iops'] + d['write']['iops']))" "$out"
+  local v
+  v=$(bench_job "$1" "$2" "$3" "$4" "$size" "$runtime")
+  echo "${v%% *}"
 }
 
 launch() {

@@ -27,8 +27,9 @@ size=1G runtime=5 rounds=2
 [[ ${1:-} == --quick ]] && { size=64M; runtime=2; rounds=1; }
 for c in fio qemu-nbd nbdkit qemu-img; do command -v $c >/dev/null || { echo "needs $c"; exit 1; }; done
 dir=$(mktemp -d /tmp/nbd-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+DIR=$dir PIDS=()
+source bench/lib/nbd-fio.sh
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
 trap cleanup EXIT
 
 # A fully written image, so reads hit data: raw, and the same as qcow2.
@@ -42,37 +43,15 @@ qemu-img convert -O qcow2 "$dir/disk.raw" "$dir/disk.qcow2"
 # than the servers.
 sync
 
-start() { # NAME SOCK COMMAND...: start a server, wait for its socket
-  local sock=$2; shift 2
-  rm -f "$sock"
-  "$@" >/dev/null 2>&1 &
-  pids+=($!)
-  server_pid=$!
-  for _ in $(seq 100); do [[ -S $sock ]] && return 0; sleep 0.05; done
-  echo "server did not start: $*" >&2; exit 1
-}
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
+start() { bench_start "${@:2}"; } # NAME SOCK COMMAND...
+stop_all() { bench_stop_all; }
 
-cpu_ticks() { # PID: user + system clock ticks of all its threads so far
-  awk '{ print $14 + $15 }' "/proc/$1/stat"
-}
-
-job() { # URI RW BS DEPTH -> "IOPS CPU-SECONDS-PER-MILLION-REQUESTS" of server_pid
-  local out c0 c1
+job() { # URI RW BS DEPTH -> "IOPS CPU-SECONDS-PER-MILLION-REQUESTS" of the server
   # Every job starts with both images in the page cache: this kernel
   # reclaims cold page cache proactively (DAMON), and no server's job
   # should pay for reading back what was evicted during an earlier one.
   cat "$dir/disk.raw" "$dir/disk.qcow2" >/dev/null
-  c0=$(cpu_ticks "$server_pid")
-  out=$(fio --name=j --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
-        --size="$size" --runtime="$runtime" --time_based --group_reporting \
-        --output-format=json 2>"$dir/fio.err") || { cat "$dir/fio.err" >&2; exit 1; }
-  c1=$(cpu_ticks "$server_pid")
-  python3 -c "
-import json, os, sys; s=sys.argv[1]; d=json.loads(s[s.index('{'):])['jobs'][0]
-ios = d['read']['total_ios'] + d['write']['total_ios']
-cpu = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf('SC_CLK_TCK')
-print(round(d['read']['iops'] + d['write']['iops']), '%.3f' % (cpu / max(ios, 1) * 1e6))" "$out" "$c0" "$c1"
+  bench_job "$1" "$2" "$3" "$4" "$size" "$runtime"
 }
 
 servers=(sluice-qcow2 sluice-qcow2-nopoll qemu-nbd sluice-raw sluice-raw-nopoll nbdkit)

@@ -1,0 +1,49 @@
+# Sourced by the NBD benchmarks (bench/nbd/run.sh, bench/rbd.sh): start and
+# stop servers, and run one fio job against one of them.
+#
+# The caller sets DIR (a scratch directory) and keeps the array PIDS (every
+# server started, so its EXIT trap can stop them).  Servers are measured one
+# at a time, so the job also reports the CPU time the last started server
+# (SERVER_PID) spent per request -- user + system of all its threads, from
+# /proc/PID/stat -- which is what a server that polls pays for its latency.
+#
+#   bench_start SOCK COMMAND...   start a server, wait up to 15 s for SOCK
+#   bench_stop_all                stop every server, by pid
+#   bench_job URI RW BS DEPTH SIZE RUNTIME
+#        -> "IOPS CPU-SECONDS-PER-MILLION-REQUESTS"
+#   bench_cell IOPS BS            "N IOPS, M MiB/s" for a table
+
+bench_start() {
+  local sock=$1 i; shift
+  rm -f "$sock"
+  "$@" >/dev/null 2>>"$DIR/server.log" &
+  PIDS+=($!)
+  SERVER_PID=$!
+  for ((i = 0; i < 300; i++)); do [[ -S $sock ]] && return 0; sleep 0.05; done
+  echo "server did not start: $* ($(tail -2 "$DIR/server.log"))" >&2
+  exit 1
+}
+
+bench_stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+
+bench_cpu_ticks() { # PID: user + system clock ticks of all its threads so far
+  awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+bench_job() {
+  local out c0 c1
+  c0=$(bench_cpu_ticks "$SERVER_PID")
+  out=$(fio --name=j --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
+        --size="$5" --runtime="$6" --time_based --group_reporting \
+        --output-format=json 2>"$DIR/fio.err") || { cat "$DIR/fio.err" >&2; exit 1; }
+  c1=$(bench_cpu_ticks "$SERVER_PID")
+  python3 -c "
+import json, os, sys; s=sys.argv[1]; d=json.loads(s[s.index('{'):])['jobs'][0]
+ios = d['read']['total_ios'] + d['write']['total_ios']
+cpu = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf('SC_CLK_TCK')
+print(round(d['read']['iops'] + d['write']['iops']), '%.3f' % (cpu / max(ios, 1) * 1e6))" "$out" "$c0" "$c1"
+}
