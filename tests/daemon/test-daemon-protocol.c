@@ -141,6 +141,72 @@ static void test_register(void **state)
   assert_int_equal(sl_cs_parse_request(buf, (size_t)n, 1, &r), 0);
 }
 
+/* REGISTER_RBD (version 2): text fields terminated and zero-padded; an
+ * unknown opcode on a version 1 connection. */
+static void test_register_rbd(void **state)
+{
+  struct sl_cs_register_rbd q;
+  memset(&q, 0, sizeof q);
+  strcpy(q.pool, "rbd");
+  strcpy(q.image, "gold");
+  strcpy(q.snap, "boot");
+  strcpy(q.user, "admin");
+  strcpy(q.key, "AQBz1XRlAAAAABAAdGhpcyBpcyBub3QgYSBrZXk=");
+  strcpy(q.mon_host, "v2:127.0.0.1:6789");
+  struct sl_cs_request r;
+  long n = sl_cs_encode(buf, sizeof buf, 2, SL_CS_REGISTER_RBD, 0, 5, &q, sizeof q);
+  assert_int_equal(n, 24 + 1224);
+  assert_int_equal(sl_cs_request_fds(SL_CS_REGISTER_RBD), 0);
+  assert_int_equal(sl_cs_parse_request(buf, (size_t)n, 2, &r), 0);
+  assert_string_equal(r.u.reg_rbd->snap, "boot");
+  assert_string_equal(r.u.reg_rbd->ns, "");
+  /* version 1 does not know it */
+  n = sl_cs_encode(buf, sizeof buf, 1, SL_CS_REGISTER_RBD, 0, 5, &q, sizeof q);
+  assert_int_equal(sl_cs_parse_request(buf, (size_t)n, 1, &r), -EPROTO);
+  /* an empty snapshot parses (the daemon refuses it with a reply) */
+  struct sl_cs_register_rbd e = q;
+  memset(e.snap, 0, sizeof e.snap);
+  n = sl_cs_encode(buf, sizeof buf, 2, SL_CS_REGISTER_RBD, 0, 5, &e, sizeof e);
+  assert_int_equal(sl_cs_parse_request(buf, (size_t)n, 2, &r), 0);
+  /* empty required fields, no NUL, bytes after the NUL, flags, reserved */
+  char *fields[] = {e.pool, e.image, e.user, e.key, e.mon_host};
+  size_t sizes[] = {sizeof e.pool, sizeof e.image, sizeof e.user, sizeof e.key,
+                    sizeof e.mon_host};
+  for (int i = 0; i < 5; i++) {
+    for (int k = 0; k < 3; k++) {
+      e = q; /* FIELDS point into E */
+      if (k == 0)
+        memset(fields[i], 0, sizes[i]);
+      else if (k == 1)
+        memset(fields[i], 'x', sizes[i]);
+      else
+        fields[i][sizes[i] - 1] = 'x';
+      n = sl_cs_encode(buf, sizeof buf, 2, SL_CS_REGISTER_RBD, 0, 5, &e, sizeof e);
+      assert_int_equal(sl_cs_parse_request(buf, (size_t)n, 2, &r), -EPROTO);
+    }
+  }
+  e = q;
+  e.ns[sizeof e.ns - 1] = 'x';
+  n = sl_cs_encode(buf, sizeof buf, 2, SL_CS_REGISTER_RBD, 0, 5, &e, sizeof e);
+  assert_int_equal(sl_cs_parse_request(buf, (size_t)n, 2, &r), -EPROTO);
+  e = q;
+  e.flags = 1;
+  n = sl_cs_encode(buf, sizeof buf, 2, SL_CS_REGISTER_RBD, 0, 5, &e, sizeof e);
+  assert_int_equal(sl_cs_parse_request(buf, (size_t)n, 2, &r), -EPROTO);
+  e = q;
+  e.reserved = 1;
+  n = sl_cs_encode(buf, sizeof buf, 2, SL_CS_REGISTER_RBD, 0, 5, &e, sizeof e);
+  assert_int_equal(sl_cs_parse_request(buf, (size_t)n, 2, &r), -EPROTO);
+  /* a body one byte short */
+  n = sl_cs_encode(buf, sizeof buf, 2, SL_CS_REGISTER_RBD, 0, 5, &q, sizeof q - 1);
+  assert_int_equal(sl_cs_parse_request(buf, (size_t)n, 2, &r), -EPROTO);
+  /* its reply is a layer reply */
+  struct sl_cs_register_layer_reply rep = {.layer = 1, .size = 4096};
+  n = sl_cs_encode(buf, sizeof buf, 2, SL_CS_REGISTER_RBD | SL_CS_REPLY, 0, 5, &rep,
+                   sizeof rep);
+  assert_int_equal(sl_cs_check_reply(buf, (size_t)n, SL_CS_REGISTER_RBD, 0), 0);
+}
+
 static void test_replies(void **state)
 {
   struct sl_cs_read_reply rr = {.count = 2};
@@ -173,6 +239,7 @@ int main(void)
     cmocka_unit_test(test_bad_framing),
     cmocka_unit_test(test_read_batch),
     cmocka_unit_test(test_register),
+    cmocka_unit_test(test_register_rbd),
     cmocka_unit_test(test_replies),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
