@@ -75,10 +75,13 @@ int sl_cache_host_attach(struct sl_next *next, const char *socket,
      * client (REGISTER_RBD); anything else is read directly, uncached. */
     if (sl_image_path_is_rbd(sl_image_filename(l))) {
 #if HAVE_RBD
-      if (!shared || !strchr(sl_image_filename(l), '@'))
+      if (!shared)
         continue;
       struct sl_cs_register_rbd q;
-      if (sl_rbd_cache_desc(l, &q) < 0) {
+      int e = sl_rbd_cache_desc(l, &q);
+      if (e == -EROFS)
+        continue; /* an image head: never shared */
+      if (e < 0) {
         fprintf(stderr, "sluice: cache: %s\n", sl_last_error());
         continue;
       }
