@@ -18,8 +18,10 @@
  *    therefore not met in general, and this asserts 1.5% at its three
  *    sizes, as a guard against making it worse, not as a proof of 1%;
  *  - on a zigzag (LRU-friendly), it must not be worse than the classic,
- *    and must stay within 15% of LRU (the issue's 10% holds at the three
- *    sizes here, +7%, +10% and +3%, but not at 900 blocks: +14%).
+ *    and must stay within the issue's 10% of LRU: +7.2%, +3.6%, +6.2% and
+ *    +2.3% at the four sizes here.  (Before the climber's first step took
+ *    its direction from the first sample's ghost hits, 900 blocks was
+ *    +14%; tests/sim/test-sim-lru-friendly.sh checks the LIRS traces.)
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -121,12 +123,14 @@ static void test_zigzag_not_worse(void **s)
 {
   struct sl_trace t;
   assert_int_equal(sl_synth_generate("zigzag:n=1500,len=150000", &t), 0);
-  for (uint64_t cap = 300; cap <= 1200; cap *= 2) {
+  static const uint64_t caps[] = { 300, 600, 900, 1200 };
+  for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) {
+    uint64_t cap = caps[i];
     double now = miss_ratio("twophase", &t, cap), lru = miss_ratio("lru", &t, cap);
     print_message("zigzag 1500, %lu blocks: twophase %.4f, LRU %.4f\n",
                   (unsigned long)cap, now, lru);
     assert_true(now <= miss_ratio("twophase-classic", &t, cap) + 1e-9);
-    assert_true(now <= lru * 1.15);
+    assert_true(now <= lru * 1.10);
   }
   sl_trace_free(&t);
 }
