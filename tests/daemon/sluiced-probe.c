@@ -15,6 +15,8 @@
  *       bytes (compared with `rbd export`), forged layer numbers, a wrong
  *       key, an image head, missing snapshot and pool, a client whose
  *       capabilities forbid the pool, malformed and version 1 requests
+ *   sluiced-probe SOCKET rbd-unsupported
+ *       a daemon built without librbd refuses REGISTER_RBD (ENOTSUP)
  *   sluiced-probe SOCKET stats-check
  *       STATS sanity (exit 1 if the totals contradict each other)
  *   sluiced-probe SOCKET stats-own FILE
@@ -1058,6 +1060,24 @@ static int rbd_cmd(int argc, char **argv)
   return failures ? 1 : 0;
 }
 
+/*   sluiced-probe SOCKET rbd-unsupported
+ * A daemon built without librbd refuses REGISTER_RBD with ENOTSUP, says
+ * so, and keeps the connection. */
+static int rbd_unsupported(void)
+{
+  struct sl_cs_conn c;
+  conn(&c);
+  struct sl_cs_register_rbd q;
+  rbd_req(&q, "rbd", "gold", "boot", "admin", "AQBz1XRlAAAAABAAdGhpcyBpcyBub3QgYSBrZXk=",
+          "v2:127.0.0.1:6789");
+  expect(reg_rbd(&c, &q, NULL), -ENOTSUP, "REGISTER_RBD to a daemon without librbd");
+  if (!strstr(sl_last_error(), "without RBD support"))
+    FAIL("the refusal does not say why: %s", sl_last_error());
+  alive(&c, "a refused RBD registration");
+  sl_cs_close(&c);
+  return failures ? 1 : 0;
+}
+
 static int stats_check(void)
 {
   struct sl_cs_conn c;
@@ -1203,6 +1223,8 @@ int main(int argc, char **argv)
   sock_path = argv[1];
   if (!strcmp(argv[2], "hostile"))
     return hostile(argc - 3, argv + 3);
+  if (!strcmp(argv[2], "rbd-unsupported"))
+    return rbd_unsupported();
   if (!strcmp(argv[2], "rbd"))
     return rbd_cmd(argc - 3, argv + 3);
   if (!strcmp(argv[2], "stress"))

@@ -29,6 +29,12 @@ wait_for_path "$sock"
 timeout 300 "$PROBE" "$sock" hostile "$TMP/a.img" "$TMP/b.img" "$TMP" \
   || die "hostile cases failed (daemon log: $(tail -5 "$TMP/log"))"
 kill -0 $pid || die "sluiced died"
+# RBD registrations: a build without librbd refuses them clearly (with
+# librbd, tests/rbd/test-rbd-sluiced runs the hostile RBD cases against a
+# real cluster).
+if ! "$SLUICE" --version | grep -q '+rbd'; then
+  "$PROBE" "$sock" rbd-unsupported || die "RBD registration in a build without librbd"
+fi
 
 # A user outside the allow lists: the socket's mode would keep it out, so
 # open it up to see the daemon's own check refuse (and log) the client.
