@@ -119,6 +119,8 @@ struct conn {
   bool reading;                   /* EPOLLIN armed (under out_lock) */
   bool writing;                   /* EPOLLOUT armed (under out_lock) */
   bool drop;                      /* disconnect (out queue overflow) */
+  bool corked;                    /* the loop is answering a batch: queue, do
+                                   * not send yet (under out_lock) */
   struct conn *next;              /* the server's list, loop thread only */
 };
 
@@ -263,6 +265,8 @@ static int id_slot(uint32_t id, const uint32_t *gen, uint32_t nslots)
 /* Under out_lock: the epoll interest C should have now. */
 static void rearm_locked(struct sd_server *srv, struct conn *c)
 {
+  if (c->corked)
+    return; /* uncork() decides, once the batch's replies are out */
   bool want_in = c->outlen == 0 && atomic_load(&c->jobs) < SD_MAX_JOBS && !c->drop;
   bool want_out = c->outlen > 0 && !c->drop;
   if (want_in == c->reading && want_out == c->writing)
@@ -316,10 +320,34 @@ static void send_msg(struct sd_server *srv, struct conn *c, const void *msg, siz
       }
       memcpy(c->out + c->outlen, msg, len);
       c->outlen += len;
-      flush_locked(c);
+      if (!c->corked)
+        flush_locked(c);
     }
   }
 out:
+  rearm_locked(srv, c);
+  pthread_mutex_unlock(&c->out_lock);
+}
+
+/* Replies to what one read brought in leave together: while the loop
+ * answers the requests of one recv, replies are only queued (cork), and
+ * one send takes them all (uncork).  A client whose requests came in a
+ * burst is woken once for their replies, not once each, and the daemon
+ * makes one system call instead of many.  A worker's reply that comes
+ * meanwhile joins the batch. */
+static void cork(struct conn *c)
+{
+  pthread_mutex_lock(&c->out_lock);
+  c->corked = true;
+  pthread_mutex_unlock(&c->out_lock);
+}
+
+static void uncork(struct sd_server *srv, struct conn *c)
+{
+  pthread_mutex_lock(&c->out_lock);
+  c->corked = false;
+  if (c->outlen && !c->drop)
+    flush_locked(c);
   rearm_locked(srv, c);
   pthread_mutex_unlock(&c->out_lock);
 }
@@ -1188,7 +1216,9 @@ static void conn_readable(struct sd_server *srv, struct conn *c)
   }
   c->rlen += (size_t)n;
   atomic_fetch_add(&c->refs, 1); /* C may close (and lose its last ref) inside */
+  cork(c);
   process_input(srv, c);
+  uncork(srv, c); /* closed or not: what was queued goes (conn_fail flushed already) */
   conn_unref(srv, c);
 }
 
