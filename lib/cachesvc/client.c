@@ -16,8 +16,19 @@
  *    forks after the disk is open, and threads do not survive a fork.
  *
  *  - Replies come in any order (a hit overtakes a fill), so each request
- *    takes a slot whose number is in its id, and one receiver thread per
- *    connection hands each reply to its slot's waiter.
+ *    takes a slot whose number is in its id, and whoever reads a reply
+ *    hands it to its slot's waiter.  Who reads (leader/follower): a
+ *    requesting thread that finds nobody reading the socket reads it
+ *    itself, until its own reply is in, handing others theirs on the way;
+ *    when it leaves, it wakes one other waiter to read on.  At queue
+ *    depth 1 a request then costs one sleep and one wake-up of the thread
+ *    that asked, not also those of a receiver thread in between (on these
+ *    machines a wake-up, not the work, is what a hop costs: DESIGN.md).
+ *    A receiver thread per connection remains for what no requester
+ *    waits for: it sleeps in poll() for the daemon's end of the
+ *    connection alone (data does not wake it), and reads only the
+ *    replies of abandoned requests when no requester is left to, and the
+ *    rest of a dead connection that still has buffers lent.
  *
  *  - Deadline: a read waits for the daemon the caller's deadline, or four
  *    times the daemon's recent reply time if that is longer (a busy host
@@ -77,6 +88,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -100,6 +113,8 @@
 #define BACKOFF_MIN_NS 50000000ull
 #define BACKOFF_MAX_NS 2000000000ull
 #define MAX_DEADLINE_NS 30000000000ull
+#define RXBUF (2 * SL_CS_MAX_MSG)      /* replies read, not yet delivered */
+#define RX_PASS_NS 100000000ull        /* the receiver's reads re-check its task */
 
 enum slot_state { SLOT_FREE, SLOT_WAITING, SLOT_DONE, SLOT_ABANDONED };
 
@@ -151,8 +166,14 @@ struct conn {
   unsigned nheld;                      /* slots with holds, under lock */
   struct conn *next_lingering;         /* c->lingering: its receiver runs */
   pthread_mutex_t send_lock;
-  pthread_mutex_t lock;                /* slots, dead */
+  pthread_mutex_t lock;                /* slots, dead, reading */
   bool dead;
+  /* The reader role: held by one thread at a time (under lock), which
+   * alone touches rbuf and rhave, the bytes read but not yet delivered. */
+  bool reading;
+  uint8_t *rbuf;
+  size_t rhave;
+  int wakefd;                          /* eventfd: the receiver has work */
   uint64_t seq;
   struct slot slots[MAX_SLOTS];
   pthread_t rx;
@@ -246,6 +267,9 @@ static void conn_put(struct conn *k)
     sl_arena_unref(k->zc[i].a);
   if (k->fd >= 0)
     close(k->fd);
+  if (k->wakefd >= 0)
+    close(k->wakefd);
+  free(k->rbuf);
   for (unsigned i = 0; i < MAX_SLOTS; i++)
     pthread_cond_destroy(&k->slots[i].cond);
   if (k->bounce)
@@ -253,6 +277,40 @@ static void conn_put(struct conn *k)
   pthread_mutex_destroy(&k->lock);
   pthread_mutex_destroy(&k->send_lock);
   free(k);
+}
+
+/* Wake K's receiver thread: something needs reading that no requester
+ * will read. */
+static void rx_kick(struct conn *k)
+{
+  uint64_t one = 1;
+  if (k->wakefd >= 0 && write(k->wakefd, &one, sizeof one) < 0) {
+    /* EAGAIN: the counter is full, so the receiver is woken anyway */
+  }
+}
+
+/* Under k->lock, when nobody holds the reader role: give it to a thread
+ * waiting for its reply (wake one; it takes the role when it runs), or,
+ * with nobody waiting, wake the receiver thread if replies to abandoned
+ * requests or the end of a dead connection with buffers lent are still to
+ * be read (unless the receiver is the caller, FROM_RX).  A waiter that is
+ * signalled but has not slept yet loses nothing: it looks at the role
+ * before it sleeps. */
+static void handoff_locked(struct conn *k, unsigned from, bool from_rx)
+{
+  if (k->reading)
+    return;
+  bool orphans = k->dead && k->nheld;
+  for (unsigned n = 0; n < MAX_SLOTS; n++) {
+    struct slot *s = &k->slots[(from + n) % MAX_SLOTS];
+    if (s->state == SLOT_WAITING) {
+      pthread_cond_signal(&s->cond);
+      return;
+    }
+    orphans |= s->state == SLOT_ABANDONED;
+  }
+  if (orphans && !from_rx)
+    rx_kick(k);
 }
 
 /* Mark K dead (once): wake every waiter, free what abandoned requests held,
@@ -265,6 +323,8 @@ static void conn_kill_locked(struct conn *k)
   /* With buffers lent, keep reading: the daemon's closing its end is what
    * says that it no longer writes into them (rx_main). */
   shutdown(k->fd, k->nheld ? SHUT_WR : SHUT_RDWR);
+  if (k->nheld)
+    rx_kick(k);
   for (unsigned i = 0; i < MAX_SLOTS; i++) {
     struct slot *s = &k->slots[i];
     if (s->state == SLOT_WAITING) {
@@ -301,6 +361,8 @@ static void conn_lost(struct conn *k)
   pthread_mutex_unlock(&c->lock);
   conn_put(drop);
 }
+
+static int read_replies(struct conn *k, uint64_t deadline, bool discard);
 
 /* One whole message, with PASS_FD (if >= 0) travelling with its first
  * byte, as the protocol asks. */
@@ -378,16 +440,40 @@ static int conn_call(struct conn *k, uint16_t op, const void *req_body,
      * over either way. */
     conn_kill_locked(k);
   }
+  /* Wait for the reply: read the socket ourselves if nobody does (the
+   * leader), else sleep until the reader hands us our reply or the role. */
   struct timespec ts;
   abs_deadline(deadline, &ts);
+  bool lead = false;
   while (s->state == SLOT_WAITING) {
-    if (pthread_cond_timedwait(&s->cond, &k->lock, &ts) == ETIMEDOUT &&
-        s->state == SLOT_WAITING) {
-      s->state = SLOT_ABANDONED;   /* the receiver frees it, its bounce, holds */
+    if (sl_now_ns() >= deadline) {
+      s->state = SLOT_ABANDONED;   /* whoever reads its reply frees it, its
+                                    * bounce, its holds */
+      if (lead)
+        k->reading = false;
+      handoff_locked(k, idx + 1, false);
       pthread_mutex_unlock(&k->lock);
       return -ETIMEDOUT;
     }
+    if (!lead && !k->reading && !k->dead)
+      k->reading = lead = true;
+    if (lead) {
+      pthread_mutex_unlock(&k->lock);
+      int rr = read_replies(k, deadline, false);
+      pthread_mutex_lock(&k->lock);
+      if (rr < 0) {
+        k->reading = lead = false;
+        pthread_mutex_unlock(&k->lock);
+        conn_lost(k);
+        pthread_mutex_lock(&k->lock);
+      }
+      continue;
+    }
+    pthread_cond_timedwait(&s->cond, &k->lock, &ts);
   }
+  if (lead)
+    k->reading = false;
+  handoff_locked(k, idx + 1, false);
   r = s->status;
   if (r < 0) /* the daemon's words, for the caller's message */
     sl_error(-r, "%s", s->body[0] ? (const char *)s->body : strerror(-r));
@@ -462,60 +548,117 @@ static int deliver(struct conn *k, const uint8_t *msg, size_t len)
   return 0;
 }
 
+/* With the reader role held: wait for replies until DEADLINE (absolute,
+ * CLOCK_MONOTONIC), then read what has come and hand each whole reply to
+ * its slot; DISCARD: throw the bytes away instead (a dead connection whose
+ * daemon may still write into lent buffers: only its end matters).  0
+ * (something was read, or the time ran out), or -1: the daemon closed its
+ * end, the socket failed, or a reply broke the protocol. */
+static int read_replies(struct conn *k, uint64_t deadline, bool discard)
+{
+  uint64_t now = sl_now_ns();
+  uint64_t left = deadline > now ? deadline - now : 0;
+  struct timespec ts = {.tv_sec = (time_t)(left / 1000000000u),
+                        .tv_nsec = (long)(left % 1000000000u)};
+  struct pollfd p = {.fd = k->fd, .events = POLLIN};
+  if (ppoll(&p, 1, &ts, NULL) <= 0)
+    return 0; /* time is up, or a signal: the caller looks again */
+  for (;;) {
+    size_t room = RXBUF - k->rhave;
+    ssize_t n = recv(k->fd, k->rbuf + k->rhave, room, MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return 0;
+    if (n <= 0)
+      return -1;
+    if (discard)
+      continue;
+    k->rhave += (size_t)n;
+    size_t pos = 0;
+    for (;;) {
+      long fl = sl_cs_frame(k->rbuf + pos, k->rhave - pos);
+      if (fl < 0)
+        return -1;
+      if (fl == 0)
+        break;
+      if (((uintptr_t)(k->rbuf + pos)) % 8) {
+        memmove(k->rbuf, k->rbuf + pos, k->rhave - pos);
+        k->rhave -= pos;
+        pos = 0;
+      }
+      if (deliver(k, k->rbuf + pos, (size_t)fl) < 0)
+        return -1;
+      pos += (size_t)fl;
+    }
+    memmove(k->rbuf, k->rbuf + pos, k->rhave - pos);
+    k->rhave -= pos;
+    if ((size_t)n < room)
+      return 0; /* all that had come */
+  }
+}
+
+/* The receiver thread: for what no requester reads (the file's comment).
+ * It sleeps in poll() on the daemon's end of the connection and its
+ * eventfd only, so replies do not wake it. */
 static void *rx_main(void *arg)
 {
   struct conn *k = arg;
-  size_t cap = 2 * SL_CS_MAX_MSG, have = 0;
-  uint8_t *buf = aligned_alloc(8, cap);
-  bool draining = false;
-  while (buf) {
-    ssize_t n = recv(k->fd, buf + have, cap - have, 0);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      break;
-    if (draining)
-      continue; /* until the daemon closes: see below */
-    have += (size_t)n;
-    size_t pos = 0;
-    int bad = 0;
-    for (;;) {
-      long fl = sl_cs_frame(buf + pos, have - pos);
-      if (fl < 0) {
-        bad = 1;
-        break;
-      }
-      if (fl == 0)
-        break;
-      if (((uintptr_t)(buf + pos)) % 8) {
-        memmove(buf, buf + pos, have - pos);
-        have -= pos;
-        pos = 0;
-      }
-      if (deliver(k, buf + pos, (size_t)fl) < 0) {
-        bad = 1;
-        break;
-      }
-      pos += (size_t)fl;
+  for (;;) {
+    pthread_mutex_lock(&k->lock);
+    bool orphans = k->dead && k->nheld, waiting = false;
+    for (unsigned i = 0; i < MAX_SLOTS; i++) {
+      waiting |= k->slots[i].state == SLOT_WAITING;
+      orphans |= k->slots[i].state == SLOT_ABANDONED;
     }
-    if (bad) {
-      /* The connection is over; the next one can start now.  With
-       * buffers lent, wait for the daemon to close its end first. */
-      conn_lost(k);
+    bool take = orphans && !waiting && !k->reading;
+    bool dead = k->dead;
+    if (take)
+      k->reading = true;
+    pthread_mutex_unlock(&k->lock);
+    if (take) {
+      int rr = read_replies(k, sl_now_ns() + RX_PASS_NS, dead);
       pthread_mutex_lock(&k->lock);
+      k->reading = false;
+      handoff_locked(k, 0, true);
       bool lent = k->nheld > 0;
       pthread_mutex_unlock(&k->lock);
-      if (!lent)
-        break;
-      draining = true;
-      have = 0;
+      if (rr < 0) {
+        /* The connection is over; the next one can start now.  With
+         * buffers lent and the daemon's end still open, read on (and
+         * throw away) until it closes: only then is it done with them. */
+        conn_lost(k);
+        if (dead || !lent)
+          break;
+      }
       continue;
     }
-    memmove(buf, buf + pos, have - pos);
-    have -= pos;
+    struct pollfd p[2] = {{.fd = k->fd, .events = POLLRDHUP},
+                          {.fd = k->wakefd, .events = POLLIN}};
+    if (poll(p, 2, -1) < 0)
+      continue;
+    if (p[1].revents & POLLIN) {
+      uint64_t v;
+      if (read(k->wakefd, &v, sizeof v) < 0) {
+        /* EAGAIN: already taken */
+      }
+    }
+    if (p[0].revents & (POLLHUP | POLLERR | POLLRDHUP | POLLNVAL)) {
+      /* The daemon closed its end, or we ended the connection without
+       * buffers lent (conn_kill_locked, sl_csc_put): nothing more can
+       * come that anyone waits for. */
+      pthread_mutex_lock(&k->lock);
+      bool busy = k->reading;
+      pthread_mutex_unlock(&k->lock);
+      conn_lost(k);
+      if (!busy)
+        break;
+      /* a requester still reads what came before the end: let it finish
+       * (conn_lost woke it) */
+      struct timespec pause = {0, 1000000};
+      nanosleep(&pause, NULL);
+    }
   }
-  free(buf);
-  conn_lost(k);
   /* The daemon closed its end (or died, or we tore the connection down in
    * sl_csc_put): it closes only once its workers are done and the
    * connection's handles unmapped, so every buffer lent goes back. */
@@ -645,6 +788,12 @@ static struct conn *connect_daemon(struct sl_csc *c)
   pthread_mutex_init(&k->send_lock, NULL);
   for (unsigned i = 0; i < MAX_SLOTS; i++)
     cond_init_mono(&k->slots[i].cond);
+  k->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  k->rbuf = aligned_alloc(8, RXBUF);
+  if (k->wakefd < 0 || !k->rbuf) {
+    conn_put(k); /* closes FD */
+    return NULL;
+  }
 
   _Alignas(8) uint8_t msg[256];
   struct sl_cs_hello hello = {.min_version = SL_CS_VERSION_MIN,
