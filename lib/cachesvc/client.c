@@ -290,27 +290,35 @@ static void rx_kick(struct conn *k)
 }
 
 /* Under k->lock, when nobody holds the reader role: give it to a thread
- * waiting for its reply (wake one; it takes the role when it runs), or,
- * with nobody waiting, wake the receiver thread if replies to abandoned
- * requests or the end of a dead connection with buffers lent are still to
- * be read (unless the receiver is the caller, FROM_RX).  A waiter that is
- * signalled but has not slept yet loses nothing: it looks at the role
- * before it sleeps. */
-static void handoff_locked(struct conn *k, unsigned from, bool from_rx)
+ * waiting for its reply, or, with nobody waiting, wake the receiver thread
+ * if replies to abandoned requests or the end of a dead connection with
+ * buffers lent are still to be read (unless the receiver is the caller,
+ * FROM_RX).  Returns the condition to signal once k->lock is released
+ * (signalled under the lock, the waiter would wake only to wait for the
+ * lock), or NULL.  A waiter that is signalled but has not slept yet loses
+ * nothing: it looks at the role before it sleeps. */
+static pthread_cond_t *handoff_locked(struct conn *k, unsigned from, bool from_rx)
 {
   if (k->reading)
-    return;
+    return NULL;
   bool orphans = k->dead && k->nheld;
   for (unsigned n = 0; n < MAX_SLOTS; n++) {
     struct slot *s = &k->slots[(from + n) % MAX_SLOTS];
-    if (s->state == SLOT_WAITING) {
-      pthread_cond_signal(&s->cond);
-      return;
-    }
+    if (s->state == SLOT_WAITING)
+      return &s->cond;
     orphans |= s->state == SLOT_ABANDONED;
   }
   if (orphans && !from_rx)
     rx_kick(k);
+  return NULL;
+}
+
+/* Release k->lock, then wake CV's waiter if any. */
+static void unlock_and_signal(struct conn *k, pthread_cond_t *cv)
+{
+  pthread_mutex_unlock(&k->lock);
+  if (cv)
+    pthread_cond_signal(cv);
 }
 
 /* Mark K dead (once): wake every waiter, free what abandoned requests held,
@@ -451,8 +459,7 @@ static int conn_call(struct conn *k, uint16_t op, const void *req_body,
                                     * bounce, its holds */
       if (lead)
         k->reading = false;
-      handoff_locked(k, idx + 1, false);
-      pthread_mutex_unlock(&k->lock);
+      unlock_and_signal(k, handoff_locked(k, idx + 1, false));
       return -ETIMEDOUT;
     }
     if (!lead && !k->reading && !k->dead)
@@ -473,7 +480,7 @@ static int conn_call(struct conn *k, uint16_t op, const void *req_body,
   }
   if (lead)
     k->reading = false;
-  handoff_locked(k, idx + 1, false);
+  pthread_cond_t *next = handoff_locked(k, idx + 1, false);
   r = s->status;
   if (r < 0) /* the daemon's words, for the caller's message */
     sl_error(-r, "%s", s->body[0] ? (const char *)s->body : strerror(-r));
@@ -489,7 +496,7 @@ static int conn_call(struct conn *k, uint16_t op, const void *req_body,
     release_holds(k, s); /* it replied: done with them */
     s->state = SLOT_FREE;
   }
-  pthread_mutex_unlock(&k->lock);
+  unlock_and_signal(k, next);
   /* The bounce stays with the caller on success (it copies out of it). */
   if (r < 0 && bounce)
     sl_arena_free(k->bounce, bounce);
@@ -543,8 +550,7 @@ static int deliver(struct conn *k, const uint8_t *msg, size_t len)
       memcpy(s->body, body, SL_MIN(len - sizeof h, sizeof s->body));
   }
   s->state = SLOT_DONE;
-  pthread_cond_signal(&s->cond);
-  pthread_mutex_unlock(&k->lock);
+  unlock_and_signal(k, &s->cond);
   return 0;
 }
 
@@ -620,9 +626,9 @@ static void *rx_main(void *arg)
       int rr = read_replies(k, sl_now_ns() + RX_PASS_NS, dead);
       pthread_mutex_lock(&k->lock);
       k->reading = false;
-      handoff_locked(k, 0, true);
+      pthread_cond_t *next = handoff_locked(k, 0, true);
       bool lent = k->nheld > 0;
-      pthread_mutex_unlock(&k->lock);
+      unlock_and_signal(k, next);
       if (rr < 0) {
         /* The connection is over; the next one can start now.  With
          * buffers lent and the daemon's end still open, read on (and
