@@ -503,9 +503,13 @@ static int conn_call(struct conn *k, uint16_t op, const void *req_body,
   return r;
 }
 
-/* One reply, framed: hand it to its slot.  -EPROTO ends the connection. */
-static int deliver(struct conn *k, const uint8_t *msg, size_t len)
+/* One reply, framed: hand it to its slot, under k->lock; *WAKE is the
+ * condition to signal once the lock is released (or NULL).  -EPROTO ends
+ * the connection. */
+static int deliver_locked(struct conn *k, const uint8_t *msg, size_t len,
+                          pthread_cond_t **wake)
 {
+  *wake = NULL;
   struct sl_cs_hdr h;
   memcpy(&h, msg, sizeof h);
   if (h.op == (SL_CS_ERROR | SL_CS_REPLY)) {
@@ -514,28 +518,23 @@ static int deliver(struct conn *k, const uint8_t *msg, size_t len)
     return -EPROTO;
   }
   unsigned idx = (unsigned)(h.id & 0xff);
-  pthread_mutex_lock(&k->lock);
   struct slot *s = &k->slots[idx % MAX_SLOTS];
   if ((s->state != SLOT_WAITING && s->state != SLOT_ABANDONED) || s->id != h.id) {
     bool dead = k->dead;
-    pthread_mutex_unlock(&k->lock);
     if (dead)
       return 0; /* its caller gave up when the connection ended */
     sl_error(EPROTO, "sluiced: reply to unknown request %llu",
              (unsigned long long)h.id);
     return -EPROTO;
   }
-  if (sl_cs_check_reply(msg, len, s->op, s->count) < 0) {
-    pthread_mutex_unlock(&k->lock);
+  if (sl_cs_check_reply(msg, len, s->op, s->count) < 0)
     return -EPROTO;
-  }
   if (s->state == SLOT_ABANDONED) {
     if (s->bounce && !k->dead)
       sl_arena_free(k->bounce, s->bounce);
     s->bounce = NULL;
     release_holds(k, s);
     s->state = SLOT_FREE;
-    pthread_mutex_unlock(&k->lock);
     return 0;
   }
   s->status = h.status;
@@ -550,7 +549,7 @@ static int deliver(struct conn *k, const uint8_t *msg, size_t len)
       memcpy(s->body, body, SL_MIN(len - sizeof h, sizeof s->body));
   }
   s->state = SLOT_DONE;
-  unlock_and_signal(k, &s->cond);
+  *wake = &s->cond;
   return 0;
 }
 
@@ -581,22 +580,44 @@ static int read_replies(struct conn *k, uint64_t deadline, bool discard)
     if (discard)
       continue;
     k->rhave += (size_t)n;
+    /* Every reply that came, under one taking of the lock; their waiters
+     * are woken after it is released, so that they do not wake only to
+     * wait for it while the next reply is handed out. */
+    pthread_cond_t *wake[64];
+    unsigned nwake = 0;
+    int bad = 0;
     size_t pos = 0;
+    pthread_mutex_lock(&k->lock);
     for (;;) {
       long fl = sl_cs_frame(k->rbuf + pos, k->rhave - pos);
-      if (fl < 0)
-        return -1;
-      if (fl == 0)
+      if (fl <= 0) {
+        bad = fl < 0;
         break;
+      }
       if (((uintptr_t)(k->rbuf + pos)) % 8) {
         memmove(k->rbuf, k->rbuf + pos, k->rhave - pos);
         k->rhave -= pos;
         pos = 0;
       }
-      if (deliver(k, k->rbuf + pos, (size_t)fl) < 0)
-        return -1;
+      if (nwake == sizeof wake / sizeof *wake) {
+        pthread_mutex_unlock(&k->lock);
+        for (unsigned i = 0; i < nwake; i++)
+          pthread_cond_signal(wake[i]);
+        nwake = 0;
+        pthread_mutex_lock(&k->lock);
+      }
+      if (deliver_locked(k, k->rbuf + pos, (size_t)fl, &wake[nwake]) < 0) {
+        bad = 1;
+        break;
+      }
+      nwake += wake[nwake] != NULL;
       pos += (size_t)fl;
     }
+    pthread_mutex_unlock(&k->lock);
+    for (unsigned i = 0; i < nwake; i++)
+      pthread_cond_signal(wake[i]);
+    if (bad)
+      return -1;
     memmove(k->rbuf, k->rbuf + pos, k->rhave - pos);
     k->rhave -= pos;
     if ((size_t)n < room)
