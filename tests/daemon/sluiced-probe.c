@@ -164,7 +164,7 @@ static int read1(struct sl_cs_conn *c, uint32_t layer, uint32_t handle, uint64_t
 {
   struct sl_cs_read_entry e = {.layer = layer, .handle = handle, .file_offset = foff,
                                .handle_offset = hoff, .length = len};
-  int32_t st;
+  int32_t st = 0;
   int r = read_batch(c, &e, 1, &st, NULL);
   return r < 0 ? r : st;
 }
