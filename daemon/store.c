@@ -738,8 +738,11 @@ static bool copy_if_valid(struct sd_store *s, uint32_t slot, uint64_t key, uint3
 }
 
 /* Read block BLOCK of L from the file into BUF (block_size bytes, aligned):
- * O_DIRECT when the layer allows it, zeros past the end.  Bytes read or
- * -errno. */
+ * O_DIRECT when the layer allows it.  Every byte of the slot past what was
+ * read is zeroed: the slot last held some other layer's block, possibly
+ * another client's, and the last block of a layer whose size is not a
+ * block multiple is copied out whole by a read that crosses the end.
+ * Bytes read or -errno. */
 static long read_block(struct sd_store *s, struct sd_layer *l, uint64_t block, uint8_t *buf)
 {
   uint64_t off = block << s->shift;
@@ -748,9 +751,16 @@ static long read_block(struct sd_store *s, struct sd_layer *l, uint64_t block, u
     want = (size_t)(l->size - off);
   if (l->rbd) {
     long n = sd_rbd_read(l->rbd, buf, want, off);
-    if (n >= 0 && (size_t)n < want)
-      memset(buf + n, 0, want - (size_t)n);
-    return n < 0 ? n : (long)want;
+    if (n < 0)
+      return n;
+    /* librbd reads a whole range inside the snapshot (zeros for holes):
+     * less is a fault, and caching zeros for it would serve wrong bytes
+     * to every client until eviction */
+    if ((size_t)n < want)
+      return sl_error(EIO, "rbd: short read of %zu bytes at %" PRIu64 " (%ld read)", want,
+                      off, n);
+    memset(buf + want, 0, s->block_size - want);
+    return (long)want;
   }
   /* the whole block, so that O_DIRECT sees an aligned length; a range that
    * does not take O_DIRECT is read buffered */
@@ -761,7 +771,7 @@ static long read_block(struct sd_store *s, struct sd_layer *l, uint64_t block, u
     memset(buf + want, 0, (size_t)got - want); /* the file grew: not ours */
     got = (long)want;
   }
-  return got;
+  return got; /* sl_pread_count zeroed the rest of the block */
 }
 
 /* Bring block BLOCK of L into the cache (or wait for the thread that does)
@@ -846,8 +856,11 @@ static int fill_and_copy(struct sd_store *s, struct sd_layer *l, uint64_t block,
   if (l->rbd) {
     uint32_t n = poff >= l->size ? 0 : (uint32_t)SL_MIN((uint64_t)len, l->size - poff);
     got = n ? sd_rbd_read(l->rbd, dst, n, poff) : 0;
-    if (got >= 0 && (uint64_t)got < len)
-      memset(dst + got, 0, len - (size_t)got);
+    if (got >= 0 && (uint64_t)got < n)
+      got = sl_error(EIO, "rbd: short read of %u bytes at %" PRIu64 " (%ld read)", n, poff,
+                     got);
+    else if (got >= 0)
+      memset(dst + n, 0, len - n); /* past the end of the snapshot */
   } else {
     got = sl_pread_count(l->fd, -1, dst, len, poff);
   }

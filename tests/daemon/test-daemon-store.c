@@ -146,6 +146,47 @@ static void test_layers_apart(void **state)
   sd_store_fini(&s);
 }
 
+/* A layer whose size is not a block multiple: a read that crosses its end
+ * gets zeros past it, never what the slot held for another layer before
+ * (another client's bytes). */
+static void test_tail_zeros(void **state)
+{
+  struct sd_store s;
+  assert_int_equal(sd_store_init(&s, 64 << 10, 4096), 0); /* 16 blocks */
+  char pa[256], pb[256];
+  size_t bsize = 8 * 4096 + 120;
+  int fa = make_file("ta", 256 << 10, 4, pa), fb = make_file("tb", bsize, 5, pb);
+  int err;
+  struct sd_layer *a = sd_layer_register(&s, fa, false, 0, &err);
+  struct sd_layer *b = sd_layer_register(&s, fb, false, 0, &err);
+  assert_non_null(a);
+  assert_non_null(b);
+  uint8_t buf[4096], zeros[4096] = {0};
+  bool hit;
+  for (int round = 0; round < 4; round++) {
+    /* every slot now holds A's bytes (none of them a whole zero page) */
+    for (uint64_t off = 0; off < (256 << 10); off += 4096)
+      assert_int_equal(sd_store_read(&s, a, off, 4096, buf, &hit), 0);
+    memset(buf, 0xa5, sizeof buf);
+    assert_int_equal(sd_store_read(&s, b, 8 * 4096, 4096, buf, &hit), 0);
+    expect_bytes(buf, 8 * 4096, 120, 5);
+    if (memcmp(buf + 120, zeros, 4096 - 120))
+      fail_msg("round %d: bytes past the end of a %zu-byte layer are not zeros", round, bsize);
+    /* and from the cache, straight after */
+    memset(buf, 0xa5, sizeof buf);
+    assert_int_equal(sd_store_read(&s, b, 8 * 4096 + 100, 3000, buf, &hit), 0);
+    expect_bytes(buf, 8 * 4096 + 100, 20, 5);
+    if (memcmp(buf + 20, zeros, 3000 - 20))
+      fail_msg("round %d: cached bytes past the end are not zeros", round);
+  }
+  check_store(&s);
+  sd_layer_unregister(&s, a);
+  sd_layer_unregister(&s, b);
+  close(fa);
+  close(fb);
+  sd_store_fini(&s);
+}
+
 static void test_register_refusals(void **state)
 {
   struct sd_store s;
@@ -406,6 +447,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_hits_and_fills),
     cmocka_unit_test(test_layers_apart),
+    cmocka_unit_test(test_tail_zeros),
     cmocka_unit_test(test_register_refusals),
     cmocka_unit_test(test_single_flight),
     cmocka_unit_test(test_handles),

@@ -15,7 +15,9 @@
 #     zero), plain, and through the daemon; as `rbd export` and qemu-img.
 # The daemon's own checks of RBD registrations (a wrong key, a client whose
 # capabilities forbid the pool, an image head, forged layer numbers, two
-# snapshots each served its own bytes) run through sluiced-probe's rbd cases.
+# snapshots each served its own bytes) run through sluiced-probe's rbd cases,
+# once more on a snapshot of 64 MiB + 12345 bytes through a daemon of 16
+# blocks: the bytes past its end read as zeros, not as another layer's.
 source "$(dirname "$0")/../common/lib.sh"
 source "$(dirname "$0")/../common/ceph.sh"
 require qemu-img nbdcopy python3
@@ -152,4 +154,27 @@ mon=$(sed -n 's/^mon host = //p' "$CEPH_CONF")
 
 kill -TERM $dpid
 wait $dpid || die "sluiced exited $? (its cache checks on exit: $(tail -3 sluiced.log))"
+
+# A snapshot whose size is not a block multiple (64 MiB + 12345), read by a
+# daemon of 16 blocks: its last block lands in a slot that held another
+# layer's bytes, and a read crossing the end must see zeros past it (the
+# probe's "the tail" case), not what the slot held.
+odd=$((64 * M + 12345))
+head -c $odd /dev/urandom >odd.raw # no holes: every slot it fills is not zeros
+rbd import --no-progress odd.raw "$POOL/odd"
+rbd snap create "$POOL/odd@s1" 2>/dev/null
+sluice io -f raw -c "write -P 0x77 0 4M" "rbd:$POOL/odd" >/dev/null
+rbd snap create "$POOL/odd@s2" 2>/dev/null
+rbd export --no-progress "$POOL/odd@s1" o1.raw
+rbd export --no-progress "$POOL/odd@s2" o2.raw
+assert_eq "$(stat -c %s o1.raw)" "$odd" "the odd snapshot's size"
+"$SLUICED" --socket "$TMP/sd2.sock" --memory 1M --check-on-exit 2>sluiced2.log &
+dpid=$!
+cleanup_push "kill $dpid 2>/dev/null"
+wait_for_path "$TMP/sd2.sock"
+"$PROBE" "$TMP/sd2.sock" rbd "$mon" "$POOL" odd s1 o1.raw s2 o2.raw \
+  admin "$(ceph auth get-key client.admin)" limited "$(ceph auth get-key client.limited)" \
+  || die "sluiced-probe's RBD cases on a $odd-byte snapshot failed (daemon log: $(tail -5 sluiced2.log))"
+kill -TERM $dpid
+wait $dpid || die "the second sluiced exited $? ($(tail -3 sluiced2.log))"
 echo "PASS: $TEST_NAME"
