@@ -62,7 +62,8 @@ storm() { # CFG: prints "CFG seconds iops osd_bytes daemon_bytes"
   local cfg=$1 i srv=() dpid="" dbytes=0
   if [[ $cfg == a ]]; then
     rm -f "$W/d.sock"
-    "$SLUICED" --socket "$W/d.sock" --memory $((PARENT + 64))M --quiet 2>>"$W/sluiced.log" &
+    "$SLUICED" --socket "$W/d.sock" --memory $((PARENT + 64))M --quiet --ceph-conf "$CEPH_CONF" \
+      2>>"$W/sluiced.log" &
     dpid=$!; pids+=($dpid)
     for _ in $(seq 600); do [[ -S $W/d.sock ]] && break; sleep 0.05; done
   fi

@@ -13,15 +13,23 @@
  *    already.  A wrong key fails at the monitor (EACCES), missing
  *    capabilities at the OSD.  The client's ceph.conf is never read here:
  *    a configuration file can load plugins and name log and socket files,
- *    which no client may choose for the daemon; only the monitors and the
+ *    which no client may choose for the daemon; only the client id and the
  *    key cross, and the client read them with its own rights.
+ *  - The daemon talks only to the clusters its administrator configured
+ *    (sluiced --ceph-conf, by default /etc/ceph/ceph.conf): their monitors
+ *    and fsid are read from those files once, at start.  The monitors a
+ *    client names only select one of them (an address in common); a
+ *    client naming any other cluster is refused (EPERM).  Otherwise a
+ *    client could bring a cluster of its own making that claims the real
+ *    fsid and ids and poison every other client's blocks, feed librados
+ *    whatever it likes, or have the daemon connect anywhere on its behalf.
+ *    Sessions are cephx-authenticated (auth_client_required=cephx) and the
+ *    cluster's fsid must be the configured one.
  *  - Identity comes from the cluster, not the client: the layer key is
- *    (monitors, cluster fsid, pool id, image id, snapshot id), as librados
- *    and librbd report them after the open.  Snapshot ids are never reused
- *    in a pool and a snapshot's bytes never change, so cached blocks stay
- *    true for as long as the daemon runs.  The monitors are part of the key
- *    because a cluster of the client's own making could claim any fsid and
- *    ids; the daemon trusts whatever answers at the monitor addresses.
+ *    (cluster fsid, pool id, image id, snapshot id), as librados and librbd
+ *    report them after the open.  Snapshot ids are never reused in a pool
+ *    and a snapshot's bytes never change, so cached blocks stay true for as
+ *    long as the daemon runs.
  *    Only snapshots are accepted: a writable image head is never shared.
  *
  * One rados connection (a dozen librados threads and a session with the
@@ -55,8 +63,19 @@
 #define SD_RBD_TIMEOUT "20"      /* monitor: connect and commands, seconds */
 #define SD_RBD_OSD_TIMEOUT "30"  /* one OSD request, seconds */
 
+/* A cluster the administrator configured: what its ceph.conf says. */
+#define SD_RBD_MAX_CLUSTERS 8
+struct cluster {
+  char conf[256];
+  char mon[SL_CS_RBD_MON];
+  char fsid[40]; /* "" when the file names none: then the first connection's */
+};
+static struct cluster clusters[SD_RBD_MAX_CLUSTERS];
+static int nclusters;
+
 struct rconn {
   struct rconn *next;
+  const struct cluster *cl;
   char mon[SL_CS_RBD_MON], user[SL_CS_RBD_USER], key[SL_CS_RBD_KEY];
   rados_t cluster;
   char fsid[40];
@@ -75,9 +94,90 @@ static int nconns;
 
 bool sd_rbd_supported(void) { return true; }
 
-static bool same_conn(const struct rconn *c, const struct sl_cs_register_rbd *q)
+/* The next monitor address of a mon_host list ("a,b", "[v2:h:p,v1:h:q]",
+ * "h:p/nonce" ...) from *P into ADDR (host or host:port, without the
+ * v1:/v2: prefix and the nonce); false at the end. */
+static bool next_addr(const char **p, char *addr, size_t len)
 {
-  return !strcmp(c->mon, q->mon_host) && !strcmp(c->user, q->user) && !strcmp(c->key, q->key);
+  const char *s = *p;
+  s += strspn(s, ",; \t[]");
+  if (!*s)
+    return false;
+  size_t n = strcspn(s, ",; \t[]");
+  *p = s + n;
+  if (!strncmp(s, "v1:", 3) || !strncmp(s, "v2:", 3))
+    s += 3, n -= 3;
+  size_t slash = strcspn(s, "/");
+  if (slash < n)
+    n = slash;
+  snprintf(addr, len, "%.*s", (int)n, s);
+  return true;
+}
+
+/* The same monitor: equal hosts, and equal ports when both name one.  Names
+ * are not resolved: a client names the monitors as the daemon's
+ * configuration does (normally from the same /etc/ceph/ceph.conf). */
+static bool same_addr(const char *a, const char *b)
+{
+  const char *pa = strrchr(a, ':'), *pb = strrchr(b, ':');
+  size_t ha = pa ? (size_t)(pa - a) : strlen(a), hb = pb ? (size_t)(pb - b) : strlen(b);
+  if (ha != hb || strncmp(a, b, ha))
+    return false;
+  return !pa || !pb || !strcmp(pa, pb);
+}
+
+/* The configured cluster whose monitors share an address with MON, or
+ * NULL. */
+static const struct cluster *find_cluster(const char *mon)
+{
+  char a[SL_CS_RBD_MON], b[SL_CS_RBD_MON];
+  for (int i = 0; i < nclusters; i++)
+    for (const char *p = mon; next_addr(&p, a, sizeof a);)
+      for (const char *q = clusters[i].mon; next_addr(&q, b, sizeof b);)
+        if (same_addr(a, b))
+          return &clusters[i];
+  return NULL;
+}
+
+int sd_rbd_add_cluster(const char *conf)
+{
+  if (nclusters >= SD_RBD_MAX_CLUSTERS)
+    return sl_error(E2BIG, "--ceph-conf %s: at most %d clusters", conf, SD_RBD_MAX_CLUSTERS);
+  struct cluster *c = &clusters[nclusters];
+  memset(c, 0, sizeof *c);
+  if (snprintf(c->conf, sizeof c->conf, "%s", conf) >= (int)sizeof c->conf)
+    return sl_error(ENAMETOOLONG, "--ceph-conf %s: name too long", conf);
+  FILE *f = fopen(conf, "re");
+  if (!f)
+    return sl_error(errno, "--ceph-conf %s: %s", conf, strerror(errno));
+  fclose(f);
+  rados_t cl;
+  int e = rados_create2(&cl, "ceph", "client.admin", 0);
+  if (e < 0)
+    return sl_error(-e, "--ceph-conf %s: cannot set up a Ceph client: %s", conf, strerror(-e));
+  e = rados_conf_read_file(cl, conf);
+  if (e < 0) {
+    rados_shutdown(cl);
+    return sl_error(-e, "--ceph-conf %s: Ceph cannot read it: %s", conf, strerror(-e));
+  }
+  if (rados_conf_get(cl, "mon_host", c->mon, sizeof c->mon) < 0 || !c->mon[0]) {
+    rados_shutdown(cl);
+    return sl_error(EINVAL, "--ceph-conf %s: no mon_host in it", conf);
+  }
+  if (rados_conf_get(cl, "fsid", c->fsid, sizeof c->fsid) < 0 ||
+      !strcmp(c->fsid, "00000000-0000-0000-0000-000000000000"))
+    c->fsid[0] = 0;
+  rados_shutdown(cl);
+  nclusters++;
+  return 0;
+}
+
+int sd_rbd_nclusters(void) { return nclusters; }
+
+static bool same_conn(const struct rconn *c, const struct cluster *cl,
+                      const struct sl_cs_register_rbd *q)
+{
+  return c->cl == cl && !strcmp(c->user, q->user) && !strcmp(c->key, q->key);
 }
 
 static void conn_put(struct rconn *c)
@@ -106,9 +206,16 @@ static void conn_free(struct rconn *c)
 
 static int conn_get(const struct sl_cs_register_rbd *q, struct rconn **out)
 {
+  const struct cluster *cl = find_cluster(q->mon_host);
+  if (!cl)
+    return nclusters
+               ? sl_error(EPERM, "rbd: the monitors %s are not of a Ceph cluster this "
+                          "sluiced is configured for (--ceph-conf): refused", q->mon_host)
+               : sl_error(EPERM, "rbd: this sluiced is configured for no Ceph cluster "
+                          "(--ceph-conf; /etc/ceph/ceph.conf absent): refused");
   pthread_mutex_lock(&conns_lock);
   for (struct rconn *c = conns; c; c = c->next)
-    if (same_conn(c, q)) {
+    if (same_conn(c, cl, q)) {
       c->refs++;
       pthread_mutex_unlock(&conns_lock);
       *out = c;
@@ -140,7 +247,8 @@ static int conn_get(const struct sl_cs_register_rbd *q, struct rconn **out)
   char name[SL_CS_RBD_USER + 8];
   snprintf(name, sizeof name, "client.%s", q->user);
   if (r == 0) {
-    snprintf(c->mon, sizeof c->mon, "%s", q->mon_host);
+    c->cl = cl;
+    snprintf(c->mon, sizeof c->mon, "%s", cl->mon);
     snprintf(c->user, sizeof c->user, "%s", q->user);
     snprintf(c->key, sizeof c->key, "%s", q->key);
     c->refs = 1;
@@ -159,7 +267,8 @@ static int conn_get(const struct sl_cs_register_rbd *q, struct rconn **out)
       {"admin_socket", ""}, {"keyring", ""}, {"client_mount_timeout", SD_RBD_TIMEOUT},
       {"rados_mon_op_timeout", SD_RBD_TIMEOUT}, {"rados_osd_op_timeout", SD_RBD_OSD_TIMEOUT},
       {"rbd_cache", "false"}, /* the daemon is the cache */
-      {"mon_host", q->mon_host}, {"key", q->key},
+      {"auth_client_required", "cephx"}, /* never an unauthenticated session */
+      {"mon_host", cl->mon}, {"key", q->key},
     };
     for (size_t i = 0; r == 0 && i < sizeof set / sizeof set[0]; i++) {
       int e = rados_conf_set(c->cluster, set[i][0], set[i][1]);
@@ -172,13 +281,17 @@ static int conn_get(const struct sl_cs_register_rbd *q, struct rconn **out)
         r = sl_error(EACCES, "rbd: Ceph refused %s: authentication failed (wrong key?)", name);
       else if (r == -ETIMEDOUT)
         r = sl_error(ETIMEDOUT, "rbd: no Ceph monitor answered at %s within %s s",
-                     q->mon_host, SD_RBD_TIMEOUT);
+                     cl->mon, SD_RBD_TIMEOUT);
       else
         r = sl_error(-r, "rbd: cannot connect to the Ceph monitors %s as %s: %s",
-                     q->mon_host, name, strerror(-r));
+                     cl->mon, name, strerror(-r));
     }
-    if (r == 0)
+    if (r == 0) {
       rados_cluster_fsid(c->cluster, c->fsid, sizeof c->fsid);
+      if (cl->fsid[0] && strcmp(cl->fsid, c->fsid))
+        r = sl_error(EPERM, "rbd: the monitors %s answer for cluster %s, not %s as %s "
+                     "says: refused", cl->mon, c->fsid, cl->fsid, cl->conf);
+    }
     if (r < 0) {
       conn_free(c);
       c = NULL;
@@ -188,7 +301,7 @@ static int conn_get(const struct sl_cs_register_rbd *q, struct rconn **out)
   if (c) {
     /* Another registration may have connected the same meanwhile. */
     for (struct rconn *o = conns; o; o = o->next)
-      if (same_conn(o, q)) {
+      if (same_conn(o, cl, q)) {
         o->refs++;
         nconns--;
         pthread_mutex_unlock(&conns_lock);
@@ -264,7 +377,7 @@ int sd_rbd_open(const struct sl_cs_register_rbd *q, struct sd_rbd **out, char *i
       goto fail;
     }
   }
-  snprintf(id, id_len, "%s|%s|%" PRId64 "|%s|%" PRIu64, r->conn->mon, r->conn->fsid,
+  snprintf(id, id_len, "%s|%" PRId64 "|%s|%" PRIu64, r->conn->fsid,
            rados_ioctx_get_id(r->io), image_id, snap_id);
   *out = r;
   return 0;
@@ -306,6 +419,14 @@ void sd_rbd_close(struct sd_rbd *r)
 #else /* !HAVE_RBD */
 
 bool sd_rbd_supported(void) { return false; }
+
+int sd_rbd_add_cluster(const char *conf)
+{
+  return sl_error(ENOTSUP, "--ceph-conf %s: this sluiced was built without RBD support "
+                  "(librbd)", conf);
+}
+
+int sd_rbd_nclusters(void) { return 0; }
 
 int sd_rbd_open(const struct sl_cs_register_rbd *q, struct sd_rbd **out, char *id,
                 size_t id_len, char *name, size_t name_len, uint64_t *size)

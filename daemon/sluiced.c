@@ -6,12 +6,14 @@
  *   sluiced [--socket PATH] [--memory SIZE] [--block-size SIZE]
  *           [--allow-user U,...] [--allow-group G,...] [--pidfile F]
  *           [--daemon] [--workers N] [--max-sections N] [--poll-us N]
- *           [--quiet] [--check-on-exit]
+ *           [--quiet] [--check-on-exit] [--ceph-conf FILE]...
  *
  * Defaults: socket /run/sluice/sluiced.sock (mode 0660), memory 1G, block
  * 64K, in the foreground, logging to stderr; SIGTERM (or SIGINT, SIGHUP)
  * stops it cleanly.  Only root, the --allow-user users and members of the
- * --allow-group groups (by default the socket's group) may connect. */
+ * --allow-group groups (by default the socket's group) may connect.  RBD
+ * snapshots are read only from the Ceph clusters the --ceph-conf files
+ * describe (by default /etc/ceph/ceph.conf, when it exists). */
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
@@ -30,7 +32,10 @@
 #include "common/util.h"
 #include "ipc/process.h"
 #include "ipc/socket.h"
+#include "rbd.h"
 #include "server.h"
+
+#define SD_DEFAULT_CEPH_CONF "/etc/ceph/ceph.conf"
 
 static void usage(FILE *f)
 {
@@ -38,7 +43,7 @@ static void usage(FILE *f)
     "usage: sluiced [--socket PATH] [--memory SIZE] [--block-size SIZE]\n"
     "               [--allow-user U,...] [--allow-group G,...] [--pidfile F]\n"
     "               [--daemon] [--workers N] [--max-sections N] [--poll-us N] [--quiet]\n"
-    "               [--check-on-exit]\n"
+    "               [--check-on-exit] [--ceph-conf FILE]...\n"
     "The host cache daemon of sluice: see sluiced(8).\n");
 }
 
@@ -103,7 +108,7 @@ static void make_parent(const char *path)
 int main(int argc, char **argv)
 {
   const char *sock = SL_CS_DEFAULT_SOCKET, *pidfile = NULL;
-  bool daemonize = false, gave_groups = false, check = false;
+  bool daemonize = false, gave_groups = false, check = false, gave_ceph = false;
   struct sd_options o = {.memory = 1ull << 30, .block_size = 64 << 10, .workers = 16,
                          .max_sections = 1024, .poll_us = 20};
   static const struct option lo[] = {
@@ -119,6 +124,7 @@ int main(int argc, char **argv)
     {"poll-us", required_argument, NULL, 'P'},
     {"quiet", no_argument, NULL, 'q'},
     {"check-on-exit", no_argument, NULL, 'C'},
+    {"ceph-conf", required_argument, NULL, 'c'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
   };
@@ -176,6 +182,13 @@ int main(int argc, char **argv)
       break;
     case 'q': o.quiet = true; break;
     case 'C': check = true; break;
+    case 'c':
+      if (sd_rbd_add_cluster(optarg) < 0) {
+        fprintf(stderr, "sluiced: %s\n", sl_last_error());
+        return 2;
+      }
+      gave_ceph = true;
+      break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -185,6 +198,11 @@ int main(int argc, char **argv)
     usage(stderr);
     return 2;
   }
+  /* The host's own cluster, when it has one; a broken default file only
+   * means no RBD layers, not no daemon. */
+  if (!gave_ceph && sd_rbd_supported() && access(SD_DEFAULT_CEPH_CONF, F_OK) == 0 &&
+      sd_rbd_add_cluster(SD_DEFAULT_CEPH_CONF) < 0)
+    fprintf(stderr, "sluiced: RBD layers refused: %s\n", sl_last_error());
 
   /* Every thread inherits this mask: TERM/INT/HUP are taken by the main
    * thread below, the lease-break signals by the event loop's signalfd. */

@@ -12,7 +12,8 @@
  *   sluiced-probe SOCKET rbd MON POOL IMAGE SNAP1 EXPORT1 SNAP2 EXPORT2 USER KEY
  *                         LIMITED_USER LIMITED_KEY
  *       RBD snapshots (REGISTER_RBD): each layer serves its own snapshot's
- *       bytes (compared with `rbd export`), forged layer numbers, a wrong
+ *       bytes (compared with `rbd export`), forged layer numbers, monitors
+ *       of a cluster the daemon was not configured for, a wrong
  *       key, an image head, missing snapshot and pool, a client whose
  *       capabilities forbid the pool, malformed and version 1 requests
  *   sluiced-probe SOCKET rbd-unsupported
@@ -1030,6 +1031,14 @@ static int rbd_cmd(int argc, char **argv)
   printf("no capability: %s\n", sl_last_error());
   rbd_req(&q, pool, image, s1, "bad name!", key, mon);
   expect(reg_rbd(&d, &q, NULL), -EINVAL, "a client id with odd characters");
+  /* Monitors of a cluster the daemon was not configured for (a client's
+   * own, or nothing at all): refused before any connection is tried. */
+  const char *foreign[] = {"127.0.0.1:1", "[v2:192.0.2.1:3300,v1:192.0.2.1:6789]"};
+  for (size_t i = 0; i < sizeof foreign / sizeof foreign[0]; i++) {
+    rbd_req(&q, pool, image, s1, user, key, foreign[i]);
+    expect(reg_rbd(&d, &q, NULL), -EPERM, "monitors of a cluster sluiced was not given");
+  }
+  printf("foreign monitors: %s\n", sl_last_error());
   alive(&d, "refused registrations");
   /* The first client is still served right. */
   rbd_check_range(&c, (uint32_t)l1, x1, 65536, 65536, "after the refusals");

@@ -18,6 +18,9 @@
 # snapshots each served its own bytes) run through sluiced-probe's rbd cases,
 # once more on a snapshot of 64 MiB + 12345 bytes through a daemon of 16
 # blocks: the bytes past its end read as zeros, not as another layer's.
+# The daemon connects only to the clusters its --ceph-conf files describe:
+# monitors a client names of any other cluster are refused (EPERM, logged),
+# and so is everything when it is configured for another cluster.
 source "$(dirname "$0")/../common/lib.sh"
 source "$(dirname "$0")/../common/ceph.sh"
 require qemu-img nbdcopy python3
@@ -85,7 +88,8 @@ without=$(read_all plain)
 stop_all
 
 # With it.
-"$SLUICED" --socket "$TMP/sd.sock" --memory 256M --check-on-exit 2>sluiced.log &
+"$SLUICED" --socket "$TMP/sd.sock" --memory 256M --check-on-exit --ceph-conf "$CEPH_CONF" \
+  2>sluiced.log &
 dpid=$!
 cleanup_push "kill $dpid 2>/dev/null"
 wait_for_path "$TMP/sd.sock"
@@ -151,6 +155,8 @@ mon=$(sed -n 's/^mon host = //p' "$CEPH_CONF")
 "$PROBE" "$TMP/sd.sock" rbd "$mon" "$POOL" base gold x1.raw gold2 x2.raw \
   admin "$(ceph auth get-key client.admin)" limited "$(ceph auth get-key client.limited)" \
   || die "sluiced-probe's RBD cases failed (daemon log: $(tail -5 sluiced.log))"
+grep -q "refused a layer: rbd: the monitors 127.0.0.1:1 are not of a Ceph cluster" sluiced.log ||
+  die "sluiced did not log the foreign monitors it refused: $(tail -5 sluiced.log)"
 
 kill -TERM $dpid
 wait $dpid || die "sluiced exited $? (its cache checks on exit: $(tail -3 sluiced.log))"
@@ -168,7 +174,8 @@ rbd snap create "$POOL/odd@s2" 2>/dev/null
 rbd export --no-progress "$POOL/odd@s1" o1.raw
 rbd export --no-progress "$POOL/odd@s2" o2.raw
 assert_eq "$(stat -c %s o1.raw)" "$odd" "the odd snapshot's size"
-"$SLUICED" --socket "$TMP/sd2.sock" --memory 1M --check-on-exit 2>sluiced2.log &
+"$SLUICED" --socket "$TMP/sd2.sock" --memory 1M --check-on-exit --ceph-conf "$CEPH_CONF" \
+  2>sluiced2.log &
 dpid=$!
 cleanup_push "kill $dpid 2>/dev/null"
 wait_for_path "$TMP/sd2.sock"
@@ -177,4 +184,28 @@ wait_for_path "$TMP/sd2.sock"
   || die "sluiced-probe's RBD cases on a $odd-byte snapshot failed (daemon log: $(tail -5 sluiced2.log))"
 kill -TERM $dpid
 wait $dpid || die "the second sluiced exited $? ($(tail -3 sluiced2.log))"
+
+# A daemon given a configuration file it cannot use does not start; one
+# whose configured cluster is another refuses this one's snapshots.
+printf '[global]\nfsid = 1\n' >nomon.conf
+expect_fail "nomon.conf: no mon_host" "$SLUICED" --socket "$TMP/sd3.sock" --ceph-conf nomon.conf
+expect_fail "absent.conf: No such file" \
+  "$SLUICED" --socket "$TMP/sd3.sock" --ceph-conf "$TMP/absent.conf"
+printf '[global]\nmon host = 192.0.2.7:6789\n' >other.conf
+"$SLUICED" --socket "$TMP/sd3.sock" --memory 16M --ceph-conf other.conf 2>sluiced3.log &
+dpid=$!
+cleanup_push "kill $dpid 2>/dev/null"
+wait_for_path "$TMP/sd3.sock"
+rm -f "$TMP/n6.sock"
+"$SLUICE" serve --read-only "--sluiced=$TMP/sd3.sock" --nbd "unix:$TMP/n6.sock" \
+  "rbd:$POOL/c1" 2>serve6.log &
+p6=$!
+cleanup_push "kill $p6 2>/dev/null"
+wait_for_path "$TMP/n6.sock" 60
+nbdcopy "nbd+unix:///?socket=$TMP/n6.sock" other6.raw
+cmp other6.raw ref1.raw || die "c1 reads wrong when sluiced refuses its parent"
+kill $p6; wait $p6 2>/dev/null
+grep -q "not of a Ceph cluster this sluiced is configured for" sluiced3.log ||
+  die "sluiced configured for another cluster did not refuse this one: $(cat sluiced3.log)"
+kill -TERM $dpid; wait $dpid
 echo "PASS: $TEST_NAME"
