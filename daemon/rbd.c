@@ -25,11 +25,14 @@
  *    whatever it likes, or have the daemon connect anywhere on its behalf.
  *    Sessions are cephx-authenticated (auth_client_required=cephx) and the
  *    cluster's fsid must be the configured one.
- *  - Identity comes from the cluster, not the client: the layer key is
- *    (cluster fsid, pool id, image id, snapshot id), as librados and librbd
- *    report them after the open.  Snapshot ids are never reused in a pool
- *    and a snapshot's bytes never change, so cached blocks stay true for as
- *    long as the daemon runs.
+ *  - The snapshot is opened by the ids the client opened (fsid, pool id,
+ *    namespace, image id, snapshot id), never by its names: after `snap
+ *    rename gold old; snap create gold` the name is another snapshot, and
+ *    a client registers the same request again after a daemon restart,
+ *    hours later.  Ids of nothing (deleted), another fsid or another size
+ *    are ESTALE.  They are the layer key: snapshot ids are never reused in
+ *    a pool and a snapshot's bytes never change, so cached blocks stay true
+ *    for as long as the daemon runs.
  *    Only snapshots are accepted: a writable image head is never shared.
  *
  * One rados connection (a dozen librados threads and a session with the
@@ -324,7 +327,7 @@ int sd_rbd_open(const struct sl_cs_register_rbd *q, struct sd_rbd **out, char *i
 {
   snprintf(name, name_len, "rbd:%s/%s%s%s@%s", q->pool, q->ns, *q->ns ? "/" : "", q->image,
            q->snap);
-  if (!*q->snap)
+  if (!*q->snap || q->snap_id >= UINT64_MAX - 1) /* CEPH_NOSNAP: the head */
     return sl_error(EROFS, "rbd: %s/%s%s%s is an image, not a snapshot: only snapshots "
                     "(immutable) are shared", q->pool, q->ns, *q->ns ? "/" : "", q->image);
   if (!plain(q->user, "._-"))
@@ -339,30 +342,50 @@ int sd_rbd_open(const struct sl_cs_register_rbd *q, struct sd_rbd **out, char *i
     free(r);
     return e;
   }
-  e = rados_ioctx_create(r->conn->cluster, q->pool, &r->io);
+  /* The snapshot the client opened, by its ids: its names may since
+   * name another one (`snap rename gold old; snap create gold`), and a
+   * client re-registers the same request after a daemon restart. */
+  if (strcmp(r->conn->fsid, q->fsid)) {
+    e = sl_error(ESTALE, "%s: the client opened it in cluster %s, the daemon's monitors "
+                 "answer for %s", name, q->fsid, r->conn->fsid);
+    goto fail;
+  }
+  e = rados_ioctx_create2(r->conn->cluster, q->pool_id, &r->io);
   if (e < 0) {
     r->io = NULL;
-    e = e == -ENOENT ? sl_error(ENOENT, "%s: no pool '%s'", name, q->pool)
-                     : sl_error(-e, "%s: cannot open pool '%s': %s", name, q->pool,
+    e = e == -ENOENT ? sl_error(ESTALE, "%s: no pool of id %" PRId64 " (deleted?)", name,
+                                q->pool_id)
+                     : sl_error(-e, "%s: cannot open pool %" PRId64 ": %s", name, q->pool_id,
                                 strerror(-e));
     goto fail;
   }
   rados_ioctx_set_namespace(r->io, q->ns);
-  e = rbd_open_read_only(r->io, q->image, &r->image, q->snap);
+  e = rbd_open_by_id_read_only(r->io, q->image_id, &r->image, NULL);
   if (e < 0) {
     r->image = NULL;
-    e = e == -ENOENT ? sl_error(ENOENT, "%s: no such image or snapshot", name)
+    e = e == -ENOENT ? sl_error(ESTALE, "%s: no image of id %s (deleted?)", name, q->image_id)
         : (e == -EPERM || e == -EACCES)
             ? sl_error(EACCES, "%s: client.%s may not read it", name, q->user)
             : sl_error(-e, "%s: cannot open: %s", name, strerror(-e));
     goto fail;
   }
-  char image_id[64] = "";
-  uint64_t snap_id = 0;
-  if ((e = rbd_get_size(r->image, size)) < 0 ||
-      (e = rbd_get_id(r->image, image_id, sizeof image_id)) < 0 ||
-      (e = rbd_snap_get_id(r->image, q->snap, &snap_id)) < 0) {
-    e = sl_error(-e, "%s: cannot read its identity: %s", name, strerror(-e));
+  e = rbd_snap_set_by_id(r->image, q->snap_id);
+  if (e < 0) {
+    e = e == -ENOENT ? sl_error(ESTALE, "%s: the image has no snapshot of id %" PRIu64
+                                " (deleted?)", name, q->snap_id)
+        : (e == -EPERM || e == -EACCES)
+            ? sl_error(EACCES, "%s: client.%s may not read it", name, q->user)
+            : sl_error(-e, "%s: cannot open snapshot %" PRIu64 ": %s", name, q->snap_id,
+                       strerror(-e));
+    goto fail;
+  }
+  if ((e = rbd_get_size(r->image, size)) < 0) {
+    e = sl_error(-e, "%s: cannot read its size: %s", name, strerror(-e));
+    goto fail;
+  }
+  if (*size != q->size) {
+    e = sl_error(ESTALE, "%s: %" PRIu64 " bytes, the client opened %" PRIu64, name, *size,
+                 q->size);
     goto fail;
   }
   /* The client's rights on the data objects, not only on the header. */
@@ -377,8 +400,8 @@ int sd_rbd_open(const struct sl_cs_register_rbd *q, struct sd_rbd **out, char *i
       goto fail;
     }
   }
-  snprintf(id, id_len, "%s|%" PRId64 "|%s|%" PRIu64, r->conn->fsid,
-           rados_ioctx_get_id(r->io), image_id, snap_id);
+  snprintf(id, id_len, "%s|%" PRId64 "|%s|%s|%" PRIu64, r->conn->fsid, q->pool_id, q->ns,
+           q->image_id, q->snap_id);
   *out = r;
   return 0;
 fail:

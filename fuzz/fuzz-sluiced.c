@@ -62,7 +62,8 @@ static void touch(const struct sl_cs_request *r)
     sink += strlen(r->u.reg_rbd->pool) + strlen(r->u.reg_rbd->ns) +
             strlen(r->u.reg_rbd->image) + strlen(r->u.reg_rbd->snap) +
             strlen(r->u.reg_rbd->user) + strlen(r->u.reg_rbd->key) +
-            strlen(r->u.reg_rbd->mon_host);
+            strlen(r->u.reg_rbd->mon_host) + strlen(r->u.reg_rbd->fsid) +
+            strlen(r->u.reg_rbd->image_id);
   }
 }
 

@@ -769,6 +769,11 @@ static int register_layer(struct conn *k, struct sl_csc_layer *l, uint64_t deadl
                   NULL, NULL, 0, deadline, &rp, sizeof rp, NULL);
   if (r == -ETIMEDOUT || r == -ECONNRESET || r == -EBUSY)
     return r;                        /* try again on the next connection */
+  if (r >= 0 && l->rbd && rp.size != l->rbd->size)
+    /* not the snapshot this process opened: read it ourselves (the
+     * daemon frees the layer with the connection) */
+    r = sl_error(ESTALE, "the daemon's snapshot has %" PRIu64 " bytes, ours %" PRIu64,
+                 (uint64_t)rp.size, (uint64_t)l->rbd->size);
   atomic_store(&l->reg, REG(k->gen, r < 0, r < 0 ? 0 : rp.layer));
   if (r < 0 && l->rbd) {
     fprintf(stderr, "sluice: sluiced does not cache rbd:%s/%s%s%s@%s: %s\n", l->rbd->pool,

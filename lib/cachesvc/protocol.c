@@ -25,7 +25,7 @@ _Static_assert(sizeof(struct sl_cs_hello_reply) == 32, "hello reply size");
 _Static_assert(sizeof(struct sl_cs_register_layer) == 8, "register layer size");
 _Static_assert(sizeof(struct sl_cs_register_layer_reply) == 16, "layer reply size");
 _Static_assert(sizeof(struct sl_cs_unregister) == 8, "unregister size");
-_Static_assert(sizeof(struct sl_cs_register_rbd) == 1224, "register rbd size");
+_Static_assert(sizeof(struct sl_cs_register_rbd) == 1360, "register rbd size");
 _Static_assert(sizeof(struct sl_cs_register_handle) == 24, "register handle size");
 _Static_assert(sizeof(struct sl_cs_register_handle_reply) == 8, "handle reply size");
 _Static_assert(sizeof(struct sl_cs_read) == 8, "read size");
@@ -242,6 +242,12 @@ int sl_cs_parse_request(const void *buf, size_t len, uint16_t version,
       return bad(h, "key: empty, unterminated or not zero-padded");
     if (!text_ok(b->mon_host, sizeof b->mon_host, false))
       return bad(h, "mon_host: empty, unterminated or not zero-padded");
+    if (!text_ok(b->fsid, sizeof b->fsid, false))
+      return bad(h, "fsid: empty, unterminated or not zero-padded");
+    if (!text_ok(b->image_id, sizeof b->image_id, false))
+      return bad(h, "image_id: empty, unterminated or not zero-padded");
+    if (b->pool_id < 0)
+      return bad(h, "pool_id: negative");
     break;
   }
   case SL_CS_DROP:

@@ -109,12 +109,16 @@ struct sl_cs_register_layer_reply {
 };
 
 /* REGISTER_RBD (version 2): a snapshot of a Ceph RBD image as a shared
- * layer.  No descriptor: the daemon connects to the monitors MON_HOST as
- * client.USER with KEY (the cephx secret, base64), opens
- * POOL/NS/IMAGE@SNAP read-only itself and derives the layer's identity
- * from what the cluster answers (monitors, fsid, pool id, image id,
- * snapshot id).  Each text field is NUL-terminated within its size with
- * only zeros after the NUL; NS may be empty, the others may not.  The
+ * layer.  No descriptor: the daemon connects to the configured cluster
+ * whose monitors MON_HOST names, as client.USER with KEY (the cephx
+ * secret, base64), and opens read-only the snapshot the client opened
+ * itself, by its ids (FSID, POOL_ID, NS, IMAGE_ID, SNAP_ID; never by the
+ * names, which may since name another snapshot), refusing with ESTALE a
+ * cluster of another fsid or a size other than SIZE.  POOL, IMAGE and
+ * SNAP are only what it shows.  The layer's identity is (fsid, pool id,
+ * namespace, image id, snapshot id).  Each text field is NUL-terminated
+ * within its size with only zeros after the NUL; NS may be empty, SNAP
+ * may be empty (refused: not a snapshot), the others may not.  The
  * client's ceph.conf is never read by the daemon: a configuration file
  * can load plugins and name log files, which no client may choose for it.
  * Reply: struct sl_cs_register_layer_reply. */
@@ -132,6 +136,12 @@ struct sl_cs_register_rbd {
   char user[SL_CS_RBD_USER];      /* the client id, without "client." */
   char key[SL_CS_RBD_KEY];
   char mon_host[SL_CS_RBD_MON];   /* as ceph.conf's mon_host */
+  /* What the client opened (what it will read if the daemon is gone): */
+  char fsid[48];                  /* the cluster's */
+  char image_id[64];              /* rbd_get_id */
+  int64_t pool_id;                /* rados_ioctx_get_id */
+  uint64_t snap_id;
+  uint64_t size;                  /* the snapshot's bytes */
 };
 
 /* UNREGISTER_LAYER, UNREGISTER_HANDLE: the handle to forget.  Reply: no

@@ -813,6 +813,13 @@ int sl_rbd_cache_desc(const struct sl_image *img, struct sl_cs_register_rbd *q)
   for (size_t i = 0; i < sizeof n / sizeof n[0]; i++)
     if (n[i] < 0 || (size_t)n[i] >= sz[i])
       return sl_error(ENAMETOOLONG, "%s: a name is too long for sluiced", img->filename);
+  /* What this process opened, by id: the daemon opens the same, whatever
+   * the names have come to mean since. */
+  snprintf(q->fsid, sizeof q->fsid, "%s", L->conn->fsid);
+  snprintf(q->image_id, sizeof q->image_id, "%s", L->id);
+  q->pool_id = rados_ioctx_get_id(L->io);
+  q->snap_id = L->snap_id;
+  q->size = img->size;
   rados_t cl = L->conn->cluster;
   if (rados_conf_get(cl, "mon_host", q->mon_host, sizeof q->mon_host) < 0 || !q->mon_host[0])
     return sl_error(ENOENT, "%s: no mon_host in the Ceph configuration to give sluiced",

@@ -899,10 +899,30 @@ static int read_cmd(int argc, char **argv)
 
 /* ---- RBD snapshots (protocol version 2) ---- */
 
+/* The ids the client opened (what libsluice sends): the cluster's fsid,
+ * the pool's and image's ids, and per snapshot name its id and size; a
+ * name not among them gets an id no snapshot has. */
+static struct {
+  const char *fsid, *image_id;
+  int64_t pool_id;
+  const char *snap[2];
+  uint64_t snap_id[2], size[2];
+} ids;
+
 static void rbd_req(struct sl_cs_register_rbd *q, const char *pool, const char *image,
                     const char *snap, const char *user, const char *key, const char *mon)
 {
   memset(q, 0, sizeof *q);
+  snprintf(q->fsid, sizeof q->fsid, "%s", ids.fsid);
+  snprintf(q->image_id, sizeof q->image_id, "%s", ids.image_id);
+  q->pool_id = ids.pool_id;
+  q->snap_id = *snap ? 999999 : UINT64_MAX - 1;
+  q->size = ids.size[0];
+  for (int i = 0; i < 2; i++)
+    if (!strcmp(snap, ids.snap[i])) {
+      q->snap_id = ids.snap_id[i];
+      q->size = ids.size[i];
+    }
   snprintf(q->pool, sizeof q->pool, "%s", pool);
   snprintf(q->image, sizeof q->image, "%s", image);
   snprintf(q->snap, sizeof q->snap, "%s", snap);
@@ -945,16 +965,30 @@ static bool rbd_check_range(struct sl_cs_conn *c, uint32_t l, const char *file, 
 }
 
 /*   sluiced-probe SOCKET rbd MON POOL IMAGE SNAP1 EXPORT1 SNAP2 EXPORT2 USER KEY
- *                            LIMITED_USER LIMITED_KEY
+ *                            LIMITED_USER LIMITED_KEY FSID POOL_ID IMAGE_ID
+ *                            SNAP_ID1 SNAP_ID2
  * SNAP1 and SNAP2 are snapshots of IMAGE with different bytes, EXPORT1/2
- * their `rbd export`; USER may read POOL, LIMITED_USER may not. */
+ * their `rbd export`; USER may read POOL, LIMITED_USER may not; the ids
+ * are the cluster's (`ceph fsid`, the pool's, `rbd info`, `rbd snap ls`). */
 static int rbd_cmd(int argc, char **argv)
 {
-  if (argc != 11)
+  if (argc != 16)
     return 2;
   const char *mon = argv[0], *pool = argv[1], *image = argv[2], *s1 = argv[3],
              *x1 = argv[4], *s2 = argv[5], *x2 = argv[6], *user = argv[7], *key = argv[8],
              *luser = argv[9], *lkey = argv[10];
+  struct stat xs1, xs2;
+  if (stat(x1, &xs1) < 0 || stat(x2, &xs2) < 0)
+    die("the exports");
+  ids.fsid = argv[11];
+  ids.pool_id = strtoll(argv[12], NULL, 10);
+  ids.image_id = argv[13];
+  ids.snap[0] = s1;
+  ids.snap[1] = s2;
+  ids.snap_id[0] = strtoull(argv[14], NULL, 10);
+  ids.snap_id[1] = strtoull(argv[15], NULL, 10);
+  ids.size[0] = (uint64_t)xs1.st_size;
+  ids.size[1] = (uint64_t)xs2.st_size;
   struct sl_cs_register_rbd q;
   struct sl_cs_conn c, d;
   conn(&c);
@@ -1022,10 +1056,30 @@ static int rbd_cmd(int argc, char **argv)
   rbd_req(&q, pool, image, "", user, key, mon);
   expect(reg_rbd(&d, &q, NULL), -EROFS, "an image head (no snapshot)");
   printf("no snapshot: %s\n", sl_last_error());
+  /* the daemon opens ids, not names: ids of nothing are stale */
   rbd_req(&q, pool, image, "no-such-snap", user, key, mon);
-  expect(reg_rbd(&d, &q, NULL), -ENOENT, "a missing snapshot");
-  rbd_req(&q, "no-such-pool", image, s1, user, key, mon);
-  expect(reg_rbd(&d, &q, NULL), -ENOENT, "a missing pool");
+  expect(reg_rbd(&d, &q, NULL), -ESTALE, "a missing snapshot");
+  rbd_req(&q, pool, image, s1, user, key, mon);
+  q.pool_id = 99999;
+  expect(reg_rbd(&d, &q, NULL), -ESTALE, "a missing pool");
+  rbd_req(&q, pool, image, s1, user, key, mon);
+  snprintf(q.image_id, sizeof q.image_id, "0123456789ab");
+  expect(reg_rbd(&d, &q, NULL), -ESTALE, "a missing image");
+  rbd_req(&q, pool, image, s1, user, key, mon);
+  q.size += 4096;
+  expect(reg_rbd(&d, &q, NULL), -ESTALE, "a size other than the snapshot's");
+  rbd_req(&q, pool, image, s1, user, key, mon);
+  snprintf(q.fsid, sizeof q.fsid, "00000000-1111-2222-3333-444444444444");
+  expect(reg_rbd(&d, &q, NULL), -ESTALE, "another cluster's fsid");
+  printf("stale ids: %s\n", sl_last_error());
+  /* names are only shown: SNAP1's ids under SNAP2's name are SNAP1 */
+  rbd_req(&q, pool, image, s1, user, key, mon);
+  snprintf(q.snap, sizeof q.snap, "%s", s2);
+  int ln = reg_rbd(&d, &q, NULL);
+  if (ln < 0)
+    FAIL("SNAP1's ids under another name: %s", sl_last_error());
+  else
+    rbd_check_range(&d, (uint32_t)ln, x1, 0, 65536, "SNAP1's ids under SNAP2's name");
   rbd_req(&q, pool, image, s1, luser, lkey, mon);
   expect(reg_rbd(&d, &q, NULL), -EACCES, "a client whose capabilities forbid the pool");
   printf("no capability: %s\n", sl_last_error());

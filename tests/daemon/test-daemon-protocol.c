@@ -153,9 +153,14 @@ static void test_register_rbd(void **state)
   strcpy(q.user, "admin");
   strcpy(q.key, "AQBz1XRlAAAAABAAdGhpcyBpcyBub3QgYSBrZXk=");
   strcpy(q.mon_host, "v2:127.0.0.1:6789");
+  strcpy(q.fsid, "8d15eade-43f4-4981-9ccc-ceed74b5a066");
+  strcpy(q.image_id, "10f2a3b4c5d6");
+  q.pool_id = 2;
+  q.snap_id = 4;
+  q.size = 1 << 20;
   struct sl_cs_request r;
   long n = sl_cs_encode(buf, sizeof buf, 2, SL_CS_REGISTER_RBD, 0, 5, &q, sizeof q);
-  assert_int_equal(n, 24 + 1224);
+  assert_int_equal(n, 24 + 1360);
   assert_int_equal(sl_cs_request_fds(SL_CS_REGISTER_RBD), 0);
   assert_int_equal(sl_cs_parse_request(buf, (size_t)n, 2, &r), 0);
   assert_string_equal(r.u.reg_rbd->snap, "boot");
@@ -169,10 +174,10 @@ static void test_register_rbd(void **state)
   n = sl_cs_encode(buf, sizeof buf, 2, SL_CS_REGISTER_RBD, 0, 5, &e, sizeof e);
   assert_int_equal(sl_cs_parse_request(buf, (size_t)n, 2, &r), 0);
   /* empty required fields, no NUL, bytes after the NUL, flags, reserved */
-  char *fields[] = {e.pool, e.image, e.user, e.key, e.mon_host};
+  char *fields[] = {e.pool, e.image, e.user, e.key, e.mon_host, e.fsid, e.image_id};
   size_t sizes[] = {sizeof e.pool, sizeof e.image, sizeof e.user, sizeof e.key,
-                    sizeof e.mon_host};
-  for (int i = 0; i < 5; i++) {
+                    sizeof e.mon_host, sizeof e.fsid, sizeof e.image_id};
+  for (int i = 0; i < 7; i++) {
     for (int k = 0; k < 3; k++) {
       e = q; /* FIELDS point into E */
       if (k == 0)

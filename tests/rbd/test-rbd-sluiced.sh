@@ -21,6 +21,9 @@
 # The daemon connects only to the clusters its --ceph-conf files describe:
 # monitors a client names of any other cluster are refused (EPERM, logged),
 # and so is everything when it is configured for another cluster.
+# The daemon opens the snapshot a client opened by its ids, not its names:
+# after `snap rename gold old; snap create gold` and a daemon restart, a
+# running clone still reads the parent it opened through the daemon.
 source "$(dirname "$0")/../common/lib.sh"
 source "$(dirname "$0")/../common/ceph.sh"
 require qemu-img nbdcopy python3
@@ -152,14 +155,66 @@ rbd export --no-progress "$POOL/base@gold" x1.raw
 rbd export --no-progress "$POOL/base@gold2" x2.raw
 mon=$(sed -n 's/^mon host = //p' "$CEPH_CONF")
 [[ -n ${PROBE:-} ]] || PROBE=$BUILDDIR/tests/daemon/sluiced-probe
+rbd_ids() { # IMAGE SNAP1 SNAP2: FSID POOL_ID IMAGE_ID SNAP_ID1 SNAP_ID2
+  local pid
+  pid=$(ceph osd lspools --format=json | python3 -c '
+import json, sys
+print([p["poolnum"] for p in json.load(sys.stdin) if p["poolname"] == sys.argv[1]][0])' "$POOL")
+  echo "$(ceph fsid) $pid $(rbd info --format=json "$POOL/$1" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')" \
+    "$(rbd snap ls --format=json "$POOL/$1" | python3 -c '
+import json, sys
+d = {s["name"]: s["id"] for s in json.load(sys.stdin)}
+print(d[sys.argv[1]], d[sys.argv[2]])' "$2" "$3")"
+}
 "$PROBE" "$TMP/sd.sock" rbd "$mon" "$POOL" base gold x1.raw gold2 x2.raw \
   admin "$(ceph auth get-key client.admin)" limited "$(ceph auth get-key client.limited)" \
-  || die "sluiced-probe's RBD cases failed (daemon log: $(tail -5 sluiced.log))"
+  $(rbd_ids base gold gold2) || die "sluiced-probe's RBD cases failed (daemon log: $(tail -5 sluiced.log))"
 grep -q "refused a layer: rbd: the monitors 127.0.0.1:1 are not of a Ceph cluster" sluiced.log ||
   die "sluiced did not log the foreign monitors it refused: $(tail -5 sluiced.log)"
 
+
+# The snapshot a process opened stays its parent, whatever its name comes
+# to mean: c1 is served through sluiced, then gold is renamed and a new
+# gold (other bytes) made, and sluiced restarted -- the process registers
+# its parent again, and must get the bytes it opened, not the new gold's.
+rm -f "$TMP/n7.sock"
+"$SLUICE" serve --read-only "--sluiced=$TMP/sd.sock" --nbd "unix:$TMP/n7.sock" \
+  "rbd:$POOL/c1" 2>>serve7.log &
+p7=$!
+cleanup_push "kill $p7 2>/dev/null"
+wait_for_path "$TMP/n7.sock" 60
+rbd snap rename "$POOL/base@gold" "$POOL/base@old"
+sluice io -f raw -c "write -P 0x99 8M 16M" "rbd:$POOL/base" >/dev/null
+rbd snap create "$POOL/base@gold" 2>/dev/null
 kill -TERM $dpid
 wait $dpid || die "sluiced exited $? (its cache checks on exit: $(tail -3 sluiced.log))"
+"$SLUICED" --socket "$TMP/sd.sock" --memory 256M --check-on-exit --ceph-conf "$CEPH_CONF" \
+  2>sluiced-again.log &
+dpid=$!
+cleanup_push "kill $dpid 2>/dev/null"
+wait_for_path "$TMP/sd.sock"
+parent_backend() { # the daemon's backend bytes of base's snapshot layer, or nothing
+  sluice cache stats --socket "$TMP/sd.sock" --output=json | python3 -c '
+import json, sys
+l = [x for x in json.load(sys.stdin)["layers"] if x["path"].startswith("rbd:'"$POOL"'/base@")]
+print(l[0]["backend_bytes"] if l else "")'
+}
+# the client notices the restart on its next request, reads that itself,
+# and registers its layers again on the new connection
+nbdcopy "nbd+unix:///?socket=$TMP/n7.sock" renamed1.raw
+cmp renamed1.raw ref1.raw || die "c1 reads wrong while sluiced restarts"
+for _ in $(seq 120); do [[ -n $(parent_backend) ]] && break; sleep 0.5; done
+[[ -n $(parent_backend) ]] || die "c1's server did not register its parent again: $(cat serve7.log)"
+nbdcopy "nbd+unix:///?socket=$TMP/n7.sock" renamed1.raw
+cmp renamed1.raw ref1.raw ||
+  die "after 'snap rename gold old; snap create gold' c1 reads the new gold through sluiced"
+got=$(parent_backend)
+((got >= 16 * M)) || die "c1's parent was read by sluiced only $got bytes: not through it"
+grep -q "sluiced does not cache" serve7.log && die "the parent was refused: $(cat serve7.log)"
+kill $p7; wait $p7 2>/dev/null
+kill -TERM $dpid
+wait $dpid || die "sluiced exited $? (its cache checks on exit: $(tail -3 sluiced-again.log))"
 
 # A snapshot whose size is not a block multiple (64 MiB + 12345), read by a
 # daemon of 16 blocks: its last block lands in a slot that held another
@@ -181,7 +236,7 @@ cleanup_push "kill $dpid 2>/dev/null"
 wait_for_path "$TMP/sd2.sock"
 "$PROBE" "$TMP/sd2.sock" rbd "$mon" "$POOL" odd s1 o1.raw s2 o2.raw \
   admin "$(ceph auth get-key client.admin)" limited "$(ceph auth get-key client.limited)" \
-  || die "sluiced-probe's RBD cases on a $odd-byte snapshot failed (daemon log: $(tail -5 sluiced2.log))"
+  $(rbd_ids odd s1 s2) || die "sluiced-probe's RBD cases on a $odd-byte snapshot failed (daemon log: $(tail -5 sluiced2.log))"
 kill -TERM $dpid
 wait $dpid || die "the second sluiced exited $? ($(tail -3 sluiced2.log))"
 
