@@ -1150,6 +1150,9 @@ static bool process_input(struct sd_server *srv, struct conn *c)
     if (sl_cs_parse_request(msg, (size_t)fl, c->version, &r) < 0) {
       struct sl_cs_hdr h;
       memcpy(&h, msg, sizeof h);
+      explicit_bzero((char *)c->rbuf + off, (size_t)fl); /* may hold a Ceph key */
+      if (msg == tmp)
+        explicit_bzero(tmp, (size_t)fl);
       conn_fail(srv, c, h.id, sl_last_error());
       return false;
     }
@@ -1174,6 +1177,12 @@ static bool process_input(struct sd_server *srv, struct conn *c)
     case SL_CS_INVALIDATE: op_invalidate(srv, c, &r); break;
     case SL_CS_STATS: op_stats(srv, c, &r); break;
     case SL_CS_DROP: op_drop(srv, c, &r); break;
+    }
+    if (r.hdr.op == SL_CS_REGISTER_RBD) {
+      /* the Ceph key: the registration took its copy */
+      explicit_bzero((char *)c->rbuf + off, (size_t)fl);
+      if (msg == tmp)
+        explicit_bzero(tmp, (size_t)fl);
     }
     off += (size_t)fl;
   }

@@ -442,6 +442,8 @@ static int conn_call(struct conn *k, uint16_t op, const void *req_body,
     r = send_all(k, msg, (size_t)mlen, pass_fd);
     pthread_mutex_unlock(&k->send_lock);
   }
+  if (op == SL_CS_REGISTER_RBD && mlen > 0)
+    explicit_bzero(msg, (size_t)mlen); /* it holds the Ceph key */
   pthread_mutex_lock(&k->lock);
   if (r < 0) {
     /* A partial message would desynchronise the stream: the connection is
