@@ -913,13 +913,13 @@ static void rbd_req(struct sl_cs_register_rbd *q, const char *pool, const char *
                     const char *snap, const char *user, const char *key, const char *mon)
 {
   memset(q, 0, sizeof *q);
-  snprintf(q->fsid, sizeof q->fsid, "%s", ids.fsid);
-  snprintf(q->image_id, sizeof q->image_id, "%s", ids.image_id);
+  snprintf(q->fsid, sizeof q->fsid, "%s", ids.fsid ? ids.fsid : "unknown");
+  snprintf(q->image_id, sizeof q->image_id, "%s", ids.image_id ? ids.image_id : "unknown");
   q->pool_id = ids.pool_id;
   q->snap_id = *snap ? 999999 : UINT64_MAX - 1;
   q->size = ids.size[0];
   for (int i = 0; i < 2; i++)
-    if (!strcmp(snap, ids.snap[i])) {
+    if (ids.snap[i] && !strcmp(snap, ids.snap[i])) {
       q->snap_id = ids.snap_id[i];
       q->size = ids.size[i];
     }
