@@ -71,7 +71,7 @@
 struct cluster {
   char conf[256];
   char mon[SL_CS_RBD_MON];
-  char fsid[40]; /* "" when the file names none: then the first connection's */
+  char fsid[40]; /* "" when the file names none: then not checked */
 };
 static struct cluster clusters[SD_RBD_MAX_CLUSTERS];
 static int nclusters;
