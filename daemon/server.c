@@ -1150,7 +1150,8 @@ static bool process_input(struct sd_server *srv, struct conn *c)
     if (sl_cs_parse_request(msg, (size_t)fl, c->version, &r) < 0) {
       struct sl_cs_hdr h;
       memcpy(&h, msg, sizeof h);
-      explicit_bzero((char *)c->rbuf + off, (size_t)fl); /* may hold a Ceph key */
+      if (c->rbuf) /* always set here; the check quiets GCC's -Wnonnull under ASan */
+        explicit_bzero((char *)c->rbuf + off, (size_t)fl); /* may hold a Ceph key */
       if (msg == tmp)
         explicit_bzero(tmp, (size_t)fl);
       conn_fail(srv, c, h.id, sl_last_error());
