@@ -18,6 +18,7 @@
 #   (defaults 8 256 128; BUILD=build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib/nbd-fio.sh
 N=${1:-8} PARENT=${2:-256} BOOT=${3:-128}
 BUILD=${BUILD:-build}
 SLUICE=$PWD/$BUILD/sluice SLUICED=$PWD/$BUILD/sluiced
@@ -79,15 +80,7 @@ storm() { # CFG: prints "CFG seconds iops osd_bytes daemon_bytes"
     esac
     srv+=($!); pids+=($!)
   done
-  for i in $(seq "$N"); do
-    for _ in $(seq 1200); do [[ -S $W/s$i.sock ]] && break; sleep 0.05; done
-  done
-  {
-    echo "[global]"
-    echo "ioengine=nbd"; echo "rw=randread"; echo "bsrange=4k-64k"; echo "iodepth=8"
-    echo "size=${BOOT}M"; echo "randrepeat=1"; echo "randseed=4242"; echo "group_reporting=1"
-    for i in $(seq "$N"); do echo "[c$i]"; echo "uri=nbd+unix:///?socket=$W/s$i.sock"; done
-  } >"$W/storm.fio"
+  bench_storm_job "$W" "$N" "${BOOT}M"
   local t0 t1 b0 b1
   b0=$(osd_out)
   t0=$(date +%s%N)

@@ -20,6 +20,7 @@
 #   (defaults 8 1G 256M; BUILD=build; DIR=/var/tmp)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source bench/lib/nbd-fio.sh
 N=${1:-8} BASE=${2:-1G} BOOT=${3:-256M}
 BUILD=${BUILD:-build}
 SLUICE=$PWD/$BUILD/sluice SLUICED=$PWD/$BUILD/sluiced
@@ -100,16 +101,7 @@ run() {
     esac
     srv+=($!); pids+=($!); join_cgroup $!
   done
-  for i in $(seq "$N"); do
-    # A loaded machine can take long to start 8 servers: wait up to 60 s.
-    for _ in $(seq 1200); do [[ -S $W/s$i.sock ]] && break; sleep 0.05; done
-  done
-  {
-    echo "[global]"
-    echo "ioengine=nbd"; echo "rw=randread"; echo "bsrange=4k-64k"; echo "iodepth=8"
-    echo "size=$BOOT"; echo "randrepeat=1"; echo "randseed=4242"; echo "group_reporting=1"
-    for i in $(seq "$N"); do echo "[c$i]"; echo "uri=nbd+unix:///?socket=$W/s$i.sock"; done
-  } >"$W/storm.fio"
+  bench_storm_job "$W" "$N" "$BOOT"
   local t0 t1
   t0=$(date +%s%N)
   if ! fio --output-format=json --output="$W/fio.json" "$W/storm.fio"; then

@@ -1,5 +1,5 @@
-# Sourced by the NBD benchmarks (bench/nbd/run.sh, bench/rbd.sh): start and
-# stop servers, and run one fio job against one of them.
+# Sourced by the NBD benchmarks (bench/nbd/run.sh, bench/rbd.sh, the boot
+# storms): start and stop servers, and run fio jobs against them.
 #
 # The caller sets DIR (a scratch directory) and keeps the array PIDS (every
 # server started, so its EXIT trap can stop them).  Servers are measured one
@@ -12,6 +12,9 @@
 #   bench_job URI RW BS DEPTH SIZE RUNTIME
 #        -> "IOPS CPU-SECONDS-PER-MILLION-REQUESTS"
 #   bench_cell IOPS BS            "N IOPS, M MiB/s" for a table
+#   bench_storm_job DIR N SIZE    wait for DIR/s1.sock..sN.sock, then write
+#        DIR/storm.fio: one boot per server, the same seed for all (clones
+#        boot alike), random reads of 4K-64K at depth 8, SIZE each
 
 bench_start() {
   local sock=$1 i; shift
@@ -46,4 +49,18 @@ import json, os, sys; s=sys.argv[1]; d=json.loads(s[s.index('{'):])['jobs'][0]
 ios = d['read']['total_ios'] + d['write']['total_ios']
 cpu = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf('SC_CLK_TCK')
 print(round(d['read']['iops'] + d['write']['iops']), '%.3f' % (cpu / max(ios, 1) * 1e6))" "$out" "$c0" "$c1"
+}
+
+bench_storm_job() {
+  local dir=$1 n=$2 size=$3 i
+  for ((i = 1; i <= n; i++)); do
+    # A loaded machine can take long to start 8 servers: wait up to 60 s.
+    for _ in $(seq 1200); do [[ -S $dir/s$i.sock ]] && break; sleep 0.05; done
+  done
+  {
+    echo "[global]"
+    echo "ioengine=nbd"; echo "rw=randread"; echo "bsrange=4k-64k"; echo "iodepth=8"
+    echo "size=$size"; echo "randrepeat=1"; echo "randseed=4242"; echo "group_reporting=1"
+    for ((i = 1; i <= n; i++)); do echo "[c$i]"; echo "uri=nbd+unix:///?socket=$dir/s$i.sock"; done
+  } >"$dir/storm.fio"
 }
