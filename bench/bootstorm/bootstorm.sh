@@ -16,12 +16,19 @@
 # storage (/proc/PID/io) and, for (a), the daemon's own backend bytes;
 # ratios against (b).
 #
+# With ROUNDS=R (default 1) every profile runs its five contenders R times,
+# in order a..e, then e..a, and so on, so that a slow spell of the shared
+# machine does not fall on one contender; the tables give each contender's
+# median, and the ratios are given per round as well as of the medians.
+#
 #   bench/bootstorm/bootstorm.sh [N_CLONES] [BASE_SIZE] [BOOT_SET]
-#   (defaults 8 1G 256M; BUILD=build; DIR=/var/tmp)
+#   (defaults 8 1G 256M; BUILD=build; DIR=/var/tmp; ROUNDS=1)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source bench/lib/nbd-fio.sh
 N=${1:-8} BASE=${2:-1G} BOOT=${3:-256M}
+ROUNDS=${ROUNDS:-1}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bootstorm: ROUNDS=$ROUNDS: expected a positive integer" >&2; exit 1; }
 BUILD=${BUILD:-build}
 SLUICE=$PWD/$BUILD/sluice SLUICED=$PWD/$BUILD/sluiced
 for t in fio qemu-nbd qemu-img python3; do
@@ -81,9 +88,9 @@ PY
 cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 rbytes() { awk '/^read_bytes:/ {print $2}' "/proc/$1/io"; }
 
-# run PROFILE CONFIG: one storm; appends a JSON line to $W/results.
+# run PROFILE CONFIG ROUND: one storm; appends a JSON line to $W/results.
 run() {
-  local profile=$1 cfg=$2 i srv=() dpid=""
+  local profile=$1 cfg=$2 round=$3 i srv=() dpid=""
   evict
   if [[ $cfg == a ]]; then
     "$SLUICED" --socket "$W/d.sock" --memory 768M --quiet 2>>"$W/sluiced.log" &
@@ -121,7 +128,7 @@ run() {
              python3 -c "import json,sys; print(json.load(sys.stdin)['total']['backend_bytes'])")
   fi
   for p in "${srv[@]}" $dpid; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  python3 - "$W/fio.json" "$profile" "$cfg" $(( (t1 - t0) / 1000 )) "$cpu" "$rb" "$dbytes" \
+  python3 - "$W/fio.json" "$profile" "$cfg" $(( (t1 - t0) / 1000 )) "$cpu" "$rb" "$dbytes" "$round" \
     <<'PY' | tee -a "$W/results" >&2
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -131,7 +138,7 @@ p99 = pct.get("99.000000", 0) / 1e6
 print(json.dumps({"profile": sys.argv[2], "cfg": sys.argv[3], "time_s": int(sys.argv[4]) / 1e6,
                   "iops": j["iops"], "p99_ms": p99, "cpu_s": float(sys.argv[5]),
                   "read_bytes": int(sys.argv[6]), "daemon_bytes": int(sys.argv[7]),
-                  "errors": d["jobs"][0].get("error", 0)}))
+                  "errors": d["jobs"][0].get("error", 0), "round": int(sys.argv[8])}))
 PY
 }
 
@@ -139,29 +146,39 @@ make_cgroup
 for profile in network local; do
   in_cg=""
   [[ $profile == network ]] && in_cg=1
-  for cfg in a b c d e; do
-    echo "bootstorm: $profile ($cfg)" >&2
-    run $profile $cfg
+  for ((round = 1; round <= ROUNDS; round++)); do
+    order="a b c d e"
+    ((round % 2 == 0)) && order="e d c b a"
+    for cfg in $order; do
+      echo "bootstorm: $profile ($cfg), round $round of $ROUNDS" >&2
+      run $profile $cfg $round
+    done
   done
 done
 
 boot_bytes=$(python3 -c "
 s='$BOOT'; m={'K':1<<10,'M':1<<20,'G':1<<30}
 print(int(s[:-1]) * m[s[-1].upper()] if s[-1].upper() in m else int(s))")
-python3 - "$W/results" "$boot_bytes" "$N" "$BASE" "$BOOT" <<'PY'
-import json, sys
+python3 - "$W/results" "$boot_bytes" "$N" "$BASE" "$BOOT" "$ROUNDS" <<'PY'
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-boot = int(sys.argv[2])
+boot, rounds = int(sys.argv[2]), int(sys.argv[6])
 names = {"a": "(a) sluice --cache=none --sluiced", "b": "(b) sluice --cache=none",
          "c": "(c) qemu-nbd --cache=none", "d": "(d) qemu-nbd --cache=writeback",
          "e": "(e) sluice --cache=writeback"}
-print("Boot storm: %s clones of a %s base, boot set %s each, fio nbd randread 4K-64K depth 8" %
-      (sys.argv[3], sys.argv[4], sys.argv[5]))
+print("Boot storm: %s clones of a %s base, boot set %s each, fio nbd randread 4K-64K depth 8%s" %
+      (sys.argv[3], sys.argv[4], sys.argv[5],
+       "; %d rounds, medians" % rounds if rounds > 1 else ""))
+def med(rs, key):
+    return statistics.median(r[key] for r in rs)
 for prof in ("network", "local"):
-    rs = {r["cfg"]: r for r in rows if r["profile"] == prof}
-    if any(c not in rs for c in "abcde"):
-        print("\n%s storage: incomplete (%s), see the lines above" % (prof, ", ".join(sorted(rs))))
+    by = {c: [r for r in rows if r["profile"] == prof and r["cfg"] == c] for c in "abcde"}
+    missing = [c for c in "abcde" if not by[c]]
+    if missing:
+        print("\n%s storage: incomplete (no %s), see the lines above" % (prof, ", ".join(missing)))
         continue
+    rs = {c: {k: med(by[c], k) for k in ("time_s", "iops", "p99_ms", "cpu_s", "read_bytes",
+                                        "daemon_bytes")} for c in "abcde"}
     b = rs["b"]
     print("\n%s storage%s\n" % (prof, " (blkio throttle 200 MB/s, 5000 IOPS)" if prof == "network" else " (unthrottled)"))
     print("| configuration | storm s | vs (b) | IOPS | p99 ms | CPU s | storage read (x boot set) | daemon read (x boot set) |")
@@ -175,4 +192,14 @@ for prof in ("network", "local"):
     print("\nstorm time (a)/(b) %.2f, (a)/(c) %.2f, (a)/(d) %.2f; throughput (a)/(e) %.2f" % (
         rs["a"]["time_s"] / b["time_s"], rs["a"]["time_s"] / rs["c"]["time_s"],
         rs["a"]["time_s"] / rs["d"]["time_s"], rs["e"]["time_s"] / rs["a"]["time_s"]))
+    if rounds > 1:
+        # Each round's own ratios: how far one round can be trusted.
+        per = []
+        for n in range(1, rounds + 1):
+            t = {c: next((r["time_s"] for r in by[c] if r["round"] == n), None) for c in "abde"}
+            if None in t.values():
+                continue
+            per.append("round %d: (a)/(b) %.2f, (a)/(d) %.2f, (a)/(e) %.2f" % (
+                n, t["a"] / t["b"], t["a"] / t["d"], t["e"] / t["a"]))
+        print("\n" + "\n".join(per))
 PY
