@@ -55,6 +55,7 @@
 #include <sluice/error.h>
 
 #if HAVE_RBD
+#include "image/rbd-spec.h"
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -97,48 +98,14 @@ static int nconns;
 
 bool sd_rbd_supported(void) { return true; }
 
-/* The next monitor address of a mon_host list ("a,b", "[v2:h:p,v1:h:q]",
- * "h:p/nonce" ...) from *P into ADDR (host or host:port, without the
- * v1:/v2: prefix and the nonce); false at the end. */
-static bool next_addr(const char **p, char *addr, size_t len)
-{
-  const char *s = *p;
-  s += strspn(s, ",; \t[]");
-  if (!*s)
-    return false;
-  size_t n = strcspn(s, ",; \t[]");
-  *p = s + n;
-  if (!strncmp(s, "v1:", 3) || !strncmp(s, "v2:", 3))
-    s += 3, n -= 3;
-  size_t slash = strcspn(s, "/");
-  if (slash < n)
-    n = slash;
-  snprintf(addr, len, "%.*s", (int)n, s);
-  return true;
-}
-
-/* The same monitor: equal hosts, and equal ports when both name one.  Names
- * are not resolved: a client names the monitors as the daemon's
- * configuration does (normally from the same /etc/ceph/ceph.conf). */
-static bool same_addr(const char *a, const char *b)
-{
-  const char *pa = strrchr(a, ':'), *pb = strrchr(b, ':');
-  size_t ha = pa ? (size_t)(pa - a) : strlen(a), hb = pb ? (size_t)(pb - b) : strlen(b);
-  if (ha != hb || strncmp(a, b, ha))
-    return false;
-  return !pa || !pb || !strcmp(pa, pb);
-}
-
 /* The configured cluster whose monitors share an address with MON, or
- * NULL. */
+ * NULL.  Names are not resolved: a client names the monitors as the
+ * daemon's configuration does (normally from the same /etc/ceph/ceph.conf). */
 static const struct cluster *find_cluster(const char *mon)
 {
-  char a[SL_CS_RBD_MON], b[SL_CS_RBD_MON];
   for (int i = 0; i < nclusters; i++)
-    for (const char *p = mon; next_addr(&p, a, sizeof a);)
-      for (const char *q = clusters[i].mon; next_addr(&q, b, sizeof b);)
-        if (same_addr(a, b))
-          return &clusters[i];
+    if (sl_rbd_mons_overlap(mon, clusters[i].mon))
+      return &clusters[i];
   return NULL;
 }
 

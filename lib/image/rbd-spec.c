@@ -10,7 +10,9 @@
  * fail later (an empty pool or image name), sluice fails here, with a
  * message naming the whole path.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -232,4 +234,105 @@ char *sl_rbd_spec_format(const struct sl_rbd_spec *conn, const char *pool,
     return NULL;
   }
   return out;
+}
+
+/* ---- monitor address lists -------------------------------------------- */
+
+/* One monitor address of a mon_host list, as its host (an IP address in
+ * canonical form when it is one, else the name as written) and its port
+ * ("" when it names none). */
+struct mon_addr {
+  char host[INET6_ADDRSTRLEN > 256 ? INET6_ADDRSTRLEN : 256];
+  char port[8];
+};
+
+static bool is_sep(char c) { return c == ',' || c == ';' || c == ' ' || c == '\t'; }
+
+static bool type_prefix(const char *s, size_t *n)
+{
+  static const char *const types[] = {"v1:", "v2:", "any:"};
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+    if (!strncmp(s, types[i], strlen(types[i]))) {
+      *n = strlen(types[i]);
+      return true;
+    }
+  return false;
+}
+
+/* A host as written; an IP address is put in canonical form, so that
+ * "::1" and "0::1" compare equal. */
+static void set_host(struct mon_addr *a, const char *s, size_t n)
+{
+  snprintf(a->host, sizeof a->host, "%.*s", (int)(n < sizeof a->host ? n : sizeof a->host - 1),
+           s);
+  unsigned char bin[sizeof(struct in6_addr)];
+  if (inet_pton(AF_INET, a->host, bin) == 1)
+    inet_ntop(AF_INET, bin, a->host, sizeof a->host);
+  else if (inet_pton(AF_INET6, a->host, bin) == 1)
+    inet_ntop(AF_INET6, bin, a->host, sizeof a->host);
+}
+
+/* The next address of the list at *P into A, moving *P past it; false at
+ * the end.  Ceph's forms: "h", "h:p", "v1:h:p", "h:p/nonce", "[v2:h:p,v1:h:q]"
+ * (an address vector: its brackets only group), IPv6 hosts in brackets
+ * ("[::1]:6789", "v2:[::1]:3300") or bare without a port ("::1"). */
+static bool next_mon(const char **p, struct mon_addr *a)
+{
+  const char *s = *p;
+  size_t t;
+  for (;;) {
+    if (is_sep(*s) || *s == ']')
+      s++;
+    else if (*s == '[' && type_prefix(s + 1, &t))
+      s++; /* an address vector opens */
+    else
+      break;
+  }
+  if (!*s)
+    return false;
+  if (type_prefix(s, &t))
+    s += t;
+  const char *end; /* past the address: a separator, ']' or the end */
+  a->port[0] = 0;
+  if (*s == '[') { /* [IPv6] with an optional :port */
+    size_t n = strcspn(s + 1, "]");
+    set_host(a, s + 1, n);
+    end = s + 1 + n;
+    if (*end == ']')
+      end++;
+    if (*end == ':') {
+      size_t m = strcspn(end + 1, ",; \t]/");
+      snprintf(a->port, sizeof a->port, "%.*s", (int)(m < sizeof a->port ? m : sizeof a->port - 1),
+               end + 1);
+      end += 1 + m;
+    }
+  } else {
+    size_t n = strcspn(s, ",; \t]/");
+    const char *colon = memchr(s, ':', n);
+    bool one_colon = colon && !memchr(colon + 1, ':', (size_t)(s + n - colon - 1));
+    if (one_colon) { /* host:port; more colons are a bare IPv6 address */
+      size_t m = (size_t)(s + n - colon - 1);
+      set_host(a, s, (size_t)(colon - s));
+      snprintf(a->port, sizeof a->port, "%.*s", (int)(m < sizeof a->port ? m : sizeof a->port - 1),
+               colon + 1);
+    } else {
+      set_host(a, s, n);
+    }
+    end = s + n;
+  }
+  if (*end == '/') /* a nonce */
+    end += strcspn(end, ",; \t]");
+  *p = end;
+  return true;
+}
+
+bool sl_rbd_mons_overlap(const char *a, const char *b)
+{
+  struct mon_addr x, y;
+  for (const char *p = a; next_mon(&p, &x);)
+    for (const char *q = b; next_mon(&q, &y);)
+      if (x.host[0] && !strcmp(x.host, y.host) &&
+          (!x.port[0] || !y.port[0] || !strcmp(x.port, y.port)))
+        return true;
+  return false;
 }

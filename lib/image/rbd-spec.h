@@ -37,4 +37,10 @@ void sl_rbd_spec_clear(struct sl_rbd_spec *spec);
 char *sl_rbd_spec_format(const struct sl_rbd_spec *conn, const char *pool,
                          const char *ns, const char *image, const char *snap);
 
+/* Do the monitor lists A and B (Ceph's mon_host syntax: "h:p,h:p",
+ * "[v2:h:p,v1:h:q]", IPv6 hosts in brackets, nonces) name a monitor in
+ * common: the same host, and the same port where both name one?  IP
+ * addresses compare by value ("::1" is "0::1"); names are not resolved. */
+bool sl_rbd_mons_overlap(const char *a, const char *b);
+
 #endif

@@ -95,11 +95,55 @@ static void test_errors(void **state)
   assert_false(sl_rbd_is_path("./rbd:x/y"));
 }
 
+/* Monitor lists the daemon compares (a client's mon_host with its
+ * configured clusters'): every form Ceph writes, IPv6 included. */
+static void test_mons(void **state)
+{
+  (void)state;
+  static const struct {
+    const char *a, *b;
+    bool same;
+  } cases[] = {
+    {"127.0.0.1:6789", "127.0.0.1:6789", true},
+    {"127.0.0.1", "127.0.0.1:6789", true},          /* a port on one side only */
+    {"127.0.0.1:6789", "127.0.0.1:6790", false},
+    {"127.0.0.1:1", "127.0.0.2:1", false},
+    {"10.0.0.1:6789,10.0.0.2:6789", "10.0.0.3:6789; 10.0.0.2:6789", true},
+    {"[v2:127.0.0.1:3300,v1:127.0.0.1:6789]", "127.0.0.1:6789", true},
+    {"[v2:127.0.0.1:3300,v1:127.0.0.1:6789]", "v2:127.0.0.1:3300/0", true},
+    {"[v2:192.0.2.1:3300,v1:192.0.2.1:6789]", "127.0.0.1:6789", false},
+    {"127.0.0.1:6789/1234", "127.0.0.1:6789", true}, /* a nonce */
+    /* IPv6: in brackets with a port, bare without */
+    {"[::1]:6789", "[::1]:6789", true},
+    {"[::1]:6789", "[::1]:6790", false},
+    {"[::1]:6789", "::1", true},
+    {"[::1]:6789", "[0:0::1]:6789", true},           /* one address, two spellings */
+    {"[::1]:6789", "[::2]:6789", false},
+    {"[::1]:6789", "127.0.0.1:6789", false},
+    {"[v2:[::1]:3300,v1:[::1]:6789]", "[::1]:6789", true},
+    {"[v2:[::1]:3300,v1:[::1]:6789]", "v2:[::1]:3300", true},
+    {"[v2:[fd00::1]:3300,v1:[fd00::1]:6789]", "[fd00::2]:6789,[fd00::1]:6789", true},
+    {"[v2:[fd00::1]:3300,v1:[fd00::1]:6789]", "[fd00::2]:6789", false},
+    {"[::1]:6789", "1:6789", false},                 /* not the last group alone */
+    {"mon-a:6789,mon-b:6789", "mon-b", true},        /* names, not resolved */
+    {"mon-a:6789", "mon-ab:6789", false},
+    {"", "127.0.0.1", false},
+    {",;[]", ",;[]", false},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    if (sl_rbd_mons_overlap(cases[i].a, cases[i].b) != cases[i].same ||
+        sl_rbd_mons_overlap(cases[i].b, cases[i].a) != cases[i].same)
+      fail_msg("'%s' and '%s': expected %s", cases[i].a, cases[i].b,
+               cases[i].same ? "a monitor in common" : "none in common");
+  }
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_parse),
     cmocka_unit_test(test_errors),
+    cmocka_unit_test(test_mons),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
