@@ -145,7 +145,6 @@ void sd_store_fini(struct sd_store *s)
   }
   sd_store_reap(s);
   free(s->closeq);
-  free(s->rbdq);
   free(s->free_idx);
   memset(s, 0, sizeof *s);
 }
@@ -218,63 +217,60 @@ static bool client_holds_writable(pid_t pid, dev_t dev, ino_t ino, bool blk, dev
   return found;
 }
 
-void sd_store_close_later(struct sd_store *s, int fd)
+/* What the queue holds: a descriptor, or an RBD snapshot (fd -1). */
+struct sd_closing {
+  int fd;
+  struct sd_rbd *rbd;
+};
+
+static void close_now(struct sd_closing x)
 {
-  if (fd < 0)
-    return;
+  if (x.rbd)
+    sd_rbd_close(x.rbd);
+  else
+    close(x.fd);
+}
+
+static void close_later(struct sd_store *s, struct sd_closing x)
+{
   pthread_mutex_lock(&s->close_lock);
   if (s->n_close == s->cap_close) {
     size_t cap = s->cap_close ? 2 * s->cap_close : 64;
-    int *q = realloc(s->closeq, cap * sizeof *q);
+    struct sd_closing *q = realloc(s->closeq, cap * sizeof *q);
     if (!q) {
       pthread_mutex_unlock(&s->close_lock);
-      close(fd); /* out of memory: better a wait than a leak */
+      close_now(x); /* out of memory: better a wait than a leak */
       return;
     }
     s->closeq = q;
     s->cap_close = cap;
   }
-  s->closeq[s->n_close++] = fd;
+  s->closeq[s->n_close++] = x;
   pthread_mutex_unlock(&s->close_lock);
+}
+
+void sd_store_close_later(struct sd_store *s, int fd)
+{
+  if (fd >= 0)
+    close_later(s, (struct sd_closing){.fd = fd});
 }
 
 static void rbd_close_later(struct sd_store *s, struct sd_rbd *r)
 {
-  if (!r)
-    return;
-  pthread_mutex_lock(&s->close_lock);
-  if (s->n_rbdq == s->cap_rbdq) {
-    size_t cap = s->cap_rbdq ? 2 * s->cap_rbdq : 16;
-    struct sd_rbd **q = realloc(s->rbdq, cap * sizeof *q);
-    if (!q) {
-      pthread_mutex_unlock(&s->close_lock);
-      sd_rbd_close(r);
-      return;
-    }
-    s->rbdq = q;
-    s->cap_rbdq = cap;
-  }
-  s->rbdq[s->n_rbdq++] = r;
-  pthread_mutex_unlock(&s->close_lock);
+  if (r)
+    close_later(s, (struct sd_closing){.fd = -1, .rbd = r});
 }
 
 void sd_store_reap(struct sd_store *s)
 {
   for (;;) {
     pthread_mutex_lock(&s->close_lock);
-    struct sd_rbd *r = s->n_rbdq ? s->rbdq[--s->n_rbdq] : NULL;
+    bool any = s->n_close > 0;
+    struct sd_closing x = any ? s->closeq[--s->n_close] : (struct sd_closing){-1, NULL};
     pthread_mutex_unlock(&s->close_lock);
-    if (!r)
-      break;
-    sd_rbd_close(r);
-  }
-  for (;;) {
-    pthread_mutex_lock(&s->close_lock);
-    int fd = s->n_close ? s->closeq[--s->n_close] : -1;
-    pthread_mutex_unlock(&s->close_lock);
-    if (fd < 0)
+    if (!any)
       return;
-    close(fd);
+    close_now(x);
   }
 }
 

@@ -13,6 +13,7 @@
 
 struct sl_twophase;
 struct sd_rbd;
+struct sd_closing;
 
 /* Layer indices live in the top bits of a cache key (store.c), the block
  * number in the low SD_BLOCK_BITS. */
@@ -64,14 +65,13 @@ struct sd_store {
   uint32_t *free_idx;             /* indices of recycled layers, to reuse */
   size_t n_free, cap_free;
   uint64_t recycled;              /* layers recycled so far */
-  /* Descriptors to close off the event loop thread: closing a file on a
-   * FUSE file system waits for its server (FLUSH), which a client may
-   * control.  sd_store_reap closes them. */
+  /* Descriptors and RBD snapshots to close off the event loop thread:
+   * closing a file on a FUSE file system waits for its server (FLUSH),
+   * which a client may control, and closing a snapshot for the Ceph
+   * cluster.  sd_store_reap closes them. */
   pthread_mutex_t close_lock;
-  int *closeq;
+  struct sd_closing *closeq;
   size_t n_close, cap_close;
-  struct sd_rbd **rbdq;           /* RBD snapshots to close, likewise */
-  size_t n_rbdq, cap_rbdq;
   uint32_t live_rbd;              /* under layers_lock: RBD layers not dead */
   struct sd_layer **dir[SD_MAX_LAYERS >> 12]; /* index -> layer, under layers_lock */
   uint32_t next_index;
@@ -111,7 +111,8 @@ void sd_layer_sweep(struct sd_store *s);
 /* Queue FD to be closed by sd_store_reap (never blocks; closes at once
  * if the queue cannot grow). */
 void sd_store_close_later(struct sd_store *s, int fd);
-/* Close every queued descriptor (the housekeeping thread: may block). */
+/* Close every queued descriptor and RBD snapshot (the housekeeping
+ * thread: may block). */
 void sd_store_reap(struct sd_store *s);
 /* Under layers_lock (or when idle): the layer with INDEX, or NULL. */
 struct sd_layer *sd_layer_at(struct sd_store *s, uint32_t index);
