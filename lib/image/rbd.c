@@ -27,12 +27,11 @@
  *     files do, since reads of them return zeros.
  *
  * Connections (rados_t) are shared between the layers of a chain and the
- * images of a process that use the same ceph.conf, client id and options.
+ * images of a process that use the same ceph.conf, client id and options
+ * (rbd-conn.c keeps them).
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,25 +56,9 @@
  * taken for gone (at most; less if the OSD timeout is shorter). */
 #define CLOSE_PROBE_S 15
 
-struct rbd_conn {
-  struct rbd_conn *next;
-  char *key;                 /* conf, user and options: who shares it */
-  rados_t cluster;
-  char fsid[40];
-  int refs;
-  /* The cluster stopped answering while we closed: librados would wait
-   * out a timeout for every request of the close (releasing the lock,
-   * unwatching) and of the shutdown, so none is made any more -- the
-   * connection is left behind, the process being on its way out. */
-  atomic_bool gone;
-};
-
-static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct rbd_conn *conns;
-
 struct rbd_layer {
   struct sl_rbd_spec spec;
-  struct rbd_conn *conn;
+  struct sl_rbd_conn *conn;
   rados_ioctx_t io;
   rbd_image_t image;
   char id[32];               /* the image's id, stable across renames */
@@ -85,6 +68,8 @@ struct rbd_layer {
   bool locked;
 };
 
+/* Who shares a connection: images named with the same conf, id and
+ * options (in order). */
 static char *conn_key(const struct sl_rbd_spec *s)
 {
   char *k = NULL;
@@ -92,7 +77,7 @@ static char *conn_key(const struct sl_rbd_spec *s)
   FILE *f = open_memstream(&k, &len);
   if (!f)
     return NULL;
-  fprintf(f, "conf=%s\n", s->conf ? s->conf : "");
+  fprintf(f, "driver\nconf=%s\n", s->conf ? s->conf : "");
   fprintf(f, "id=%s\n", s->user ? s->user : "");
   for (size_t i = 0; i < s->n_opts; i++)
     fprintf(f, "%s=%s\n", s->keys[i], s->values[i]);
@@ -103,133 +88,44 @@ static char *conn_key(const struct sl_rbd_spec *s)
   return k;
 }
 
-static void conn_put(struct rbd_conn *c)
-{
-  if (!c)
-    return;
-  pthread_mutex_lock(&conns_lock);
-  bool last = --c->refs == 0;
-  if (last) {
-    for (struct rbd_conn **pp = &conns; *pp; pp = &(*pp)->next)
-      if (*pp == c) {
-        *pp = c->next;
-        break;
-      }
-  }
-  pthread_mutex_unlock(&conns_lock);
-  if (last) {
-    if (!atomic_load(&c->gone))
-      rados_shutdown(c->cluster);
-    free(c->key);
-    free(c);
-  }
-}
-
-static const char *mon_hosts(rados_t cl, char *buf, size_t len)
-{
-  if (rados_conf_get(cl, "mon_host", buf, len) < 0 || !buf[0])
-    snprintf(buf, len, "none configured");
-  return buf;
-}
-
-/* A connection for SPEC, shared when one with the same options exists. */
+/* A connection for SPEC, shared when one with the same options exists:
+ * ceph.conf, CEPH_ARGS and the name's options over our defaults. */
 static int conn_get(const char *path, const struct sl_rbd_spec *s,
-                    struct rbd_conn **out)
+                    struct sl_rbd_conn **out)
 {
   char *key = conn_key(s);
   if (!key)
     return sl_error(ENOMEM, "%s: out of memory", path);
-  pthread_mutex_lock(&conns_lock);
-  for (struct rbd_conn *c = conns; c; c = c->next)
-    if (strcmp(c->key, key) == 0) {
-      c->refs++;
-      pthread_mutex_unlock(&conns_lock);
-      free(key);
-      *out = c;
-      return 0;
-    }
-  pthread_mutex_unlock(&conns_lock);
-
-  struct rbd_conn *c = calloc(1, sizeof *c);
-  if (!c) {
-    free(key);
-    return sl_error(ENOMEM, "%s: out of memory", path);
-  }
-  c->key = key;
-  c->refs = 1;
   char name[256];
   snprintf(name, sizeof name, "client.%s", s->user ? s->user : "admin");
-  int r = rados_create2(&c->cluster, "ceph", name, 0);
-  if (r < 0) {
-    free(key);
-    free(c);
-    return sl_error(-r, "%s: cannot set up a Ceph client %s: %s", path, name,
-                    strerror(-r));
-  }
   /* Defaults first, so that ceph.conf, CEPH_ARGS and the name's options
    * override them: bounded waits, and librados's log kept off stderr (its
-   * errors come back as codes, reported below). */
-  rados_conf_set(c->cluster, "client_mount_timeout", DEFAULT_MON_TIMEOUT);
-  rados_conf_set(c->cluster, "rados_mon_op_timeout", DEFAULT_MON_TIMEOUT);
-  /* Ceph waits for an OSD for ever by default: a flush at exit with the
-   * cluster gone would hang the process.  Bounded, an OSD that does not
-   * answer fails the request (and the exit's flush) with ETIMEDOUT. */
-  rados_conf_set(c->cluster, "rados_osd_op_timeout", DEFAULT_OSD_TIMEOUT);
-  rados_conf_set(c->cluster, "log_to_stderr", "false");
-  rados_conf_set(c->cluster, "err_to_stderr", "false");
-  rados_conf_set(c->cluster, "log_file", "");
-  r = rados_conf_read_file(c->cluster, s->conf);
-  if (r < 0 && (s->conf || r != -ENOENT)) {
-    r = sl_error(-r, "%s: cannot read the Ceph configuration %s: %s", path,
-                 s->conf ? s->conf : "(CEPH_CONF or /etc/ceph/ceph.conf)",
-                 strerror(-r));
-    goto fail;
-  }
-  rados_conf_parse_env(c->cluster, NULL);
-  for (size_t i = 0; i < s->n_opts; i++) {
-    r = rados_conf_set(c->cluster, s->keys[i], s->values[i]);
-    if (r < 0) {
-      r = sl_error(EINVAL, "%s: invalid Ceph option %s=%s: %s", path,
-                   s->keys[i], s->values[i], strerror(-r));
-      goto fail;
-    }
-  }
-  r = rados_connect(c->cluster);
-  if (r < 0) {
-    char mons[256], t[32] = "?";
-    mon_hosts(c->cluster, mons, sizeof mons);
-    rados_conf_get(c->cluster, "client_mount_timeout", t, sizeof t);
-    if (r == -ETIMEDOUT)
-      r = sl_error(ETIMEDOUT, "%s: no Ceph monitor answered within %s s "
-                   "(monitors: %s)", path, t, mons);
-    else if (r == -EACCES || r == -EPERM)
-      r = sl_error(EACCES, "%s: Ceph refused %s: authentication failed (wrong "
-                   "key or unknown user?)", path, name);
-    else if (r == -ENOENT)
-      r = sl_error(ENOENT, "%s: no key for %s (keyring not found)", path, name);
-    else
-      r = sl_error(-r, "%s: cannot connect to the Ceph cluster (monitors: %s) "
-                   "as %s: %s", path, mons, name, strerror(-r));
-    goto fail;
-  }
-  rados_cluster_fsid(c->cluster, c->fsid, sizeof c->fsid);
-  pthread_mutex_lock(&conns_lock);
-  c->next = conns;
-  conns = c;
-  pthread_mutex_unlock(&conns_lock);
-  *out = c;
-  return 0;
-fail:
-  rados_shutdown(c->cluster);
-  free(c->key);
-  free(c);
+   * errors come back as codes, reported by the caller).  Ceph waits for an
+   * OSD for ever by default: a flush at exit with the cluster gone would
+   * hang the process.  Bounded, an OSD that does not answer fails the
+   * request (and the exit's flush) with ETIMEDOUT. */
+  static const char *const dkeys[] = {"client_mount_timeout", "rados_mon_op_timeout",
+                                      "rados_osd_op_timeout", "log_to_stderr",
+                                      "err_to_stderr", "log_file"};
+  static const char *const dvalues[] = {DEFAULT_MON_TIMEOUT, DEFAULT_MON_TIMEOUT,
+                                        DEFAULT_OSD_TIMEOUT, "false", "false", ""};
+  struct sl_rbd_conn_setup su = {
+    .what = path, .key = key, .client = name,
+    .pre_keys = dkeys, .pre_values = dvalues, .n_pre = SL_ARRAY_SIZE(dkeys),
+    .read_conf = true, .conf = s->conf,
+    .post_keys = (const char *const *)s->keys, .post_values = (const char *const *)s->values,
+    .n_post = s->n_opts,
+  };
+  int r = sl_rbd_conn_get(&su, out);
+  explicit_bzero(key, strlen(key)); /* the options may hold a key */
+  free(key);
   return r;
 }
 
-static int open_ioctx(const char *path, struct rbd_conn *c, const char *pool,
+static int open_ioctx(const char *path, struct sl_rbd_conn *c, const char *pool,
                       const char *ns, rados_ioctx_t *io)
 {
-  int r = rados_ioctx_create(c->cluster, pool, io);
+  int r = rados_ioctx_create(sl_rbd_conn_cluster(c), pool, io);
   if (r == -ENOENT)
     return sl_error(ENOENT, "%s: Ceph pool '%s' does not exist", path, pool);
   if (r < 0)
@@ -243,12 +139,12 @@ static void layer_free(struct rbd_layer *L)
 {
   if (!L)
     return;
-  bool gone = L->conn && atomic_load(&L->conn->gone);
+  bool gone = L->conn && sl_rbd_conn_gone(L->conn);
   if (L->image && !gone)
     rbd_close(L->image);
   if (L->io && !gone)
     rados_ioctx_destroy(L->io);
-  conn_put(L->conn);
+  sl_rbd_conn_put(L->conn);
   sl_rbd_spec_clear(&L->spec);
   free(L);
 }
@@ -371,7 +267,7 @@ static bool cluster_answers(struct rbd_layer *L)
 {
   char t[32] = "";
   long limit = CLOSE_PROBE_S;
-  if (rados_conf_get(L->conn->cluster, "rados_osd_op_timeout", t, sizeof t) == 0 &&
+  if (rados_conf_get(sl_rbd_conn_cluster(L->conn), "rados_osd_op_timeout", t, sizeof t) == 0 &&
       atol(t) > 0 && atol(t) < limit)
     limit = atol(t);
   struct probe {
@@ -410,13 +306,13 @@ static int rbd_close_layer(struct sl_image *img)
   if (L && L->image && !img->read_only && !img->no_flush) {
     int e = rbd_flush(L->image);
     if (e == -ETIMEDOUT)
-      atomic_store(&L->conn->gone, true);
+      sl_rbd_conn_set_gone(L->conn);
     if (e < 0)
       r = sl_error(-e, "%s: flush on close: %s", img->filename, strerror(-e));
   }
-  if (L && L->image && !atomic_load(&L->conn->gone) && !cluster_answers(L))
-    atomic_store(&L->conn->gone, true);
-  if (L && L->image && atomic_load(&L->conn->gone) && r == 0)
+  if (L && L->image && !sl_rbd_conn_gone(L->conn) && !cluster_answers(L))
+    sl_rbd_conn_set_gone(L->conn);
+  if (L && L->image && sl_rbd_conn_gone(L->conn) && r == 0)
     r = sl_error(ETIMEDOUT, "%s: the Ceph cluster does not answer: the image is left "
                  "without closing it (its lock goes when the cluster expires this "
                  "client's watch)", img->filename);
@@ -606,7 +502,7 @@ int sl_rbd_create(const char *path, const struct sl_image_create_opts *o,
   int r = sl_rbd_spec_parse(path, &s);
   if (r < 0)
     return r;
-  struct rbd_conn *c = NULL;
+  struct sl_rbd_conn *c = NULL;
   rados_ioctx_t io = NULL;
   if (s.snap) {
     r = sl_error(EINVAL, "%s: cannot create a snapshot as an image (drop "
@@ -653,7 +549,7 @@ int sl_rbd_create(const char *path, const struct sl_image_create_opts *o,
 out:
   if (io)
     rados_ioctx_destroy(io);
-  conn_put(c);
+  sl_rbd_conn_put(c);
   sl_rbd_spec_clear(&s);
   return r;
 }
@@ -661,7 +557,7 @@ out:
 int sl_rbd_layer_id(const struct sl_image *img, struct sl_layer_id *id)
 {
   const struct rbd_layer *L = img->priv;
-  snprintf(id->rbd_fsid, sizeof id->rbd_fsid, "%s", L->conn->fsid);
+  snprintf(id->rbd_fsid, sizeof id->rbd_fsid, "%s", sl_rbd_conn_fsid(L->conn));
   id->rbd_pool = rados_ioctx_get_id(L->io);
   snprintf(id->rbd_image, sizeof id->rbd_image, "%s", L->id);
   id->rbd_snap = L->snap_id;
@@ -675,40 +571,23 @@ bool sl_rbd_same_image(const struct sl_image *img, const struct sl_rbd_spec *s)
          strcmp(L->spec.image, s->image) == 0;
 }
 
-struct sl_rbd_conn {
-  struct rbd_conn *c;
-};
-
 int sl_rbd_conn_open(const char *path, const struct sl_rbd_spec *spec,
                      struct sl_rbd_conn **conn, rados_ioctx_t *io)
 {
-  struct sl_rbd_conn *w = calloc(1, sizeof *w);
-  if (!w)
-    return sl_error(ENOMEM, "%s: out of memory", path);
-  int r = conn_get(path, spec, &w->c);
-  if (r == 0 && (r = open_ioctx(path, w->c, spec->pool, spec->ns, io)) < 0)
-    conn_put(w->c);
-  if (r < 0) {
-    free(w);
-    return r;
-  }
-  *conn = w;
-  return 0;
+  int r = conn_get(path, spec, conn);
+  if (r == 0 && (r = open_ioctx(path, *conn, spec->pool, spec->ns, io)) < 0)
+    sl_rbd_conn_put(*conn);
+  return r;
 }
 
 void sl_rbd_conn_close(struct sl_rbd_conn *conn, rados_ioctx_t io)
 {
   if (!conn)
     return;
-  if (io && !atomic_load(&conn->c->gone))
+  if (io && !sl_rbd_conn_gone(conn))
     rados_ioctx_destroy(io);
-  conn_put(conn->c);
-  free(conn);
+  sl_rbd_conn_put(conn);
 }
-
-rados_t sl_rbd_conn_cluster(struct sl_rbd_conn *conn) { return conn->c->cluster; }
-
-bool sl_rbd_conn_gone(struct sl_rbd_conn *conn) { return atomic_load(&conn->c->gone); }
 
 const struct sl_image_driver sl_rbd_driver = {
   .name = "rbd",
@@ -815,12 +694,12 @@ int sl_rbd_cache_desc(const struct sl_image *img, struct sl_cs_register_rbd *q)
       return sl_error(ENAMETOOLONG, "%s: a name is too long for sluiced", img->filename);
   /* What this process opened, by id: the daemon opens the same, whatever
    * the names have come to mean since. */
-  snprintf(q->fsid, sizeof q->fsid, "%s", L->conn->fsid);
+  snprintf(q->fsid, sizeof q->fsid, "%s", sl_rbd_conn_fsid(L->conn));
   snprintf(q->image_id, sizeof q->image_id, "%s", L->id);
   q->pool_id = rados_ioctx_get_id(L->io);
   q->snap_id = L->snap_id;
   q->size = img->size;
-  rados_t cl = L->conn->cluster;
+  rados_t cl = sl_rbd_conn_cluster(L->conn);
   if (rados_conf_get(cl, "mon_host", q->mon_host, sizeof q->mon_host) < 0 || !q->mon_host[0])
     return sl_error(ENOENT, "%s: no mon_host in the Ceph configuration to give sluiced",
                     img->filename);
