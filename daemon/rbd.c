@@ -36,10 +36,12 @@
  *    Only snapshots are accepted: a writable image head is never shared.
  *
  * One rados connection (a dozen librados threads and a session with the
- * monitors) per (monitors, client id, key), shared by every registration
+ * monitors) per (cluster, client id, key), shared by every registration
  * that names the same three, so a boot storm of clones of one snapshot
- * costs one connection; at most SD_RBD_MAX_CONNS exist, unused ones are
- * shut down to make room.  Fills are rbd_aio_read calls waited for on the
+ * costs one connection (lib/image/rbd-conn.c keeps them); at most
+ * SD_RBD_MAX_CONNS are in use, and one is shut down with the last
+ * snapshot open on it -- store.c closes a snapshot with its last
+ * registration, keeping its cached blocks.  Fills are rbd_aio_read calls waited for on the
  * worker thread that fills (store.c keeps them single-flight).  Timeouts
  * are always set: a cluster that stops answering fails fills (the client
  * then reads from its own connection) instead of holding workers for
@@ -56,8 +58,8 @@
 
 #if HAVE_RBD
 #include "image/rbd-spec.h"
+#include "image/rbd.h"
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdlib.h>
 
 #include <rados/librados.h>
@@ -77,24 +79,11 @@ struct cluster {
 static struct cluster clusters[SD_RBD_MAX_CLUSTERS];
 static int nclusters;
 
-struct rconn {
-  struct rconn *next;
-  const struct cluster *cl;
-  char mon[SL_CS_RBD_MON], user[SL_CS_RBD_USER], key[SL_CS_RBD_KEY];
-  rados_t cluster;
-  char fsid[40];
-  int refs;                      /* under conns_lock */
-};
-
 struct sd_rbd {
-  struct rconn *conn;
+  struct sl_rbd_conn *conn;
   rados_ioctx_t io;
   rbd_image_t image;
 };
-
-static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct rconn *conns;
-static int nconns;
 
 bool sd_rbd_supported(void) { return true; }
 
@@ -144,19 +133,6 @@ int sd_rbd_add_cluster(const char *conf)
 
 int sd_rbd_nclusters(void) { return nclusters; }
 
-static bool same_conn(const struct rconn *c, const struct cluster *cl,
-                      const struct sl_cs_register_rbd *q)
-{
-  return c->cl == cl && !strcmp(c->user, q->user) && !strcmp(c->key, q->key);
-}
-
-static void conn_put(struct rconn *c)
-{
-  pthread_mutex_lock(&conns_lock);
-  c->refs--;
-  pthread_mutex_unlock(&conns_lock);
-}
-
 /* Names of clients and keys go to librados: keep them to what Ceph uses. */
 static bool plain(const char *s, const char *extra)
 {
@@ -167,14 +143,9 @@ static bool plain(const char *s, const char *extra)
   return true;
 }
 
-static void conn_free(struct rconn *c)
-{
-  rados_shutdown(c->cluster);
-  explicit_bzero(c->key, sizeof c->key);
-  free(c);
-}
-
-static int conn_get(const struct sl_cs_register_rbd *q, struct rconn **out)
+/* The connection of Q's client to the configured cluster Q's monitors
+ * are of, shared by every registration of the same client and key. */
+static int conn_get(const struct sl_cs_register_rbd *q, struct sl_rbd_conn **out)
 {
   const struct cluster *cl = find_cluster(q->mon_host);
   if (!cl)
@@ -183,109 +154,39 @@ static int conn_get(const struct sl_cs_register_rbd *q, struct rconn **out)
                           "sluiced is configured for (--ceph-conf): refused", q->mon_host)
                : sl_error(EPERM, "rbd: this sluiced is configured for no Ceph cluster "
                           "(--ceph-conf; /etc/ceph/ceph.conf absent): refused");
-  pthread_mutex_lock(&conns_lock);
-  for (struct rconn *c = conns; c; c = c->next)
-    if (same_conn(c, cl, q)) {
-      c->refs++;
-      pthread_mutex_unlock(&conns_lock);
-      *out = c;
-      return 0;
-    }
-  /* Room for one more: shut down one that nothing uses. */
-  struct rconn *idle = NULL;
-  if (nconns >= SD_RBD_MAX_CONNS) {
-    for (struct rconn **pp = &conns; *pp; pp = &(*pp)->next)
-      if ((*pp)->refs == 0) {
-        idle = *pp;
-        *pp = idle->next;
-        nconns--;
-        break;
-      }
-    if (!idle) {
-      pthread_mutex_unlock(&conns_lock);
-      return sl_error(EAGAIN, "rbd: %d Ceph connections in use, the daemon's limit",
-                      SD_RBD_MAX_CONNS);
-    }
-  }
-  nconns++; /* reserved while we connect, outside the lock */
-  pthread_mutex_unlock(&conns_lock);
-  if (idle)
-    conn_free(idle);
-
-  struct rconn *c = calloc(1, sizeof *c);
-  int r = c ? 0 : sl_error(ENOMEM, "rbd: out of memory");
   char name[SL_CS_RBD_USER + 8];
   snprintf(name, sizeof name, "client.%s", q->user);
-  if (r == 0) {
-    c->cl = cl;
-    snprintf(c->mon, sizeof c->mon, "%s", cl->mon);
-    snprintf(c->user, sizeof c->user, "%s", q->user);
-    snprintf(c->key, sizeof c->key, "%s", q->key);
-    c->refs = 1;
-    r = rados_create2(&c->cluster, "ceph", name, 0);
-    if (r < 0) {
-      free(c);
-      c = NULL;
-      r = sl_error(-r, "rbd: cannot set up a Ceph client %s: %s", name, strerror(-r));
-    }
+  /* cluster, client and key: a connection is shared only by those who
+   * showed the same key */
+  char key[64 + SL_CS_RBD_USER + SL_CS_RBD_KEY];
+  snprintf(key, sizeof key, "sluiced\n%d\n%s\n%s", (int)(cl - clusters), q->user, q->key);
+  /* No configuration file, no environment: these settings and no others.
+   * No log, no admin socket, no keyring search. */
+  static const char *const keys[] = {
+    "log_to_stderr", "err_to_stderr", "log_file", "admin_socket", "keyring",
+    "client_mount_timeout", "rados_mon_op_timeout", "rados_osd_op_timeout",
+    "rbd_cache",            /* the daemon is the cache */
+    "auth_client_required", /* never an unauthenticated session */
+    "mon_host", "key"};
+  const char *const values[] = {
+    "false", "false", "", "", "", SD_RBD_TIMEOUT, SD_RBD_TIMEOUT, SD_RBD_OSD_TIMEOUT,
+    "false", "cephx", cl->mon, q->key};
+  struct sl_rbd_conn_setup su = {
+    .what = "rbd", .key = key, .client = name,
+    .post_keys = keys, .post_values = values, .n_post = sizeof keys / sizeof keys[0],
+    .read_conf = false, .secret_opt = "key", .max = SD_RBD_MAX_CONNS,
+  };
+  int r = sl_rbd_conn_get(&su, out);
+  explicit_bzero(key, sizeof key);
+  if (r < 0)
+    return r;
+  const char *fsid = sl_rbd_conn_fsid(*out);
+  if (cl->fsid[0] && strcmp(cl->fsid, fsid)) {
+    r = sl_error(EPERM, "rbd: the monitors %s answer for cluster %s, not %s as %s says: "
+                 "refused", cl->mon, fsid, cl->fsid, cl->conf);
+    sl_rbd_conn_put(*out);
+    *out = NULL;
   }
-  if (r == 0) {
-    /* No configuration file, no environment: these settings and no
-     * others.  No log, no admin socket, no keyring search. */
-    const char *set[][2] = {
-      {"log_to_stderr", "false"}, {"err_to_stderr", "false"}, {"log_file", ""},
-      {"admin_socket", ""}, {"keyring", ""}, {"client_mount_timeout", SD_RBD_TIMEOUT},
-      {"rados_mon_op_timeout", SD_RBD_TIMEOUT}, {"rados_osd_op_timeout", SD_RBD_OSD_TIMEOUT},
-      {"rbd_cache", "false"}, /* the daemon is the cache */
-      {"auth_client_required", "cephx"}, /* never an unauthenticated session */
-      {"mon_host", cl->mon}, {"key", q->key},
-    };
-    for (size_t i = 0; r == 0 && i < sizeof set / sizeof set[0]; i++) {
-      int e = rados_conf_set(c->cluster, set[i][0], set[i][1]);
-      if (e < 0)
-        r = sl_error(EINVAL, "rbd: Ceph option %s=%s refused: %s", set[i][0],
-                     strcmp(set[i][0], "key") ? set[i][1] : "(the key)", strerror(-e));
-    }
-    if (r == 0 && (r = rados_connect(c->cluster)) < 0) {
-      if (r == -EACCES || r == -EPERM)
-        r = sl_error(EACCES, "rbd: Ceph refused %s: authentication failed (wrong key?)", name);
-      else if (r == -ETIMEDOUT)
-        r = sl_error(ETIMEDOUT, "rbd: no Ceph monitor answered at %s within %s s",
-                     cl->mon, SD_RBD_TIMEOUT);
-      else
-        r = sl_error(-r, "rbd: cannot connect to the Ceph monitors %s as %s: %s",
-                     cl->mon, name, strerror(-r));
-    }
-    if (r == 0) {
-      rados_cluster_fsid(c->cluster, c->fsid, sizeof c->fsid);
-      if (cl->fsid[0] && strcmp(cl->fsid, c->fsid))
-        r = sl_error(EPERM, "rbd: the monitors %s answer for cluster %s, not %s as %s "
-                     "says: refused", cl->mon, c->fsid, cl->fsid, cl->conf);
-    }
-    if (r < 0) {
-      conn_free(c);
-      c = NULL;
-    }
-  }
-  pthread_mutex_lock(&conns_lock);
-  if (c) {
-    /* Another registration may have connected the same meanwhile. */
-    for (struct rconn *o = conns; o; o = o->next)
-      if (same_conn(o, cl, q)) {
-        o->refs++;
-        nconns--;
-        pthread_mutex_unlock(&conns_lock);
-        conn_free(c);
-        *out = o;
-        return 0;
-      }
-    c->next = conns;
-    conns = c;
-  } else {
-    nconns--;
-  }
-  pthread_mutex_unlock(&conns_lock);
-  *out = c;
   return r;
 }
 
@@ -312,12 +213,12 @@ int sd_rbd_open(const struct sl_cs_register_rbd *q, struct sd_rbd **out, char *i
   /* The snapshot the client opened, by its ids: its names may since
    * name another one (`snap rename gold old; snap create gold`), and a
    * client re-registers the same request after a daemon restart. */
-  if (strcmp(r->conn->fsid, q->fsid)) {
+  if (strcmp(sl_rbd_conn_fsid(r->conn), q->fsid)) {
     e = sl_error(ESTALE, "%s: the client opened it in cluster %s, the daemon's monitors "
-                 "answer for %s", name, q->fsid, r->conn->fsid);
+                 "answer for %s", name, q->fsid, sl_rbd_conn_fsid(r->conn));
     goto fail;
   }
-  e = rados_ioctx_create2(r->conn->cluster, q->pool_id, &r->io);
+  e = rados_ioctx_create2(sl_rbd_conn_cluster(r->conn), q->pool_id, &r->io);
   if (e < 0) {
     r->io = NULL;
     e = e == -ENOENT ? sl_error(ESTALE, "%s: no pool of id %" PRId64 " (deleted?)", name,
@@ -367,7 +268,7 @@ int sd_rbd_open(const struct sl_cs_register_rbd *q, struct sd_rbd **out, char *i
       goto fail;
     }
   }
-  snprintf(id, id_len, "%s|%" PRId64 "|%s|%s|%" PRIu64, r->conn->fsid, q->pool_id, q->ns,
+  snprintf(id, id_len, "%s|%" PRId64 "|%s|%s|%" PRIu64, sl_rbd_conn_fsid(r->conn), q->pool_id, q->ns,
            q->image_id, q->snap_id);
   *out = r;
   return 0;
@@ -401,8 +302,7 @@ void sd_rbd_close(struct sd_rbd *r)
     rbd_close(r->image);
   if (r->io)
     rados_ioctx_destroy(r->io);
-  if (r->conn)
-    conn_put(r->conn);
+  sl_rbd_conn_put(r->conn);
   free(r);
 }
 
