@@ -64,7 +64,7 @@
 #include "common/util.h"
 #include "rbd.h"
 
-/* RBD layers kept open (each an open librbd image) once no registration
+/* RBD layers kept (cached, their images closed) once no registration
  * holds them; beyond, unregistered ones are dropped to make room. */
 #define SD_MAX_RBD_LIVE 64
 
@@ -431,10 +431,15 @@ struct sd_layer *sd_layer_register_rbd(struct sd_store *s, const struct sl_cs_re
   }
   pthread_mutex_lock(&s->layers_lock);
   /* The same snapshot of the same cluster, registered before: share it
-   * (this client has just shown that it may read it). */
+   * (this client has just shown that it may read it).  Unregistered, it
+   * was closed: it takes this image. */
   for (struct sd_layer *l = s->live; l; l = l->next_live)
     if (l->rbd_id && !strcmp(l->rbd_id, id) && !atomic_load(&l->dead)) {
       atomic_fetch_add(&l->refs, 1);
+      if (!l->rbd) {
+        l->rbd = r;
+        r = NULL;
+      }
       pthread_mutex_unlock(&s->layers_lock);
       sd_rbd_close(r);
       return l;
@@ -631,6 +636,15 @@ void sd_layer_unregister(struct sd_store *s, struct sd_layer *l)
       kill_locked(s, l, l->private_ ? "private layer released" : "released (no lease)");
     if (atomic_load(&l->dead))
       release_files(s, l);
+    /* An RBD snapshot stays cached, closed: its blocks need no open
+     * image, and the image holds a Ceph connection, which then goes with
+     * the last registration of its client (the daemon's connections are
+     * few).  The next registration opens it again anyway, to check that
+     * client's rights, and the layer keeps that image. */
+    if (l->rbd) {
+      rbd_close_later(s, l->rbd);
+      l->rbd = NULL;
+    }
   }
   pthread_mutex_unlock(&s->layers_lock);
 }

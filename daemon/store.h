@@ -33,9 +33,10 @@ struct sd_layer {
   uint64_t size;
   struct timespec mtime, ctime;
   bool blockdev, private_, lease, direct; /* as registered: never change */
-  struct sd_rbd *rbd;             /* an RBD snapshot (rbd.c), or NULL: then fd
-                                   * and dfd are -1 and RBD_ID is its identity */
-  char *rbd_id;
+  char *rbd_id;                   /* an RBD snapshot's identity, or NULL */
+  struct sd_rbd *rbd;             /* an RBD snapshot (rbd.c), open while
+                                   * registered (under layers_lock); fd and
+                                   * dfd are then -1 */
   bool lease_held;                /* under layers_lock: the lease is still ours */
   int fd;                         /* the daemon's own read-only descriptor */
   int dfd;                        /* the same file with O_DIRECT, or -1 */
@@ -123,7 +124,7 @@ int sd_layer_verify(struct sd_layer *l, struct sd_store *s);
  * lease)?  Then it must not run on the event loop thread. */
 static inline bool sd_layer_needs_stat(const struct sd_layer *l)
 {
-  return !l->lease && !l->blockdev && !l->private_ && !l->rbd;
+  return !l->lease && !l->blockdev && !l->private_ && !l->rbd_id;
 }
 /* The real-time signal the kernel sends when a layer's lease breaks
  * (F_SETSIG; si_fd names the descriptor).  Block it before any thread. */

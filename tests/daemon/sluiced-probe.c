@@ -16,6 +16,11 @@
  *       of a cluster the daemon was not configured for, a wrong
  *       key, an image head, missing snapshot and pool, a client whose
  *       capabilities forbid the pool, malformed and version 1 requests
+ *   sluiced-probe SOCKET rbd-conns MON POOL IMAGE EXPORT FSID POOL_ID IMAGE_ID
+ *                               USER:SNAP:SNAP_ID:KEY...
+ *       more clients in turn than the daemon keeps Ceph connections each
+ *       register and read a snapshot of their own and disconnect: none is
+ *       refused for good
  *   sluiced-probe SOCKET rbd-unsupported
  *       a daemon built without librbd refuses REGISTER_RBD (ENOTSUP)
  *   sluiced-probe SOCKET stats-check
@@ -1123,6 +1128,63 @@ static int rbd_cmd(int argc, char **argv)
   return failures ? 1 : 0;
 }
 
+/*   sluiced-probe SOCKET rbd-conns MON POOL IMAGE EXPORT FSID POOL_ID IMAGE_ID
+ *                                  USER:SNAP:SNAP_ID:KEY...
+ * Each client in turn (more of them than the daemon keeps Ceph
+ * connections, 16) registers its own snapshot of IMAGE (all with the
+ * bytes of EXPORT) with its own key, reads it, and disconnects.  Each
+ * snapshot stays cached; the daemon must release a client's connection
+ * once the client's last registration goes all the same: else the clients
+ * past the 16th are refused (EAGAIN) for good.  The release happens off
+ * the event loop, soon after the disconnect: a refusal is retried for up
+ * to 30 s.  Then the first client comes back and reads its snapshot, from
+ * the cache, through the image its new registration opened. */
+static int rbd_conns_cmd(int argc, char **argv)
+{
+  if (argc < 8)
+    return 2;
+  const char *mon = argv[0], *pool = argv[1], *image = argv[2], *x = argv[3];
+  struct stat xs;
+  if (stat(x, &xs) < 0 || xs.st_size < 65536)
+    die("the export (64 KiB at least)");
+  ids.fsid = argv[4];
+  ids.pool_id = strtoll(argv[5], NULL, 10);
+  ids.image_id = argv[6];
+  ids.size[0] = (uint64_t)xs.st_size;
+  int n = argc - 7, refused = 0;
+  for (int k = 0; k <= n; k++) {
+    int i = k < n ? 7 + k : 7; /* and the first once more */
+    char user[SL_CS_RBD_USER], snap[SL_CS_RBD_NAME];
+    unsigned long long snap_id;
+    int key_at = 0;
+    if (sscanf(argv[i], "%63[^:]:%127[^:]:%llu:%n", user, snap, &snap_id, &key_at) != 3 ||
+        !key_at)
+      return 2;
+    ids.snap[0] = snap;
+    ids.snap_id[0] = snap_id;
+    struct sl_cs_register_rbd q;
+    struct sl_cs_conn c;
+    conn(&c);
+    rbd_req(&q, pool, image, snap, user, argv[i] + key_at, mon);
+    int l = -EAGAIN;
+    for (int t = 0; t < 300 && (l = reg_rbd(&c, &q, NULL)) == -EAGAIN; t++) {
+      struct timespec ts = {0, 100 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+    }
+    if (l == -EAGAIN)
+      refused++;
+    if (l < 0)
+      FAIL("client %s (%d. of %d): %s", user, k + 1, n + 1, sl_last_error());
+    else
+      rbd_check_range(&c, (uint32_t)l, x, (uint64_t)k * 65536 % (xs.st_size & ~65535ull),
+                      65536, user);
+    sl_cs_close(&c);
+  }
+  printf("rbd-conns: %d clients in turn, %d refused for want of a connection\n", n + 1,
+         refused);
+  return failures ? 1 : 0;
+}
+
 /*   sluiced-probe SOCKET rbd-unsupported
  * A daemon built without librbd refuses REGISTER_RBD with ENOTSUP, says
  * so, and keeps the connection. */
@@ -1290,6 +1352,8 @@ int main(int argc, char **argv)
     return rbd_unsupported();
   if (!strcmp(argv[2], "rbd"))
     return rbd_cmd(argc - 3, argv + 3);
+  if (!strcmp(argv[2], "rbd-conns"))
+    return rbd_conns_cmd(argc - 3, argv + 3);
   if (!strcmp(argv[2], "stress"))
     return stress(argc - 3, argv + 3);
   if (!strcmp(argv[2], "read"))

@@ -21,6 +21,9 @@
 # The daemon connects only to the clusters its --ceph-conf files describe:
 # monitors a client names of any other cluster are refused (EPERM, logged),
 # and so is everything when it is configured for another cluster.
+# A client's Ceph connection goes with its last registration, the
+# snapshot's cached blocks stay: 17 clients in turn, each its own Ceph
+# identity, are all served by a daemon that keeps at most 16 connections.
 # The daemon opens the snapshot a client opened by its ids, not its names:
 # after `snap rename gold old; snap create gold` and a daemon restart, a
 # running clone still reads the parent it opened through the daemon.
@@ -172,6 +175,25 @@ print(d[sys.argv[1]], d[sys.argv[2]])' "$2" "$3")"
   $(rbd_ids base gold gold2) || die "sluiced-probe's RBD cases failed (daemon log: $(tail -5 sluiced.log))"
 grep -q "refused a layer: rbd: the monitors 127.0.0.1:1 are not of a Ceph cluster" sluiced.log ||
   die "sluiced did not log the foreign monitors it refused: $(tail -5 sluiced.log)"
+
+# More clients in turn than the daemon keeps Ceph connections (16), each
+# its own Ceph identity and snapshot (all with gold2's bytes): the
+# snapshots stay cached, but a client's connection goes with its last
+# registration, so none is refused.
+clients=()
+for i in $(seq 17); do
+  rbd snap create "$POOL/base@c$i" 2>/dev/null
+done
+for i in $(seq 17); do
+  sid=$(rbd snap ls --format=json "$POOL/base" | python3 -c '
+import json, sys
+print([s["id"] for s in json.load(sys.stdin) if s["name"] == sys.argv[1]][0])' "c$i")
+  key=$(ceph auth get-or-create-key "client.u$i" mon 'profile rbd' osd 'profile rbd')
+  clients+=("u$i:c$i:$sid:$key")
+done
+"$PROBE" "$TMP/sd.sock" rbd-conns "$mon" "$POOL" base x2.raw \
+  $(rbd_ids base gold gold2 | cut -d' ' -f1-3) "${clients[@]}" ||
+  die "sluiced refused clients past its connection limit (daemon log: $(tail -5 sluiced.log))"
 
 
 # The snapshot a process opened stays its parent, whatever its name comes
