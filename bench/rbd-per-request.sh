@@ -13,29 +13,16 @@
 #   bench/rbd-per-request.sh [-r ROUNDS] [-n N] [SLUICE-BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=3 n=20000
-while getopts r:n: o; do
-  case $o in
-    r) rounds=$OPTARG ;;
-    n) n=$OPTARG ;;
-    *) echo "usage: $0 [-r ROUNDS] [-n N] [SLUICE-BINARY]" >&2; exit 2 ;;
-  esac
-done
-shift $((OPTIND - 1))
-sluice=${1:-$PWD/build/sluice}
-for c in fio perf qemu-nbd rbd python3; do
-  command -v $c >/dev/null || { echo "rbd-per-request: needs $c" >&2; exit 1; }
-done
-"$sluice" --version | grep -q '+rbd' || { echo "rbd-per-request: $sluice has no RBD support" >&2; exit 1; }
-DIR=$(mktemp -d /tmp/rbd-per-request.XXXXXX) PIDS=()
+source bench/lib/setup.sh
 source bench/lib/nbd-fio.sh
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  scripts/ceph-single-node.sh stop "$DIR/ceph" || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-eval "$(scripts/ceph-single-node.sh start "$DIR/ceph")"
+rounds=3 n=20000
+bench_rounds_opts "$0 [-r ROUNDS] [-n N] [SLUICE-BINARY]" "$@"
+shift "$BENCH_SHIFT"
+sluice=${1:-$PWD/build/sluice}
+bench_need rbd-per-request fio perf qemu-nbd rbd python3
+bench_need_rbd rbd-per-request "$sluice"
+DIR=$(mktemp -d /tmp/rbd-per-request.XXXXXX) PIDS=()
+bench_ceph_start
 rbd create --size 256M rbd/img
 rbd bench --io-type write --io-size 4M --io-pattern seq --io-total 256M rbd/img >/dev/null
 

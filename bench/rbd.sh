@@ -21,20 +21,15 @@ else
   scripts/build.sh build
   sluice=$root/build/sluice
 fi
-"$sluice" --version | grep -q '+rbd' || { echo "rbd-bench: $sluice has no RBD support" >&2; exit 1; }
+source bench/lib/setup.sh
+source bench/lib/nbd-fio.sh
+bench_need_rbd rbd-bench "$sluice"
 size=256M runtime=5 rounds=2
 [[ ${1:-} == --quick ]] && { runtime=2; rounds=1; }
-for c in fio qemu-nbd rbd; do command -v $c >/dev/null || { echo "needs $c"; exit 1; }; done
+bench_need rbd-bench fio qemu-nbd rbd
 dir=$(mktemp -d /tmp/rbd-bench.XXXXXX)
 DIR=$dir PIDS=()
-source bench/lib/nbd-fio.sh
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  scripts/ceph-single-node.sh stop "$dir/ceph" || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-eval "$(scripts/ceph-single-node.sh start "$dir/ceph")"
+bench_ceph_start
 img=rbd/bench
 rbd create --size "$size" "$img"
 # Fully written, so reads hit objects (a hole is answered without an OSD).

@@ -25,19 +25,13 @@
 # Prints one table per measure: median over the rounds (instructions are
 # deterministic: one round).
 set -euo pipefail
+source "$(dirname "$0")/../lib/setup.sh"
 rounds=3 n=30000
-while getopts r:n: o; do
-  case $o in
-    r) rounds=$OPTARG ;;
-    n) n=$OPTARG ;;
-    *) echo "usage: $0 [-r ROUNDS] [-n N] NAME=SLUICE-BINARY..." >&2; exit 2 ;;
-  esac
-done
-shift $((OPTIND - 1))
-(( $# >= 1 )) || { echo "usage: $0 [-r ROUNDS] [-n N] NAME=SLUICE-BINARY..." >&2; exit 2; }
-for c in fio perf valgrind callgrind_annotate qemu-img python3; do
-  command -v $c >/dev/null || { echo "per-request: needs $c" >&2; exit 1; }
-done
+usage="$0 [-r ROUNDS] [-n N] NAME=SLUICE-BINARY..."
+bench_rounds_opts "$usage" "$@"
+shift "$BENCH_SHIFT"
+(( $# >= 1 )) || { echo "usage: $usage" >&2; exit 2; }
+bench_need per-request fio perf valgrind callgrind_annotate qemu-img python3
 names=() bins=()
 for a in "$@"; do
   [[ $a == *=* ]] || { echo "per-request: '$a' is not NAME=BINARY" >&2; exit 2; }
