@@ -232,33 +232,48 @@ def write_load(path, logpath, size, depth, stopfile, seconds, idle, status,
     return 0
 
 
-def verify(path, logpath):
-    log = json.load(open(logpath))
-    acked = {int(k): v for k, v in log["acked"].items()}
-    unsure = {int(k): v for k, v in log["unsure"].items()}
+def read_each(path, ranges, check):
+    """Read each (offset, length) of RANGES, in order, on one connection to
+    the NBD server at PATH; CHECK(offset, data) says what is wrong with a
+    block, or None.  The list of what was wrong, as "OFFSET: why"."""
     s, _ = handshake(path, timeout=30)
     s.settimeout(30)
     bad = []
-    offs = sorted(set(acked) | set(unsure))
-    for i, off in enumerate(offs):
-        s.sendall(struct.pack(">IHHQQI", REQ, 0, CMD_READ, i, off, BS))
+    for i, (off, n) in enumerate(ranges):
+        s.sendall(struct.pack(">IHHQQI", REQ, 0, CMD_READ, i, off, n))
         magic, err, _ = struct.unpack(">IIQ", recv_exact(s, 16))
         if magic != SIMPLE or err:
             bad.append("%d: read error %d" % (off, err))
             continue
-        got = decode(recv_exact(s, BS))
+        why = check(off, recv_exact(s, n))
+        if why:
+            bad.append("%d: %s" % (off, why))
+    s.sendall(struct.pack(">IHHQQI", REQ, 0, CMD_DISC, 0, 0, 0))
+    s.close()
+    return bad
+
+
+def verify(path, logpath):
+    log = json.load(open(logpath))
+    acked = {int(k): v for k, v in log["acked"].items()}
+    unsure = {int(k): v for k, v in log["unsure"].items()}
+
+    def check(off, data):
+        got = decode(data)
         floor = acked.get(off, 0)
         ok = {floor} | {q for q in unsure.get(off, []) if q > floor}
         if off not in acked:
             ok.add(0)
         if got is None:
             if off in acked:
-                bad.append("%d: holds no write of this test (acknowledged seq %d)" % (off, floor))
+                return "holds no write of this test (acknowledged seq %d)" % floor
         elif got[0] != off or got[1] not in ok:
-            bad.append("%d: holds seq %d of offset %d, expected one of %s"
-                       % (off, got[1], got[0], sorted(ok)[:5]))
-    s.sendall(struct.pack(">IHHQQI", REQ, 0, CMD_DISC, 0, 0, 0))
-    s.close()
+            return "holds seq %d of offset %d, expected one of %s" % (got[1], got[0],
+                                                                      sorted(ok)[:5])
+        return None
+
+    offs = sorted(set(acked) | set(unsure))
+    bad = read_each(path, [(off, BS) for off in offs], check)
     if bad:
         print("nbd-writer: %d of %d offsets lost an acknowledged write: %s"
               % (len(bad), len(offs), "; ".join(bad[:5])), file=sys.stderr)
@@ -310,20 +325,7 @@ def fio_verify(path, latlog):
     if not writes:
         print("nbd-writer: %s logs no completed write" % latlog, file=sys.stderr)
         return 1
-    s, _ = handshake(path, timeout=30)
-    s.settimeout(30)
-    bad = []
-    for i, (off, n) in enumerate(sorted(writes.items())):
-        s.sendall(struct.pack(">IHHQQI", REQ, 0, CMD_READ, i, off, n))
-        magic, err, _ = struct.unpack(">IIQ", recv_exact(s, 16))
-        if magic != SIMPLE or err:
-            bad.append("%d: read error %d" % (off, err))
-            continue
-        why = fio_block_ok(recv_exact(s, n), off)
-        if why:
-            bad.append("%d: %s" % (off, why))
-    s.sendall(struct.pack(">IHHQQI", REQ, 0, CMD_DISC, 0, 0, 0))
-    s.close()
+    bad = read_each(path, sorted(writes.items()), lambda off, data: fio_block_ok(data, off))
     if bad:
         print("nbd-writer: %d of %d writes fio saw acknowledged are lost: %s"
               % (len(bad), len(writes), "; ".join(bad[:5])), file=sys.stderr)
