@@ -72,6 +72,19 @@ stop_all() {
   for p in "${spids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   spids=()
 }
+serve_one() { # N DAEMON_SOCK IMAGE LOG: one server of IMAGE through the daemon, at
+  # $TMP/nN.sock, its pid in SPID (stopped on exit)
+  rm -f "$TMP/n$1.sock"
+  "$SLUICE" serve --read-only "--sluiced=$2" --nbd "unix:$TMP/n$1.sock" "rbd:$POOL/$3" \
+    2>>"$4" &
+  SPID=$!
+  cleanup_push "kill $SPID 2>/dev/null"
+  wait_for_path "$TMP/n$1.sock" 60
+}
+read_one() { # N OUT REF WHY: read disk N whole into OUT, which must be REF, else die WHY
+  nbdcopy "nbd+unix:///?socket=$TMP/n$1.sock" "$2"
+  cmp "$2" "$3" || die "$4"
+}
 read_all() { # TAG: read the 4 disks at once, compare, print the OSD's bytes
   local i before after pids=()
   before=$(osd_out)
@@ -138,15 +151,9 @@ cmp plain5.raw ref5.raw || die "c5 reads unlike qemu-img convert (no daemon)"
 map=$(sluice io -f raw -r "rbd:$POOL/c5" map | awk '{print $1/1048576, $2/1048576, $3, $4}' |
   paste -sd';')
 assert_eq "$map" "0 2 data 1;2 1 data 0;3 13 data 1;16 48 zero 0" "c5's map (MiB)"
-rm -f "$TMP/n5.sock"
-"$SLUICE" serve --read-only "--sluiced=$TMP/sd.sock" --nbd "unix:$TMP/n5.sock" \
-  "rbd:$POOL/c5" 2>>serve.log &
-p5=$!
-cleanup_push "kill $p5 2>/dev/null"
-wait_for_path "$TMP/n5.sock" 60
-nbdcopy "nbd+unix:///?socket=$TMP/n5.sock" cached5.raw
-cmp cached5.raw ref5.raw || die "c5 through sluiced reads parent bytes beyond the overlap"
-kill $p5; wait $p5 2>/dev/null
+serve_one 5 "$TMP/sd.sock" c5 serve.log
+read_one 5 cached5.raw ref5.raw "c5 through sluiced reads parent bytes beyond the overlap"
+kill $SPID; wait $SPID 2>/dev/null
 
 # The daemon's checks of RBD registrations.
 ceph osd pool create other 8 >/dev/null 2>&1
@@ -200,12 +207,8 @@ done
 # to mean: c1 is served through sluiced, then gold is renamed and a new
 # gold (other bytes) made, and sluiced restarted -- the process registers
 # its parent again, and must get the bytes it opened, not the new gold's.
-rm -f "$TMP/n7.sock"
-"$SLUICE" serve --read-only "--sluiced=$TMP/sd.sock" --nbd "unix:$TMP/n7.sock" \
-  "rbd:$POOL/c1" 2>>serve7.log &
-p7=$!
-cleanup_push "kill $p7 2>/dev/null"
-wait_for_path "$TMP/n7.sock" 60
+serve_one 7 "$TMP/sd.sock" c1 serve7.log
+p7=$SPID
 rbd snap rename "$POOL/base@gold" "$POOL/base@old"
 sluice io -f raw -c "write -P 0x99 8M 16M" "rbd:$POOL/base" >/dev/null
 rbd snap create "$POOL/base@gold" 2>/dev/null
@@ -224,13 +227,11 @@ print(l[0]["backend_bytes"] if l else "")'
 }
 # the client notices the restart on its next request, reads that itself,
 # and registers its layers again on the new connection
-nbdcopy "nbd+unix:///?socket=$TMP/n7.sock" renamed1.raw
-cmp renamed1.raw ref1.raw || die "c1 reads wrong while sluiced restarts"
+read_one 7 renamed1.raw ref1.raw "c1 reads wrong while sluiced restarts"
 for _ in $(seq 120); do [[ -n $(parent_backend) ]] && break; sleep 0.5; done
 [[ -n $(parent_backend) ]] || die "c1's server did not register its parent again: $(cat serve7.log)"
-nbdcopy "nbd+unix:///?socket=$TMP/n7.sock" renamed1.raw
-cmp renamed1.raw ref1.raw ||
-  die "after 'snap rename gold old; snap create gold' c1 reads the new gold through sluiced"
+read_one 7 renamed1.raw ref1.raw \
+  "after 'snap rename gold old; snap create gold' c1 reads the new gold through sluiced"
 got=$(parent_backend)
 ((got >= 16 * M)) || die "c1's parent was read by sluiced only $got bytes: not through it"
 grep -q "sluiced does not cache" serve7.log && die "the parent was refused: $(cat serve7.log)"
@@ -273,15 +274,9 @@ printf '[global]\nmon host = 192.0.2.7:6789\n' >other.conf
 dpid=$!
 cleanup_push "kill $dpid 2>/dev/null"
 wait_for_path "$TMP/sd3.sock"
-rm -f "$TMP/n6.sock"
-"$SLUICE" serve --read-only "--sluiced=$TMP/sd3.sock" --nbd "unix:$TMP/n6.sock" \
-  "rbd:$POOL/c1" 2>serve6.log &
-p6=$!
-cleanup_push "kill $p6 2>/dev/null"
-wait_for_path "$TMP/n6.sock" 60
-nbdcopy "nbd+unix:///?socket=$TMP/n6.sock" other6.raw
-cmp other6.raw ref1.raw || die "c1 reads wrong when sluiced refuses its parent"
-kill $p6; wait $p6 2>/dev/null
+serve_one 6 "$TMP/sd3.sock" c1 serve6.log
+read_one 6 other6.raw ref1.raw "c1 reads wrong when sluiced refuses its parent"
+kill $SPID; wait $SPID 2>/dev/null
 grep -q "not of a Ceph cluster this sluiced is configured for" sluiced3.log ||
   die "sluiced configured for another cluster did not refuse this one: $(cat sluiced3.log)"
 kill -TERM $dpid; wait $dpid
