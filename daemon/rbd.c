@@ -190,6 +190,27 @@ static int conn_get(const struct sl_cs_register_rbd *q, struct sl_rbd_conn **out
   return r;
 }
 
+/* What STATS shows for the snapshot R opened by Q's ids: the names the
+ * cluster gives those ids now, not the ones the client sent -- which are
+ * only its words, may since name another snapshot (after a rename), and
+ * are shown to every client that shares the layer.  A name the cluster
+ * does not give is shown as its id ("pool 3", "image 1f2e...", "snap 7"). */
+static void resolved_name(struct sd_rbd *r, const struct sl_cs_register_rbd *q, char *name,
+                          size_t name_len)
+{
+  char pool[SL_CS_RBD_NAME], image[SL_CS_RBD_NAME], snap[SL_CS_RBD_NAME];
+  size_t n = sizeof image;
+  if (rados_pool_reverse_lookup(sl_rbd_conn_cluster(r->conn), q->pool_id, pool,
+                                sizeof pool) < 0)
+    snprintf(pool, sizeof pool, "pool %" PRId64, q->pool_id);
+  if (rbd_get_name(r->image, image, &n) < 0)
+    snprintf(image, sizeof image, "image %s", q->image_id);
+  n = sizeof snap;
+  if (rbd_snap_get_name(r->image, q->snap_id, snap, &n) < 0)
+    snprintf(snap, sizeof snap, "snap %" PRIu64, q->snap_id);
+  snprintf(name, name_len, "rbd:%s/%s%s%s@%s", pool, q->ns, *q->ns ? "/" : "", image, snap);
+}
+
 int sd_rbd_open(const struct sl_cs_register_rbd *q, struct sd_rbd **out, char *id,
                 size_t id_len, char *name, size_t name_len, uint64_t *size)
 {
@@ -270,6 +291,7 @@ int sd_rbd_open(const struct sl_cs_register_rbd *q, struct sd_rbd **out, char *i
   }
   snprintf(id, id_len, "%s|%" PRId64 "|%s|%s|%" PRIu64, sl_rbd_conn_fsid(r->conn), q->pool_id, q->ns,
            q->image_id, q->snap_id);
+  resolved_name(r, q, name, name_len);
   *out = r;
   return 0;
 fail:

@@ -25,7 +25,8 @@ int sd_rbd_nclusters(void);
  * connect (or reuse the connection of the same monitors, client and key),
  * open POOL/NS/IMAGE@SNAP read-only, read its first bytes.  *ID gets the
  * identity the cluster answered (monitors, fsid, pool id, image id,
- * snapshot id; never the client's words), *NAME what STATS shows, *SIZE
+ * snapshot id; never the client's words), *NAME what STATS shows (the
+ * names the cluster gives those ids; the client's in errors), *SIZE
  * the snapshot's size.  0, or -errno with a message: EACCES (Ceph refused
  * the client or its capabilities forbid the read), EPERM (the monitors
  * are of no configured cluster), ENOENT, EROFS (not a

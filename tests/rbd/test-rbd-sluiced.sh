@@ -26,7 +26,8 @@
 # identity, are all served by a daemon that keeps at most 16 connections.
 # The daemon opens the snapshot a client opened by its ids, not its names:
 # after `snap rename gold old; snap create gold` and a daemon restart, a
-# running clone still reads the parent it opened through the daemon.
+# running clone still reads the parent it opened through the daemon, and
+# `sluice cache stats` names it as the cluster does now (base@old).
 source "$(dirname "$0")/../common/lib.sh"
 source "$(dirname "$0")/../common/ceph.sh"
 require qemu-img nbdcopy python3
@@ -234,6 +235,13 @@ read_one 7 renamed1.raw ref1.raw \
   "after 'snap rename gold old; snap create gold' c1 reads the new gold through sluiced"
 got=$(parent_backend)
 ((got >= 16 * M)) || die "c1's parent was read by sluiced only $got bytes: not through it"
+# STATS names the layer as the cluster names the ids the client opened
+# ("old"), not by the client's word for them ("gold", now another snapshot).
+names=$(sluice cache stats --socket "$TMP/sd.sock" --output=json | python3 -c '
+import json, sys
+print(" ".join(x["path"] for x in json.load(sys.stdin)["layers"]
+               if x["path"].startswith("rbd:'"$POOL"'/base@")))')
+assert_eq "$names" "rbd:$POOL/base@old" "sluiced's name for c1's parent after the rename"
 grep -q "sluiced does not cache" serve7.log && die "the parent was refused: $(cat serve7.log)"
 kill $p7; wait $p7 2>/dev/null
 kill -TERM $dpid
