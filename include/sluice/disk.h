@@ -67,6 +67,16 @@ int sl_disk_pread(struct sl_handle *h, void *buf, size_t len, uint64_t off,
                   uint32_t flags);
 int sl_disk_pwrite(struct sl_handle *h, const void *buf, size_t len,
                    uint64_t off, uint32_t flags);
+/* COUNT reads at once (struct sl_read_vec, <sluice/filter.h>), each with
+ * its own status; returns how many failed.  The first filter that reads
+ * gets them as one pread_batch call if it implements it; otherwise, and
+ * below any filter without it, one pread each. */
+struct sl_read_vec;
+int sl_disk_pread_batch(struct sl_handle *h, struct sl_read_vec *v, unsigned count,
+                        uint32_t flags);
+/* True if a batch entering at H reaches a filter that takes it whole (an
+ * export then has a reason to gather reads; otherwise it gains nothing). */
+bool sl_disk_can_pread_batch(struct sl_handle *h);
 int sl_disk_flush(struct sl_handle *h);
 int sl_disk_discard(struct sl_handle *h, uint64_t off, uint64_t len);
 int sl_disk_write_zeroes(struct sl_handle *h, uint64_t off, uint64_t len,

@@ -72,6 +72,19 @@ enum sl_filter_class {
 
 struct sl_filter_env;
 
+/* One read of a batch (pread_batch): COUNT of them go down the stack as
+ * one call, so that a layer that can serve many reads at the cost of one
+ * (the cache filter: one message to sluiced for all of them) may.  Each
+ * entry succeeds or fails alone: STATUS is 0 or -errno; on failure the
+ * message (host->error) is the last failed entry's. */
+struct sl_read_vec {
+  void *buf;
+  size_t len;
+  uint64_t off;
+  int status;                /* out */
+};
+#define SL_READ_BATCH_MAX 256u /* entries in one pread_batch call, at most */
+
 /* The layer below a filter.  Opaque apart from its operations table. */
 struct sl_next;
 struct sl_next_ops {
@@ -92,6 +105,9 @@ struct sl_next_ops {
                       uint32_t flags);
   int (*block_status)(struct sl_next *n, uint64_t off, uint64_t len,
                       struct sl_extent *ext);
+  /* ---- appended in filter API 1.2: test with sl_next_pread_batch() ---- */
+  int (*pread_batch)(struct sl_next *n, struct sl_read_vec *v, unsigned count,
+                     uint32_t flags);
 };
 struct sl_next {
   const struct sl_next_ops *ops;
@@ -120,6 +136,25 @@ static inline int sl_next_write_zeroes(struct sl_next *n, uint64_t off,
 static inline int sl_next_block_status(struct sl_next *n, uint64_t off,
                                        uint64_t len, struct sl_extent *ext)
 { return n->ops->block_status(n, off, len, ext); }
+/* COUNT (<= SL_READ_BATCH_MAX) reads at once; returns how many failed
+ * (their status < 0).  A core whose table predates pread_batch gets one
+ * pread per entry, so a filter may call this against any core. */
+static inline int sl_next_pread_batch(struct sl_next *n, struct sl_read_vec *v,
+                                      unsigned count, uint32_t flags)
+{
+  if (n->ops->struct_size >= offsetof(struct sl_next_ops, pread_batch) +
+                                 sizeof n->ops->pread_batch &&
+      n->ops->pread_batch)
+    return n->ops->pread_batch(n, v, count, flags);
+  int failed = 0;
+  for (unsigned i = 0; i < count; i++) {
+    v[i].status = n->ops->pread(n, v[i].buf, v[i].len, v[i].off, flags);
+    if (v[i].status > 0)
+      v[i].status = 0;
+    failed += v[i].status < 0;
+  }
+  return failed;
+}
 
 /* The host cache daemon as the host table offers it (see cache_attach). */
 struct sl_cache_disk;
@@ -277,6 +312,21 @@ struct sl_filter {
    * a query or version it does not answer. */
   int (*query)(void *inst, const char *what, uint32_t version, void *out,
                size_t out_size);
+
+  /* ---- added in filter API 1.2 (NULL in a record that predates it) ---- */
+  /* COUNT reads (1..SL_READ_BATCH_MAX) in one call: an export that has
+   * parsed several read requests at once hands them down together, so a
+   * filter that pays per call rather than per byte (one round trip to a
+   * daemon, one lock) pays once.  Fill every entry's status (0 or -errno,
+   * with host->error() for a failure) and return how many failed; entries
+   * are independent (one failing fails only itself) and may overlap.
+   * Used only in a filter that also implements pread.  A filter that
+   * leaves it NULL gets one pread call per entry from the core, and below
+   * it the batch is split the same way, so implementing it is never
+   * needed for correctness; a filter that implements it passes what it
+   * does not serve down with sl_next_pread_batch(). */
+  int (*pread_batch)(void *inst, struct sl_next *next, struct sl_read_vec *v,
+                     unsigned count, uint32_t flags);
 };
 
 /* The symbols a module exports (both defined by SL_REGISTER_FILTER). */

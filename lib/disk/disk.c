@@ -123,6 +123,50 @@ static int do_pread(struct sl_disk *d, int i, void *buf, size_t len,
   return L->f->pread(L->inst, &L->next, buf, len, off, flags);
 }
 
+/* A batch of reads entering at level I: to the first filter at or below I
+ * that reads, as one call if it takes batches (pread_batch), else one
+ * pread per entry at that level -- below a filter without it, a batch is
+ * split, and a filter that has it gets it whole. */
+static int do_pread_batch(struct sl_disk *d, int i, struct sl_read_vec *v,
+                          unsigned n, uint32_t flags)
+{
+  struct level *L = TARGET(d, i, OP_PREAD);
+  if (!IS_IMAGE(d, L) && L->f->pread_batch)
+    return L->f->pread_batch(L->inst, &L->next, v, n, flags);
+  int failed = 0;
+  for (unsigned k = 0; k < n; k++) {
+    int r = IS_IMAGE(d, L) ? sl_image_pread(d->img, v[k].buf, v[k].len, v[k].off)
+                           : L->f->pread(L->inst, &L->next, v[k].buf, v[k].len,
+                                         v[k].off, flags);
+    v[k].status = r < 0 ? r : 0;
+    failed += r < 0;
+  }
+  return failed;
+}
+
+/* Entries whose range RANGE_OK refuses fail alone; the others go down as
+ * one batch (the common case: all of them) or, when some were refused,
+ * one by one (rare: a filter's bug). */
+static int batch_checked(struct sl_disk *d, int i, struct sl_read_vec *v, unsigned n,
+                         uint32_t flags, int (*range_ok)(void *ctx, uint64_t off, uint64_t len),
+                         void *ctx)
+{
+  bool all = true;
+  for (unsigned k = 0; k < n; k++)
+    all &= range_ok(ctx, v[k].off, v[k].len) == 0;
+  if (all)
+    return do_pread_batch(d, i, v, n, flags);
+  int failed = 0;
+  for (unsigned k = 0; k < n; k++) {
+    int r = range_ok(ctx, v[k].off, v[k].len);
+    if (r == 0)
+      r = do_pread(d, i, v[k].buf, v[k].len, v[k].off, flags);
+    v[k].status = r < 0 ? r : 0;
+    failed += r < 0;
+  }
+  return failed;
+}
+
 static int do_pwrite(struct sl_disk *d, int i, const void *buf, size_t len,
                      uint64_t off, uint32_t flags)
 {
@@ -200,6 +244,17 @@ static int next_pread(struct sl_next *n, void *buf, size_t len, uint64_t off,
   return r < 0 ? r : do_pread(LV(n)->disk, LV(n)->idx + 1, buf, len, off, flags);
 }
 
+static int next_range_ok(void *n, uint64_t off, uint64_t len)
+{
+  return next_range(n, off, len, false);
+}
+
+static int next_pread_batch(struct sl_next *n, struct sl_read_vec *v, unsigned count,
+                            uint32_t flags)
+{
+  return batch_checked(LV(n)->disk, LV(n)->idx + 1, v, count, flags, next_range_ok, n);
+}
+
 static int next_pwrite(struct sl_next *n, const void *buf, size_t len,
                        uint64_t off, uint32_t flags)
 {
@@ -240,7 +295,7 @@ static const struct sl_next_ops next_ops = {
   .can_fua = next_can_fua, .can_multi_conn = next_can_multi_conn,
   .pread = next_pread, .pwrite = next_pwrite, .flush = next_flush,
   .discard = next_discard, .write_zeroes = next_zero,
-  .block_status = next_block_status,
+  .block_status = next_block_status, .pread_batch = next_pread_batch,
 };
 
 /* ---- order rules -------------------------------------------------------- */
@@ -730,6 +785,41 @@ int sl_disk_pread(struct sl_handle *h, void *buf, size_t len, uint64_t off,
 {
   int r = enter(h, false, off, len, flags, 0);
   return r < 0 ? r : leave(h, do_pread(h->disk, h->level, buf, len, off, flags));
+}
+
+static int entry_range_ok(void *h, uint64_t off, uint64_t len)
+{
+  const struct level *L = HL((struct sl_handle *)h);
+  uint64_t end;
+  if (!sl_add_ok(off, len, &end) || end > L->size)
+    return sl_error(EINVAL, "request of %" PRIu64 " bytes at %" PRIu64
+                    " is beyond the end of the disk (%" PRIu64 " bytes)",
+                    len, off, L->size);
+  return 0;
+}
+
+int sl_disk_pread_batch(struct sl_handle *h, struct sl_read_vec *v, unsigned count,
+                        uint32_t flags)
+{
+  int r = enter(h, false, 0, 0, flags, 0);
+  if (r < 0) {
+    for (unsigned k = 0; k < count; k++)
+      v[k].status = r;
+    return (int)count;
+  }
+  int failed = 0;
+  for (unsigned k = 0; k < count; k += SL_READ_BATCH_MAX)
+    failed += batch_checked(h->disk, h->level, v + k,
+                            SL_MIN(count - k, SL_READ_BATCH_MAX), flags,
+                            entry_range_ok, h);
+  return leave(h, failed);
+}
+
+bool sl_disk_can_pread_batch(struct sl_handle *h)
+{
+  struct sl_disk *d = h->disk;
+  struct level *L = TARGET(d, h->level, OP_PREAD);
+  return !IS_IMAGE(d, L) && L->f->pread_batch;
 }
 
 int sl_disk_pwrite(struct sl_handle *h, const void *buf, size_t len,

@@ -48,12 +48,16 @@ static int hd_zero(struct sl_next *n, uint64_t o, uint64_t l, uint32_t f)
 static int hd_bs(struct sl_next *n, uint64_t o, uint64_t l, struct sl_extent *e)
 { return sl_disk_block_status(HD(n)->h, o, l, e); }
 
+static int hd_pread_batch(struct sl_next *n, struct sl_read_vec *v, unsigned c, uint32_t f)
+{ return sl_disk_pread_batch(HD(n)->h, v, c, f); }
+
 static const struct sl_next_ops host_disk_ops = {
   .struct_size = sizeof host_disk_ops,
   .get_size = hd_size, .can_write = hd_can_write, .can_trim = hd_can_trim,
   .can_zero = hd_can_zero, .can_fua = hd_can_fua, .can_multi_conn = hd_can_mc,
   .pread = hd_pread, .pwrite = hd_pwrite, .flush = hd_flush,
   .discard = hd_discard, .write_zeroes = hd_zero, .block_status = hd_bs,
+  .pread_batch = hd_pread_batch,
 };
 
 static int host_disk_open(const char *path, bool ro, struct sl_next **next,
