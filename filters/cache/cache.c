@@ -26,6 +26,7 @@
 #include "filter-util.h"
 
 #define MAX_SEGS 128u
+#define BATCH_SEGS 512u            /* pieces of one batch's requests */
 #define DEFAULT_DEADLINE_MS 5000
 
 struct cache {
@@ -155,55 +156,120 @@ static int read_rest(struct sl_next *next, uint8_t *buf, uint64_t base,
   return 0;
 }
 
+/* Plan [off, off+len) of BUF (the request's bytes): append its pieces to
+ * S (at most SCAP) and the daemon's share of them to RD (at most RCAP),
+ * as block status places them.  False if they do not fit (*NS and *NR are
+ * then where they were). */
+static bool plan(struct sl_next *next, uint8_t *buf, uint64_t off, uint64_t len,
+                 struct seg *s, unsigned *ns, unsigned scap,
+                 struct sl_cache_read *rd, unsigned *nr, unsigned rcap)
+{
+  unsigned ns0 = *ns, nr0 = *nr;
+  uint64_t pos = off, end = off + len;
+  while (pos < end) {
+    struct sl_extent e;
+    if (sl_next_block_status(next, pos, end - pos, &e) < 0 || e.length == 0) {
+      /* Cannot tell where the bytes live: next reads them. */
+      if (*ns == scap)
+        goto full;
+      s[(*ns)++] = (struct seg){.off = pos, .len = end - pos, .rd = -1};
+      return true;
+    }
+    uint64_t elen = e.length < end - pos ? e.length : end - pos;
+    if (e.type == SL_EXTENT_DATA && e.depth >= 0) {
+      for (uint64_t d = 0; d < elen;) {
+        if (*ns == scap || *nr == rcap)
+          goto full;
+        uint32_t piece = (uint32_t)(elen - d < SL_CACHE_MAX_READ ? elen - d
+                                                                 : SL_CACHE_MAX_READ);
+        rd[*nr] = (struct sl_cache_read){.depth = e.depth,
+                                         .file_offset = e.file_offset + d,
+                                         .length = piece,
+                                         .buf = buf + (pos + d - off)};
+        s[(*ns)++] = (struct seg){.off = pos + d, .len = piece, .rd = (int)(*nr)++};
+        d += piece;
+      }
+    } else if (*ns > ns0 && s[*ns - 1].rd < 0) {
+      s[*ns - 1].len += elen;
+    } else {
+      if (*ns == scap)
+        goto full;
+      s[(*ns)++] = (struct seg){.off = pos, .len = elen, .rd = -1};
+    }
+    pos += elen;
+  }
+  return true;
+full:
+  *ns = ns0;
+  *nr = nr0;
+  return false;
+}
+
 static int ca_pread(void *inst, struct sl_next *next, void *buf, size_t len,
                     uint64_t off, uint32_t flags)
 {
   struct cache *c = inst;
   if (!c->cd)
     return sl_next_pread(next, buf, len, off, flags);
-  uint8_t *b = buf;
-  uint64_t pos = off, end = off + len;
   struct seg s[MAX_SEGS];
   struct sl_cache_read rd[MAX_SEGS];
-  while (pos < end) {
-    unsigned ns = 0, nr = 0;
-    uint64_t first = pos;
-    while (pos < end && ns < MAX_SEGS) {
-      struct sl_extent e;
-      if (sl_next_block_status(next, pos, end - pos, &e) < 0 || e.length == 0) {
-        /* Cannot tell where the bytes live: next reads them. */
-        s[ns++] = (struct seg){.off = pos, .len = end - pos, .rd = -1};
-        pos = end;
+  unsigned ns = 0, nr = 0;
+  if (!plan(next, buf, off, len, s, &ns, MAX_SEGS, rd, &nr, MAX_SEGS)) {
+    /* More pieces than one message takes (a large read of a fragmented
+     * image): in parts. */
+    size_t half = len / 2;
+    int r = ca_pread(inst, next, buf, half, off, flags);
+    return r < 0 ? r : ca_pread(inst, next, (uint8_t *)buf + half, len - half,
+                                off + half, flags);
+  }
+  if (nr > 0)
+    host->cache_read(c->cd, rd, nr, c->deadline_ns);
+  return read_rest(next, buf, off, s, ns, rd, flags);
+}
+
+/* The reads of a batch: the daemon's pieces of all of them in one message
+ * (one round trip for the batch, which is what it is for), then each
+ * request's other pieces from next.  Entries whose pieces do not fit
+ * beside the others wait for the next message; one that does not fit
+ * alone is read as pread does. */
+static int ca_pread_batch(void *inst, struct sl_next *next, struct sl_read_vec *v,
+                          unsigned count, uint32_t flags)
+{
+  struct cache *c = inst;
+  if (!c->cd)
+    return sl_next_pread_batch(next, v, count, flags);
+  struct seg s[BATCH_SEGS];
+  struct sl_cache_read rd[SL_CACHE_MAX_BATCH];
+  unsigned first[SL_READ_BATCH_MAX + 1];  /* entry i's pieces: s[first[i - done]...] */
+  int failed = 0;
+  unsigned done = 0;
+  while (done < count) {
+    unsigned ns = 0, nr = 0, k = done;
+    for (; k < count && k - done < SL_READ_BATCH_MAX; k++) {
+      first[k - done] = ns;
+      if (!plan(next, v[k].buf, v[k].off, v[k].len, s, &ns, BATCH_SEGS, rd, &nr,
+                SL_CACHE_MAX_BATCH))
         break;
-      }
-      uint64_t elen = e.length < end - pos ? e.length : end - pos;
-      if (e.type == SL_EXTENT_DATA && e.depth >= 0) {
-        for (uint64_t d = 0; d < elen && ns < MAX_SEGS;) {
-          uint32_t piece = (uint32_t)(elen - d < SL_CACHE_MAX_READ ? elen - d
-                                                                   : SL_CACHE_MAX_READ);
-          rd[nr] = (struct sl_cache_read){.depth = e.depth,
-                                          .file_offset = e.file_offset + d,
-                                          .length = piece,
-                                          .buf = b + (pos + d - off)};
-          s[ns++] = (struct seg){.off = pos + d, .len = piece, .rd = (int)nr++};
-          d += piece;
-          if (d < elen && ns == MAX_SEGS)
-            elen = d;          /* the rest in the next round */
-        }
-      } else if (ns > 0 && s[ns - 1].rd < 0) {
-        s[ns - 1].len += elen;
-      } else {
-        s[ns++] = (struct seg){.off = pos, .len = elen, .rd = -1};
-      }
-      pos += elen;
+    }
+    first[k - done] = ns;
+    if (k == done) {
+      /* too many pieces for one message by itself */
+      v[k].status = ca_pread(inst, next, v[k].buf, v[k].len, v[k].off, flags);
+      failed += v[k].status < 0;
+      done++;
+      continue;
     }
     if (nr > 0)
       host->cache_read(c->cd, rd, nr, c->deadline_ns);
-    int r = read_rest(next, b + (first - off), first, s, ns, rd, flags);
-    if (r < 0)
-      return r;
+    for (unsigned i = done; i < k; i++) {
+      unsigned a = first[i - done], b = first[i - done + 1];
+      int r = read_rest(next, v[i].buf, v[i].off, s + a, b - a, rd, flags);
+      v[i].status = r < 0 ? r : 0;
+      failed += r < 0;
+    }
+    done = k;
   }
-  return 0;
+  return failed;
 }
 
 /* private=on: forget the top layer's file bytes under [off, off+len). */
@@ -273,6 +339,7 @@ static const struct sl_filter cache_filter = {
   .open = ca_open,
   .close = ca_close,
   .pread = ca_pread,
+  .pread_batch = ca_pread_batch,
   .pwrite = ca_pwrite,
   .discard = ca_discard,
   .write_zeroes = ca_zero,
