@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include <sluice/error.h>
+#include <sluice/filter.h>
 #include "common/util.h"
 #include "ipc/buffer-arena.h"
 #include "ipc/socket.h"
@@ -58,6 +59,8 @@
 #define INBUF_SIZE (256u << 10)       /* the reader's input buffer */
 #define ARENA_SIZE (2 * NBD_MAX_REQUEST) /* payload memory per connection */
 #define SEND_BATCH 64                 /* replies per sendmsg, at most */
+#define READ_BATCH_MAX 32             /* reads gathered into one batch */
+#define READ_BATCH_LEN (64u << 10)    /* reads larger than this go alone */
 
 struct request {
   struct sl_exec_item exec;         /* while it waits for a worker */
@@ -76,6 +79,10 @@ struct request {
   char *errmsg;
   struct iovec iov[3];
   int iovcnt;
+  /* A batch of reads (see transmission) is its first request, the others
+   * linked through MORE; BATCH_N counts them all, on the first. */
+  struct request *more;
+  unsigned batch_n;
 };
 
 struct conn {
@@ -88,6 +95,7 @@ struct conn {
   struct sl_arena *arena;           /* every payload buffer comes from here */
   struct sl_stream_reader in;       /* the reader's input buffer and polling */
   struct sl_executor ex;            /* inline execution and the workers */
+  bool batching;                    /* the disk takes reads in batches */
   /* Replies waiting for the sender (see reply_submit). */
   pthread_mutex_t out_lock;
   pthread_cond_t out_cond;
@@ -205,6 +213,26 @@ static void reply_submit(struct conn *c, struct request *rq)
   pthread_mutex_unlock(&c->out_lock);
 }
 
+/* Send the replies of HEAD..TAIL (linked through ->next), and free them:
+ * the replies of a batch, which then leave in one sendmsg. */
+static void reply_submit_list(struct conn *c, struct request *head, struct request *tail)
+{
+  if (!head)
+    return;
+  tail->next = NULL;
+  pthread_mutex_lock(&c->out_lock);
+  if (c->out_tail)
+    c->out_tail->next = head;
+  else
+    c->out_head = head;
+  c->out_tail = tail;
+  if (!c->sending) {
+    c->sending = true;
+    drain_out_queue(c);
+  }
+  pthread_mutex_unlock(&c->out_lock);
+}
+
 /* Send IOV before returning (a reply chunk whose bytes are on the caller's
  * stack): wait to be the sender, then also send what queued meanwhile. */
 static void reply_send_now(struct conn *c, struct iovec *iov, int n)
@@ -283,22 +311,65 @@ static void reply_done(struct conn *c, struct request *rq)
   reply_submit(c, rq);
 }
 
+/* The reply to a read that succeeded: header and data, in rq->iov. */
+static void read_reply_prepare(struct conn *c, struct request *rq)
+{
+  if (!c->s.structured) {
+    rq->hdr.simple = (struct nbd_simple_reply){
+      htobe32(NBD_SIMPLE_REPLY_MAGIC), 0, htobe64(rq->cookie)};
+    rq->iov[0] = (struct iovec){&rq->hdr.simple, sizeof rq->hdr.simple};
+    rq->iovcnt = 1;
+  } else {
+    set_structured_hdr(rq, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
+                       8 + rq->length);
+    rq->be_offset = htobe64(rq->offset);
+    rq->iov[rq->iovcnt++] = (struct iovec){&rq->be_offset, 8};
+  }
+  if (rq->length)
+    rq->iov[rq->iovcnt++] = (struct iovec){rq->data, rq->length};
+}
+
 /* rq->data is the arena buffer the reader allocated for it. */
 static void do_read(struct conn *c, struct request *rq)
 {
   int r = sl_disk_pread(c->h, rq->data, rq->length, rq->offset, 0);
   if (r < 0) {
     reply_error(c, rq, -r);
-  } else if (!c->s.structured) {
-    reply_simple(c, rq, 0, rq->data, rq->length);
   } else {
-    set_structured_hdr(rq, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
-                       8 + rq->length);
-    rq->be_offset = htobe64(rq->offset);
-    rq->iov[rq->iovcnt++] = (struct iovec){&rq->be_offset, 8};
-    rq->iov[rq->iovcnt++] = (struct iovec){rq->data, rq->length};
+    read_reply_prepare(c, rq);
     reply_submit(c, rq);
   }
+}
+
+/* The reads of a batch (RQ and those linked through rq->more) in one call
+ * down the stack, and their replies in one go.  A read that failed is
+ * tried again alone, so that its error reply carries its own message (a
+ * batch keeps only the last), as an unbatched read's does. */
+static void do_read_batch(struct conn *c, struct request *rq)
+{
+  struct sl_read_vec v[READ_BATCH_MAX];
+  struct request *r[READ_BATCH_MAX];
+  unsigned n = 0;
+  for (struct request *x = rq; x && n < READ_BATCH_MAX; x = x->more, n++) {
+    r[n] = x;
+    v[n] = (struct sl_read_vec){.buf = x->data, .len = x->length, .off = x->offset};
+  }
+  sl_disk_pread_batch(c->h, v, n, 0);
+  struct request *head = NULL, *tail = NULL;
+  for (unsigned i = 0; i < n; i++) {
+    r[i]->more = NULL;
+    if (v[i].status < 0) {
+      do_read(c, r[i]);
+      continue;
+    }
+    read_reply_prepare(c, r[i]);
+    if (tail)
+      tail->next = r[i];
+    else
+      head = r[i];
+    tail = r[i];
+  }
+  reply_submit_list(c, head, tail);
 }
 
 /* One BLOCK_STATUS chunk for context ID: merged runs of equal status. */
@@ -364,15 +435,26 @@ static void do_block_status(struct conn *c, struct request *rq)
 /* ---- running requests (the executor's callbacks) ------------------------ */
 
 /* Reads and writes without FUA are timed: they run in the reader while
- * the backend serves them fast (request-executor.c). */
+ * the backend serves them fast (request-executor.c).  Batches of reads
+ * have a class of their own, timed per read: a batch of hits from sluiced
+ * costs a round trip for all of its reads, which the reader can afford
+ * where it could not afford one per read. */
 static int service_class(const struct sl_exec_item *item)
 {
   const struct request *rq = (const struct request *)item;
+  if (rq->type == NBD_CMD_READ && rq->batch_n)
+    return 2;
   if (rq->type == NBD_CMD_READ)
     return 0;
   if (rq->type == NBD_CMD_WRITE && !(rq->flags & NBD_CMD_FLAG_FUA))
     return 1;
   return -1;
+}
+
+static unsigned weight(const struct sl_exec_item *item)
+{
+  const struct request *rq = (const struct request *)item;
+  return rq->batch_n ? rq->batch_n : 1;
 }
 
 /* Run the request against the disk and reply; takes it. */
@@ -383,7 +465,10 @@ static void run_request(void *ctx, struct sl_exec_item *item)
   int r = 0;
   switch (rq->type) {
   case NBD_CMD_READ:
-    do_read(c, rq);
+    if (rq->batch_n)
+      do_read_batch(c, rq);
+    else
+      do_read(c, rq);
     return;
   case NBD_CMD_BLOCK_STATUS:
     do_block_status(c, rq);
@@ -423,6 +508,7 @@ static void run_request(void *ctx, struct sl_exec_item *item)
 static const struct sl_executor_ops executor_ops = {
   .run = run_request,
   .service_class = service_class,
+  .weight = weight,
 };
 
 /* ---- the reader ----------------------------------------------------------- */
@@ -502,8 +588,33 @@ static int read_request(struct conn *c, struct request **out)
   return 1;
 }
 
+static bool batchable(const struct conn *c, uint16_t type, uint32_t length)
+{
+  return c->batching && type == NBD_CMD_READ && length <= READ_BATCH_LEN;
+}
+
+/* Whether the input buffer already holds the whole header of a read that
+ * may join a batch (never waits for the socket). */
+static bool next_batchable(const struct conn *c)
+{
+  struct nbd_request_hdr hdr;
+  if (c->in.end - c->in.pos < sizeof hdr)
+    return false;
+  memcpy(&hdr, sl_stream_peek(&c->in), sizeof hdr);
+  return be32toh(hdr.magic) == NBD_REQUEST_MAGIC &&
+         batchable(c, be16toh(hdr.type), be32toh(hdr.length));
+}
+
 /* Read requests until DISC, EOF or garbage.  Returns when the reader is
- * done; the workers are drained by the caller. */
+ * done; the workers are drained by the caller.
+ *
+ * Batches: when the disk takes reads in batches (the cache filter: one
+ * message to sluiced for all of them), the small reads that one recv
+ * brought in one after another go down the stack as one batch, run as one
+ * item by the executor -- one hand-off to a worker, if any, one round
+ * trip to the daemon and one send of the replies for all of them, where
+ * each read alone would pay all three.  A batch is only ever made of what
+ * is already in the input buffer: gathering never waits for a client. */
 static void transmission(struct conn *c)
 {
   for (;;) {
@@ -513,8 +624,28 @@ static void transmission(struct conn *c)
       return;
     if (r == 0)
       continue;
+    bool stop = false;
+    if (batchable(c, rq->type, rq->length)) {
+      struct request *tail = rq;
+      rq->batch_n = 1;
+      while (rq->batch_n < READ_BATCH_MAX && next_batchable(c)) {
+        struct request *more = NULL;
+        int r2 = read_request(c, &more);
+        if (r2 < 0) {
+          stop = true; /* run what was gathered, then end */
+          break;
+        }
+        if (r2 == 0)
+          continue;    /* refused, its error reply queued */
+        tail->more = more;
+        tail = more;
+        rq->batch_n++;
+      }
+    }
     bool alone = sl_executor_dispatch(&c->ex, &rq->exec, rq->length,
                                       sl_stream_pending(&c->in));
+    if (stop)
+      return;
     /* A client whose requests come one at a time: poll for the next. */
     c->in.depth_one = alone && c->in.parsed_since_recv == 1;
   }
@@ -528,6 +659,8 @@ static int serve_conn(struct conn *c)
   if (sl_stream_reader_init(&c->in, c->fd, INBUF_SIZE, c->opts->poll_us) < 0 ||
       sl_arena_create("sluice-nbd", ARENA_SIZE, &c->arena) < 0)
     return -1;
+  const char *b = getenv("SLUICE_NBD_BATCH"); /* =0: off, for before/after */
+  c->batching = sl_disk_can_pread_batch(c->h) && !(b && strcmp(b, "0") == 0);
   unsigned n = c->opts->workers ? c->opts->workers : DEFAULT_WORKERS;
   if (sl_executor_start(&c->ex, &executor_ops, c, n, MAX_QUEUED) < 0)
     return -1;

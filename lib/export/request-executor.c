@@ -180,9 +180,10 @@ static void execute(struct sl_executor *ex, struct sl_exec_item *item)
     ex->ops->run(ex->ctx, item);
     return;
   }
+  unsigned w = ex->ops->weight ? SL_MAX(ex->ops->weight(item), 1u) : 1u;
   uint64_t t0 = sl_now_ns();
   ex->ops->run(ex->ctx, item); /* ITEM is gone */
-  uint64_t dt = SL_MIN(sl_now_ns() - t0, (uint64_t)UINT32_MAX);
+  uint64_t dt = SL_MIN((sl_now_ns() - t0) / w, (uint64_t)UINT32_MAX);
   uint32_t old = atomic_load_explicit(&ex->service_ns[cls], memory_order_relaxed);
   uint32_t now = dt > old ? old / 2 + (uint32_t)(dt / 2)      /* rise fast */
                           : old - old / 8 + (uint32_t)(dt / 8); /* fall slowly */

@@ -70,11 +70,15 @@ struct sl_exec_item {
 struct sl_executor_ops {
   /* Run ITEM and reply; ITEM is the callee's from then on. */
   void (*run)(void *ctx, struct sl_exec_item *item);
-  /* 0 or 1: a kind of request whose service time decides whether it may
+  /* 0 .. SL_EXEC_CLASSES - 1: a kind of request whose service time decides whether it may
    * run in the reader (say reads, and writes without FUA); -1: never
    * timed, runs in the reader only when alone. */
   int (*service_class)(const struct sl_exec_item *item);
+  /* Optional: how many requests ITEM carries (a batch of reads run as one
+   * item); its service time counts per request.  NULL: one. */
+  unsigned (*weight)(const struct sl_exec_item *item);
 };
+#define SL_EXEC_CLASSES 3
 
 #define SL_EXECUTOR_MAX_WORKERS 16
 
@@ -91,7 +95,7 @@ struct sl_executor {
   pthread_t workers[SL_EXECUTOR_MAX_WORKERS];
   unsigned nworkers;
   atomic_uint busy;                   /* requests queued or executing */
-  _Atomic uint32_t service_ns[2];     /* recent service time per class */
+  _Atomic uint32_t service_ns[SL_EXEC_CLASSES]; /* recent service time per request, per class */
 };
 
 /* Start NWORKERS (at most SL_EXECUTOR_MAX_WORKERS) workers; at most
