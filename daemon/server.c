@@ -9,10 +9,13 @@
  * entries are tried against the cache on the spot: when all of them hit, the
  * loop copies them into the client's memory and replies without any other
  * thread waking up -- the hit path DESIGN.md asks for, with no lock but
- * twophase's own and no sleep.  A batch with a miss goes whole to a worker,
- * which fills the missing blocks (single-flight, store.c), copies, and
- * replies; replies may therefore overtake each other (the protocol says
- * so).  After serving, the loop polls its sockets for --poll-us before
+ * twophase's own and no sleep.  A batch with a miss becomes a job: the
+ * pieces the loop could not serve are shared out among as many workers as
+ * there are pieces (at most all of them), which fill the missing blocks
+ * (single-flight, store.c) and copy, and the last to finish replies -- so a
+ * client that sends the reads of many guest requests in one message has
+ * its misses filled in parallel, as if it had sent one message each.
+ * Replies may therefore overtake each other (the protocol says so).  After serving, the loop polls its sockets for --poll-us before
  * sleeping, since a client at queue depth 1 sends its next request within
  * microseconds and a wake-up costs far more (DESIGN.md: hop costs).
  *
@@ -133,6 +136,15 @@ struct piece {
   bool verify;                    /* the worker fstat-checks the layer first */
 };
 
+/* A batch with misses is a job; its pieces are taken by up to ntasks
+ * workers at once (one queued task each), so that the misses of one
+ * message are filled in parallel as those of as many messages would be.
+ * Whichever task finishes last replies. */
+struct task {
+  struct job *j;
+  struct task *next;              /* in the server's queue */
+};
+
 struct job {
   struct conn *c;
   uint64_t id;
@@ -140,7 +152,10 @@ struct job {
   struct sl_cs_read_result *res;  /* count */
   struct piece *pieces;           /* entries not served by the loop */
   uint32_t npieces;
-  struct job *next;
+  _Atomic uint32_t next_piece;    /* the next piece a task takes */
+  _Atomic uint32_t tasks_left;    /* tasks not finished */
+  uint32_t ntasks;
+  struct task *tasks;
 };
 
 /* What one uid holds: connections, registrations in progress, descriptors
@@ -176,7 +191,7 @@ struct sd_server {
   uint32_t nworkers;
   pthread_mutex_t qlock;
   pthread_cond_t qcond;
-  struct job *qhead, *qtail;
+  struct task *qhead, *qtail;
   bool stopping;
   struct conn *conns;
   _Atomic uint64_t nconns;
@@ -862,12 +877,20 @@ static void send_read_reply(struct sd_server *srv, struct conn *c, uint64_t id, 
 static void queue_job(struct sd_server *srv, struct job *j)
 {
   pthread_mutex_lock(&srv->qlock);
-  if (srv->qtail)
-    srv->qtail->next = j;
+  for (uint32_t i = 0; i < j->ntasks; i++) {
+    struct task *t = &j->tasks[i];
+    t->j = j;
+    t->next = NULL;
+    if (srv->qtail)
+      srv->qtail->next = t;
+    else
+      srv->qhead = t;
+    srv->qtail = t;
+  }
+  if (j->ntasks > 1)
+    pthread_cond_broadcast(&srv->qcond);
   else
-    srv->qhead = j;
-  srv->qtail = j;
-  pthread_cond_signal(&srv->qcond);
+    pthread_cond_signal(&srv->qcond);
   pthread_mutex_unlock(&srv->qlock);
 }
 
@@ -928,14 +951,17 @@ static void op_read(struct sd_server *srv, struct conn *c, const struct sl_cs_re
   if (j) {
     j->res = malloc(n * sizeof *res);
     j->pieces = malloc(npend * sizeof *pend);
+    j->ntasks = SL_MIN(npend, srv->nworkers);
+    j->tasks = malloc(j->ntasks * sizeof *j->tasks);
   }
-  if (!j || !j->res || !j->pieces) {
+  if (!j || !j->res || !j->pieces || !j->tasks) {
     for (uint32_t i = 0; i < npend; i++)
       res[pend[i].entry].status = -ENOMEM;
     send_read_reply(srv, c, r->hdr.id, n, res);
     if (j) {
       free(j->res);
       free(j->pieces);
+      free(j->tasks);
       free(j);
     }
     return;
@@ -946,15 +972,23 @@ static void op_read(struct sd_server *srv, struct conn *c, const struct sl_cs_re
   j->id = r->hdr.id;
   j->count = n;
   j->npieces = npend;
+  atomic_init(&j->next_piece, 0);
+  atomic_init(&j->tasks_left, j->ntasks);
   atomic_fetch_add(&c->refs, 1);
   atomic_fetch_add(&c->jobs, 1);
   queue_job(srv, j);
 }
 
-static void run_job(struct sd_server *srv, struct job *j)
+/* One of a job's tasks: take its pieces until none is left; the last
+ * task to finish replies and frees the job. */
+static void run_task(struct sd_server *srv, struct task *t)
 {
+  struct job *j = t->j;
   struct sd_layer *verified = NULL;
-  for (uint32_t i = 0; i < j->npieces; i++) {
+  for (;;) {
+    uint32_t i = atomic_fetch_add(&j->next_piece, 1);
+    if (i >= j->npieces)
+      break;
     bool hit;
     struct piece *p = &j->pieces[i];
     if (p->verify && p->l != verified) {
@@ -969,6 +1003,8 @@ static void run_job(struct sd_server *srv, struct job *j)
     j->res[j->pieces[i].entry].status = s < 0 ? s : 0;
     j->res[j->pieces[i].entry].flags = s >= 0 && hit ? SL_CS_RESULT_HIT : 0;
   }
+  if (atomic_fetch_sub(&j->tasks_left, 1) != 1)
+    return; /* another task still fills: it replies */
   struct conn *c = j->c;
   send_read_reply(srv, c, j->id, j->count, j->res);
   atomic_fetch_sub(&c->jobs, 1);
@@ -978,6 +1014,7 @@ static void run_job(struct sd_server *srv, struct job *j)
   conn_unref(srv, c);
   free(j->res);
   free(j->pieces);
+  free(j->tasks);
   free(j);
 }
 
@@ -988,16 +1025,16 @@ static void *worker_main(void *opaque)
     pthread_mutex_lock(&srv->qlock);
     while (!srv->qhead && !srv->stopping)
       pthread_cond_wait(&srv->qcond, &srv->qlock);
-    struct job *j = srv->qhead;
-    if (j) {
-      srv->qhead = j->next;
+    struct task *t = srv->qhead;
+    if (t) {
+      srv->qhead = t->next;
       if (!srv->qhead)
         srv->qtail = NULL;
     }
     pthread_mutex_unlock(&srv->qlock);
-    if (!j)
+    if (!t)
       return NULL;
-    run_job(srv, j);
+    run_task(srv, t);
   }
 }
 
