@@ -6,7 +6,10 @@
  * offset in that layer's file.  Extents in read-only layers are asked of
  * the daemon, all of one request in one message; everything else (the
  * writable top layer, zeros, holes, and whatever the daemon does not
- * serve) is read from next, adjacent pieces together.  The filter links
+ * serve) is read from next, adjacent pieces together.  A batch of reads
+ * (pread_batch, filter API 1.2: the NBD export's burst of guest reads) is
+ * planned the same way and all its pieces go in one message, so the burst
+ * costs one round trip to the daemon, not one per read.  The filter links
  * nothing of libsluice: the client of the daemon is the host table's
  * (cache_attach, cache_read, ...).
  *

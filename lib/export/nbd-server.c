@@ -13,7 +13,10 @@
  * depth 1 (all in request-executor.c), and replies are combined: whichever
  * thread finishes a request while no one is sending becomes the sender and
  * writes every queued reply, many per sendmsg; nobody waits on a reply
- * lock.
+ * lock.  When the disk takes batched reads (the cache filter, which asks
+ * sluiced for all of a batch in one round trip), the small reads one recv
+ * brought in go down the stack together and their replies leave together
+ * (transmission()).
  *
  * Buffers (DESIGN.md, "Buffers"): every read and write payload lives in a
  * buffer from the connection's memfd-backed arena (buffer-arena.h), sealed

@@ -18,6 +18,9 @@
  * average over the last eight or so, so a run of slow requests moves to
  * the workers after one or two of them.  Requests over INLINE_MAX_LEN
  * always go to a worker: their copying alone is worth doing in parallel.
+ * An item may carry several requests (the NBD export's batches of reads,
+ * ops->weight): its time counts per request, since what the choice weighs
+ * is the hand-off's cost against each request's.
  *
  * The worker pool.  The reader queues a request only when another one is
  * already waiting behind it or executing, and the request is not a cheap
