@@ -2,7 +2,8 @@
  * input is what a client sends; it is written into one end of a socket
  * pair and the server serves the other end (sl_nbd_serve_fd) over a small
  * raw disk on a memfd, until the input runs out.  What the server replies
- * is drained and thrown away. */
+ * is drained and thrown away.  Half the inputs (by size) run with the
+ * reader gathering reads into batches (SLUICE_NBD_BATCH=1). */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -65,6 +66,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   pthread_t t;
   if (pthread_create(&t, NULL, feeder, &f) != 0)
     abort();
+  /* Odd-sized inputs go through the reader's batching of reads (the core
+   * splits the batches over this raw disk), even-sized ones do not. */
+  setenv("SLUICE_NBD_BATCH", size % 2 ? "1" : "0", 1);
   struct sl_nbd_options o = {.export_name = "", .workers = 2,
                              .poll_us = 2 /* exercise recv_polled, briefly */};
   sl_nbd_serve_fd(sl_disk_top(disk), &o, sv[1]); /* closes sv[1] */

@@ -64,6 +64,8 @@
 #define SEND_BATCH 64                 /* replies per sendmsg, at most */
 #define READ_BATCH_MAX 32             /* reads gathered into one batch */
 #define READ_BATCH_LEN (64u << 10)    /* reads larger than this go alone */
+#define BATCH_FAST_NS 30000u          /* per read: a batch this fast always pays */
+#define BATCH_PROBE 16                /* batches not paying: every 16th chance still */
 
 struct request {
   struct sl_exec_item exec;         /* while it waits for a worker */
@@ -99,6 +101,9 @@ struct conn {
   struct sl_stream_reader in;       /* the reader's input buffer and polling */
   struct sl_executor ex;            /* inline execution and the workers */
   bool batching;                    /* the disk takes reads in batches */
+  _Atomic uint32_t batch_ns[2];     /* the last two batches' time per read */
+  atomic_uint batch_seq;
+  unsigned batch_skipped;           /* reader only: chances not taken */
   /* Replies waiting for the sender (see reply_submit). */
   pthread_mutex_t out_lock;
   pthread_cond_t out_cond;
@@ -357,7 +362,11 @@ static void do_read_batch(struct conn *c, struct request *rq)
     r[n] = x;
     v[n] = (struct sl_read_vec){.buf = x->data, .len = x->length, .off = x->offset};
   }
+  uint64_t t0 = sl_now_ns();
   sl_disk_pread_batch(c->h, v, n, 0);
+  uint64_t per = SL_MIN((sl_now_ns() - t0) / n, (uint64_t)UINT32_MAX);
+  atomic_store_explicit(&c->batch_ns[atomic_fetch_add(&c->batch_seq, 1) % 2],
+                        (uint32_t)per, memory_order_relaxed);
   struct request *head = NULL, *tail = NULL;
   for (unsigned i = 0; i < n; i++) {
     r[i]->more = NULL;
@@ -596,6 +605,29 @@ static bool batchable(const struct conn *c, uint16_t type, uint32_t length)
   return c->batching && type == NBD_CMD_READ && length <= READ_BATCH_LEN;
 }
 
+/* Whether to gather a batch now.  What the filter that takes a batch
+ * does not serve itself runs below it one read after another (the cache
+ * filter reads the writable top layer and whatever the daemon did not
+ * serve from next): on slow storage, or with the daemon gone, a batch of
+ * 8 reads then costs 8 reads' time where 8 single reads on the workers
+ * overlap.  Where the filter serves the batch (sluiced: hits for the
+ * price of one round trip, misses filled in parallel), a batch costs
+ * little more than one read.  So the time per read of recent batches
+ * (the better of the last two: one preempted batch does not count) is
+ * held against that of single reads (the executor's estimate): batches
+ * are made while they take less than half of it per read, or less than
+ * BATCH_FAST_NS, and otherwise only every BATCH_PROBE-th time, to see
+ * when they pay again (a cache warmed up, a daemon back). */
+static bool batch_pays(struct conn *c)
+{
+  uint32_t a = atomic_load_explicit(&c->batch_ns[0], memory_order_relaxed);
+  uint32_t b = atomic_load_explicit(&c->batch_ns[1], memory_order_relaxed);
+  uint32_t single = atomic_load_explicit(&c->ex.service_ns[0], memory_order_relaxed);
+  if (SL_MIN(a, b) <= SL_MAX(BATCH_FAST_NS, single / 2))
+    return true;
+  return ++c->batch_skipped % BATCH_PROBE == 0;
+}
+
 /* Whether the input buffer already holds the whole header of a read that
  * may join a batch (never waits for the socket). */
 static bool next_batchable(const struct conn *c)
@@ -628,7 +660,7 @@ static void transmission(struct conn *c)
     if (r == 0)
       continue;
     bool stop = false;
-    if (batchable(c, rq->type, rq->length)) {
+    if (batchable(c, rq->type, rq->length) && batch_pays(c)) {
       struct request *tail = rq;
       rq->batch_n = 1;
       while (rq->batch_n < READ_BATCH_MAX && next_batchable(c)) {
@@ -662,8 +694,14 @@ static int serve_conn(struct conn *c)
   if (sl_stream_reader_init(&c->in, c->fd, INBUF_SIZE, c->opts->poll_us) < 0 ||
       sl_arena_create("sluice-nbd", ARENA_SIZE, &c->arena) < 0)
     return -1;
-  const char *b = getenv("SLUICE_NBD_BATCH"); /* =0: off, for before/after */
-  c->batching = sl_disk_can_pread_batch(c->h) && !(b && strcmp(b, "0") == 0);
+  /* SLUICE_NBD_BATCH=0: never (for before/after measurements); =1: on any
+   * disk, where the core splits the batch (for tests and the fuzzer). */
+  const char *b = getenv("SLUICE_NBD_BATCH");
+  c->batching = b && strcmp(b, "1") == 0 ? true
+              : sl_disk_can_pread_batch(c->h) && !(b && strcmp(b, "0") == 0);
+  /* Unknown until measured: single reads first, then a probe. */
+  atomic_init(&c->batch_ns[0], UINT32_MAX);
+  atomic_init(&c->batch_ns[1], UINT32_MAX);
   unsigned n = c->opts->workers ? c->opts->workers : DEFAULT_WORKERS;
   if (sl_executor_start(&c->ex, &executor_ops, c, n, MAX_QUEUED) < 0)
     return -1;
