@@ -951,7 +951,7 @@ static void op_read(struct sd_server *srv, struct conn *c, const struct sl_cs_re
   if (j) {
     j->res = malloc(n * sizeof *res);
     j->pieces = malloc(npend * sizeof *pend);
-    j->ntasks = SL_MIN(npend, srv->nworkers);
+    j->ntasks = SL_MAX(SL_MIN(npend, srv->nworkers), 1u);
     j->tasks = malloc(j->ntasks * sizeof *j->tasks);
   }
   if (!j || !j->res || !j->pieces || !j->tasks) {
