@@ -4,7 +4,11 @@
  * pass sluiced a layer on such a file system, and the daemon's event loop
  * must keep serving everyone else while something waits for it.
  *
- *   hangfs MOUNTPOINT CONTROL_FILE   (foreground; unmount to stop it)
+ *   hangfs MOUNTPOINT CONTROL_FILE [DELAY_MS]   (foreground; unmount to stop it)
+ *
+ * With DELAY_MS, every read also takes that long (slow storage: for
+ * test-daemon-parallel-fill, whose reads must overlap).  FUSE serves
+ * requests on several threads, so concurrent reads wait together.
  *
  * Attributes are never cached (timeouts 0), so fstat reaches the server. */
 #define FUSE_USE_VERSION 31
@@ -13,12 +17,14 @@
 #include <fuse.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define SIZE (1u << 20)
 static const char *control;
+static unsigned delay_ms;
 
 static void maybe_hang(void)
 {
@@ -81,6 +87,8 @@ static int hf_read(const char *path, char *buf, size_t size, off_t off,
 {
   (void)path, (void)fi;
   maybe_hang();
+  if (delay_ms)
+    usleep(delay_ms * 1000u);
   if (off >= SIZE)
     return 0;
   if (size > SIZE - (size_t)off)
@@ -104,11 +112,13 @@ static const struct fuse_operations ops = {
 
 int main(int argc, char **argv)
 {
-  if (argc != 3) {
-    fprintf(stderr, "usage: hangfs MOUNTPOINT CONTROL_FILE\n");
+  if (argc != 3 && argc != 4) {
+    fprintf(stderr, "usage: hangfs MOUNTPOINT CONTROL_FILE [DELAY_MS]\n");
     return 2;
   }
   control = argv[2];
+  if (argc == 4)
+    delay_ms = (unsigned)atoi(argv[3]);
   char *fargv[] = {argv[0], "-f", "-o", "default_permissions,allow_other", argv[1], NULL};
   return fuse_main(5, fargv, &ops, NULL);
 }

@@ -9,6 +9,9 @@
  *       every byte compared with the file
  *   sluiced-probe SOCKET read FILE OFFSET LENGTH
  *       one read through the daemon, the bytes to stdout
+ *   sluiced-probe SOCKET read-many FILE FIRST N STRIDE
+ *       one READ of N entries of 4 KiB at FIRST, FIRST + STRIDE, ...; prints
+ *       how many milliseconds the reply took, after checking the bytes
  *   sluiced-probe SOCKET rbd MON POOL IMAGE SNAP1 EXPORT1 SNAP2 EXPORT2 USER KEY
  *                         LIMITED_USER LIMITED_KEY
  *       RBD snapshots (REGISTER_RBD): each layer serves its own snapshot's
@@ -902,6 +905,49 @@ static int read_cmd(int argc, char **argv)
   return 0;
 }
 
+static int read_many(int argc, char **argv)
+{
+  if (argc != 4)
+    return 2;
+  uint64_t first = strtoull(argv[1], NULL, 0), stride = strtoull(argv[3], NULL, 0);
+  uint32_t n = (uint32_t)strtoul(argv[2], NULL, 0);
+  if (n == 0 || n > 64)
+    return 2;
+  struct sl_cs_conn c;
+  conn(&c);
+  uint8_t *m;
+  size_t len = (size_t)n * 4096;
+  int mfd = memfd(len, F_SEAL_SHRINK, 0, &m);
+  int h = reg_handle(&c, mfd, 0, len, SL_CS_RIGHT_WRITE);
+  int l = reg_layer(&c, argv[0], 0);
+  if (l < 0 || h < 0) {
+    fprintf(stderr, "sluiced-probe: read-many: registration refused\n");
+    return 1;
+  }
+  struct sl_cs_read_entry e[64];
+  int32_t st[64];
+  for (uint32_t i = 0; i < n; i++)
+    e[i] = (struct sl_cs_read_entry){.layer = (uint32_t)l, .handle = (uint32_t)h,
+                                     .file_offset = first + i * stride,
+                                     .handle_offset = i * 4096u, .length = 4096};
+  uint64_t t0 = sl_now_ns();
+  int r = read_batch(&c, e, n, st, NULL);
+  uint64_t ms = (sl_now_ns() - t0) / 1000000u;
+  sl_cs_close(&c);
+  for (uint32_t i = 0; r == 0 && i < n; i++)
+    if (st[i] < 0)
+      r = st[i];
+    else if (!same_as_file(argv[0], e[i].file_offset, m + i * 4096u, 4096))
+      r = -EIO;
+  close(mfd);
+  if (r < 0) {
+    fprintf(stderr, "sluiced-probe: read-many: %s\n", strerror(-r));
+    return 1;
+  }
+  printf("%llu\n", (unsigned long long)ms);
+  return 0;
+}
+
 /* ---- RBD snapshots (protocol version 2) ---- */
 
 /* The ids the client opened (what libsluice sends): the cluster's fsid,
@@ -1358,6 +1404,8 @@ int main(int argc, char **argv)
     return stress(argc - 3, argv + 3);
   if (!strcmp(argv[2], "read"))
     return read_cmd(argc - 3, argv + 3);
+  if (!strcmp(argv[2], "read-many"))
+    return read_many(argc - 3, argv + 3);
   if (!strcmp(argv[2], "stats-check"))
     return stats_check();
   if (!strcmp(argv[2], "stats-own") && argc == 4)
