@@ -83,11 +83,11 @@ static uint64_t charge(struct bucket *b, double cost, uint64_t now)
   return b->tokens >= 0 ? 0 : (uint64_t)(-b->tokens / b->rate * 1e9);
 }
 
-static void throttle(struct throttle *t, uint64_t bytes)
+static void throttle_n(struct throttle *t, unsigned ops, uint64_t bytes)
 {
   pthread_mutex_lock(&t->lock);
   uint64_t now = host->now_ns();
-  uint64_t w1 = charge(&t->ops, 1, now);
+  uint64_t w1 = charge(&t->ops, ops, now);
   uint64_t w2 = charge(&t->bytes, (double)bytes, now);
   pthread_mutex_unlock(&t->lock);
   uint64_t wait = w1 > w2 ? w1 : w2;
@@ -95,11 +95,28 @@ static void throttle(struct throttle *t, uint64_t bytes)
     fu_sleep_ns(wait);
 }
 
+static void throttle(struct throttle *t, uint64_t bytes)
+{
+  throttle_n(t, 1, bytes);
+}
+
 static int th_pread(void *inst, struct sl_next *next, void *buf, size_t len,
                     uint64_t off, uint32_t flags)
 {
   throttle(inst, len);
   return sl_next_pread(next, buf, len, off, flags);
+}
+
+/* A batch (filter API 1.2): charged as its reads and bytes together, then
+ * passed on whole, so that the cache filter below still gets it as one. */
+static int th_pread_batch(void *inst, struct sl_next *next, struct sl_read_vec *v,
+                          unsigned count, uint32_t flags)
+{
+  uint64_t bytes = 0;
+  for (unsigned i = 0; i < count; i++)
+    bytes += v[i].len;
+  throttle_n(inst, count, bytes);
+  return sl_next_pread_batch(next, v, count, flags);
 }
 
 static int th_pwrite(void *inst, struct sl_next *next, const void *buf,
@@ -143,7 +160,7 @@ static const struct sl_filter throttle_filter = {
   .config = th_config,
   .config_complete = th_config_complete,
   .close = th_close,
-  .pread = th_pread, .pwrite = th_pwrite,
+  .pread = th_pread, .pread_batch = th_pread_batch, .pwrite = th_pwrite,
   .discard = th_discard, .write_zeroes = th_zero,
 };
 

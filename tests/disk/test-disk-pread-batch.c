@@ -12,8 +12,9 @@
  *   2. sluiced SIGKILLed while the threads read, then gone: every read
  *      still succeeds and equals the oracle (the daemon is an accelerator);
  *   3. the same disk without the filter (the core's one-pread-per-entry
- *      fallback, at the image) and under a filter that has pread but not
- *      pread_batch (the core splits the batch there);
+ *      fallback, at the image), under a filter that has pread but not
+ *      pread_batch (the core splits the batch there), and under stats and
+ *      throttle, which pass batches on whole;
  *   4. an entry beyond the end of the disk fails alone, with EINVAL; the
  *      others of its batch are served.
  * Exit 77 (skip) without qemu-img, qemu-io or a built sluiced. */
@@ -183,7 +184,7 @@ int main(void)
     fprintf(stderr, "SKIP: needs qemu-img, qemu-io and SLUICED\n");
     return 77;
   }
-  static const char *const modules[] = {"cache", "passthru", NULL};
+  static const char *const modules[] = {"cache", "passthru", "stats", "throttle", NULL};
   stack_test_setup("pread-batch", modules);
   atexit(stop_daemon);
   char cmd[2048];
@@ -264,6 +265,14 @@ int main(void)
     return 1;
   }
   storm(sl_disk_top(disk), 10, -1, "split under passthru");
+  sl_disk_close(disk);
+  const char *whole[] = {"stats", "throttle:iops=1000000", filt};
+  disk = open_with(whole, 3);
+  if (!sl_disk_can_pread_batch(sl_disk_top(disk))) {
+    fprintf(stderr, "stats and throttle do not pass batches on whole\n");
+    return 1;
+  }
+  storm(sl_disk_top(disk), 10, -1, "under stats and throttle");
   sl_disk_close(disk);
 
   free(expect);
