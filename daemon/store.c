@@ -889,7 +889,7 @@ int sd_store_read(struct sd_store *s, struct sd_layer *l, uint64_t off, uint32_t
     return -ESTALE;
   if (off >= l->size && !(off == 0 && l->size == 0))
     return -EINVAL;
-  uint64_t hits = 0, misses = 0;
+  uint64_t hits = 0, misses = 0, unreported = 0;
   int ret = 0;
   while (len > 0) {
     uint64_t block = off >> s->shift;
@@ -900,11 +900,15 @@ int sd_store_read(struct sd_store *s, struct sd_layer *l, uint64_t off, uint32_t
     } else {
       uint64_t key = key_of(l, block);
       uint32_t slot = sl_twophase_lookup(s->tp, key);
+      unreported++;
       if (slot != SL_TWOPHASE_NONE && copy_if_valid(s, slot, key, in_off, n, dst)) {
         hits++;
       } else {
         misses++;
         *hit = false;
+        /* the climber's requests, before the insert credits them */
+        sl_twophase_count_requests(s->tp, unreported);
+        unreported = 0;
         ret = fill_and_copy(s, l, block, in_off, n, dst);
         if (ret < 0)
           break;
@@ -919,6 +923,8 @@ int sd_store_read(struct sd_store *s, struct sd_layer *l, uint64_t off, uint32_t
    * is allowed; but report it, so a client that asked after it is told. */
   if (ret == 0 && atomic_load_explicit(&l->dead, memory_order_acquire))
     ret = -ESTALE;
+  if (unreported)
+    sl_twophase_count_requests(s->tp, unreported);
   if (hits) {
     atomic_fetch_add_explicit(&l->c.hits, hits, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->c.hits, hits, memory_order_relaxed);
@@ -957,6 +963,7 @@ int sd_store_read_cached(struct sd_store *s, struct sd_layer *l, uint64_t off, u
   }
   if (atomic_load_explicit(&l->dead, memory_order_acquire))
     return -ESTALE;
+  sl_twophase_count_requests(s->tp, hits); /* the climber's requests */
   atomic_fetch_add_explicit(&l->c.hits, hits, memory_order_relaxed);
   atomic_fetch_add_explicit(&s->c.hits, hits, memory_order_relaxed);
   return 1;

@@ -397,6 +397,10 @@ static uint64_t replay(enum policy p, struct sl_twophase *tp, struct locked *lk,
                        uint64_t *pos, uint64_t count)
 {
   uint64_t hits = 0, i = *pos;
+  /* twophase's climber learns the request count from its caller, once a
+   * batch, as the daemon reports its reads (twophase.h) */
+  if (p == P_TWOPHASE)
+    sl_twophase_count_requests(tp, count);
   for (uint64_t n = 0; n < count; n++) {
     hits += access_one(p, tp, lk, sd, keys[i]);
     if (++i == nkeys)

@@ -45,10 +45,11 @@
  *
  * Hill climbing (params.climb, issue 15): cold's target is sized per
  * shard from the hit ratio, as Caffeine sizes W-TinyLFU's window.  The
- * requests of a sample are counted per thread (`asked` below, handed over
- * with each miss; the hit path stores to no shared memory for it) and the
- * misses under the lock; at the end of a sample, the
- * target moves by a step in the direction that last raised the hit ratio.
+ * requests of a sample are reported by the caller
+ * (sl_twophase_count_requests, in batches if it likes: `asked` below) and
+ * handed over with each miss, the misses counted under the lock; a hit
+ * counts nothing (it writes at most its reference level, as before the
+ * climber); at the end of a sample, the target moves by a step in the direction that last raised the hit ratio.
  * A reuse pattern LRU likes (a zigzag) wants a large cold, a loop larger
  * than the cache a small one and a steady hot set: no fixed split serves
  * both.  While hot is below its share (the target just shrank, or the
@@ -140,6 +141,7 @@ struct sl_tp_shard {
    * the current sample, the previous sample's hit ratio (< 0: none yet),
    * the signed step and the unrounded target, in slots. */
   uint64_t clk_len, clk_req, clk_miss;
+  bool clk_reported;                /* some of this sample's requests were reported */
   double clk_prev, clk_step, clk_target, clk_first; /* clk_first: full step, a share */
   uint64_t clk_ghost_hot, clk_ghost_young; /* first sample's ghost hits by origin */
   struct sl_twophase_stats st;
@@ -151,39 +153,54 @@ struct sl_tp_shard {
  * which covers every shard of every structure. */
 static _Thread_local uint64_t ref_stores_here;
 
-/* Requests this thread made since its last miss, for the hill climbers
- * (params.climb), which need a hit ratio.  A shared counter would be a
- * store every hitting core makes to one cache line; this one is the
- * thread's own, a plain increment that no other core ever reads, and it is
- * all a hit does for the climber.  (Issue 15's first climber also checked
- * on every hit which structure the count belonged to, and routed
- * sl_twophase_access through sl_twophase_lookup: 22-28 instructions more
- * per hit, measured with callgrind, docs/benchmarks.md.)  A miss hands the
- * count to the shard it inserts into: a thread's hits fall on every shard,
- * but so do its misses, so each shard is credited its share on average.
+/* Requests this thread reported (sl_tp_count_requests) since its last
+ * miss, for the hill climbers (params.climb), which need a hit ratio.  A
+ * miss hands the count to the shard it inserts into: a thread's hits fall
+ * on every shard, but so do its misses, so each shard is credited its
+ * share on average.
  *
- * The count is credited only if this thread's previous miss was in the
- * same structure, checked on the miss path against t->owner, an id no
- * other structure of the process ever has.  (It was the structure's
- * address: a structure created where a destroyed one had been inherited
- * the count of the old one's last hits, and the simulator's results for
- * one configuration depended on which ran before it in the same thread.)
- * A thread that turns from one structure to another drops the hits in
- * between rather than crediting them to the wrong one; one that
- * interleaves two credits each with some of the other's hits, which
- * blurs both hit ratios alike. */
+ * The caller reports its requests, one at a time or in batches, instead
+ * of the hit path counting them (issue 15, fifth round): the count was
+ * the only memory a hit on a saturated block wrote, and although it cost
+ * two instructions a hit (callgrind), cache-bench's single-thread hit
+ * rate on a quiet machine was 0.82x that of the hit path without it
+ * (docs/cache-policy.md, "Hit path cost").  Callers count their requests
+ * anyway (the simulator its trace, the daemon its reads, cache-bench its
+ * batches), and reporting them once per batch costs the hit nothing.
+ *
+ * The count belongs to one structure, t->owner, an id no other structure
+ * of the process ever has.  (It was the structure's address: a structure
+ * created where a destroyed one had been inherited the count of the old
+ * one's last hits.)  A report for another structure drops what was
+ * pending rather than crediting it to the wrong one; a miss credits its
+ * own structure's count only.  A thread that interleaves two structures
+ * therefore credits each with some of its requests, which blurs both hit
+ * ratios alike.  A miss with nothing reported counts as one request; a
+ * sample in which nothing at all was reported has no hit ratio, and the
+ * climber leaves cold's target where it is. */
 /* initial-exec: the library is built position-independent, and the
- * default model would make every lookup call __tls_get_addr. */
+ * default model would make every access call __tls_get_addr. */
 static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
   uint64_t owner;
   uint64_t n;
 } asked;
 
-/* The requests to credit with a miss: those counted since the last one
- * (the miss's own lookup among them), at least the miss itself. */
-static inline uint64_t take_requests(uint64_t owner)
+void sl_tp_count_requests(uint64_t owner, uint64_t n)
 {
-  uint64_t n = asked.owner == owner && asked.n ? asked.n : 1;
+  if (asked.owner != owner) {
+    asked.owner = owner;
+    asked.n = 0;
+  }
+  asked.n += n;
+}
+
+/* The requests to credit with a miss: those reported since the last one
+ * (the miss's own among them, if the caller reports before it asks), at
+ * least the miss itself; *REPORTED tells whether any were. */
+static inline uint64_t take_requests(uint64_t owner, bool *reported)
+{
+  *reported = asked.owner == owner && asked.n;
+  uint64_t n = *reported ? asked.n : 1;
   asked.owner = owner;
   asked.n = 0;
   return n;
@@ -586,7 +603,6 @@ static void adapt(struct sl_tp_shard *t, int origin, int age)
  * the caller. */
 static inline uint32_t lookup_hashed(struct sl_tp_shard *t, uint64_t key, uint32_t hash)
 {
-  asked.n++;
   uint32_t s = sl_slot_index_find(&t->ix, t->keys, key, hash, NULL);
   if (s == NONE)
     return NONE;
@@ -632,12 +648,19 @@ static uint32_t insert_hashed(struct sl_tp_shard *t, uint64_t key, uint32_t hash
     pthread_mutex_unlock(&t->lock);
     return s;
   }
-  uint64_t requests = take_requests(t->owner);
+  bool reported;
+  uint64_t requests = take_requests(t->owner, &reported);
   if (t->clk_len) {
     t->clk_req += requests;
     t->clk_miss++;
-    if (t->clk_req >= t->clk_len)
-      climb(t);
+    t->clk_reported |= reported;
+    if (t->clk_req >= t->clk_len) {
+      if (t->clk_reported)
+        climb(t);
+      else /* nobody reports requests: no hit ratio to climb on */
+        t->clk_req = t->clk_miss = 0;
+      t->clk_reported = false;
+    }
   }
   int age = 0, origin = ghost_take(t, key, &age);
   if (origin) {

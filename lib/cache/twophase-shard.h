@@ -29,10 +29,12 @@ struct sl_tp_shard *sl_tp_shard_create(const struct sl_twophase_params *p, uint3
 void sl_tp_shard_destroy(struct sl_tp_shard *t);
 uint32_t sl_tp_shard_capacity(const struct sl_tp_shard *t);
 
-/* Lookups count themselves in a per-thread request count; an insert
- * credits that count to this shard's hill climber if the thread's previous
- * insert was into the same owner (the whole structure), see
- * twophase-shard.c.  access: lookup, and insert on a miss; true on a hit. */
+/* Requests are reported by sl_tp_count_requests into a per-thread count
+ * for OWNER (the whole structure); an insert credits that count to this
+ * shard's hill climber if it is this shard's owner's, see
+ * twophase-shard.c.  Lookups count nothing.  access: lookup, and insert
+ * on a miss; true on a hit. */
+void sl_tp_count_requests(uint64_t owner, uint64_t n);
 uint32_t sl_tp_shard_lookup(struct sl_tp_shard *t, uint64_t key, uint32_t hash);
 uint32_t sl_tp_shard_insert(struct sl_tp_shard *t, uint64_t key, uint32_t hash, bool pin,
                             uint64_t *evicted, bool *did_evict);

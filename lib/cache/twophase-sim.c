@@ -72,9 +72,13 @@ static void *tp_create_args(uint64_t capacity, const char *args)
   return t;
 }
 
+/* Each request is reported to the climber before it is made, as the
+ * hit path counted it before it stopped counting (docs/cache-policy.md,
+ * "Hit path cost"): the simulated miss ratios are the same. */
 static bool tp_access(void *state, uint64_t block, uint64_t next_use)
 {
   (void)next_use;
+  sl_twophase_count_requests(state, 1);
   return sl_twophase_access(state, block);
 }
 

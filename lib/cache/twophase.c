@@ -53,6 +53,7 @@ struct sl_twophase {
   uint32_t q;     /* slots of a small shard (the large ones have q + 1) */
   uint32_t big;   /* shards with q + 1 slots: the first ones */
   uint32_t split; /* big * (q + 1): the first slot of a small shard */
+  uint64_t id;    /* whose requests sl_twophase_count_requests reports */
   struct shard_ref shard[SL_TWOPHASE_MAX_SHARDS];
   /* Only sl_twophase_test_hand_step writes this: its own line. */
   _Alignas(64) _Atomic uint32_t test_turn;
@@ -109,6 +110,7 @@ struct sl_twophase *sl_twophase_create(const struct sl_twophase_params *p)
    * (twophase-shard.c); an address could be a destroyed structure's. */
   static _Atomic uint64_t last_id;
   uint64_t id = atomic_fetch_add_explicit(&last_id, 1, memory_order_relaxed) + 1;
+  t->id = id;
   uint32_t base = 0;
   for (uint32_t i = 0; i < t->nshards; i++) {
     uint32_t size = t->q + (i < t->big);
@@ -151,11 +153,16 @@ uint32_t sl_twophase_insert(struct sl_twophase *t, uint64_t key, bool pin,
 }
 
 /* One call into the shard, which looks up and inserts on a miss (the
- * key's shard and hash computed once): a hit costs what it did before the
- * hill climber (docs/benchmarks.md). */
+ * key's shard and hash computed once): a hit runs the instructions it ran
+ * before the hill climber (docs/cache-policy.md, "Hit path cost"). */
 bool sl_twophase_access(struct sl_twophase *t, uint64_t key)
 {
   return sl_tp_shard_access(t->shard[shard_of_key(t, key)].sh, key, sl_slot_index_hash(key));
+}
+
+void sl_twophase_count_requests(struct sl_twophase *t, uint64_t n)
+{
+  sl_tp_count_requests(t->id, n);
 }
 
 uint32_t sl_twophase_pin(struct sl_twophase *t, uint64_t key)

@@ -127,8 +127,20 @@ struct sl_twophase_stats {
 struct sl_twophase *sl_twophase_create(const struct sl_twophase_params *p);
 void sl_twophase_destroy(struct sl_twophase *t);
 
-/* The slot of KEY (marking it referenced), or SL_TWOPHASE_NONE. */
+/* The slot of KEY (marking it referenced), or SL_TWOPHASE_NONE.  Counts
+ * nothing: see sl_twophase_count_requests. */
 uint32_t sl_twophase_lookup(struct sl_twophase *t, uint64_t key);
+
+/* Issue 15: report N requests (lookups or accesses) the calling thread
+ * makes of T, for the hill climber's hit ratio (params.climb).  Report
+ * them before or as they are made, one at a time or in batches; each
+ * miss (insert) credits the thread's pending count to its shard.  The
+ * hit path counts nothing itself, so that a hit writes no memory for
+ * the climber (docs/cache-policy.md, "Hit path cost").  If nothing is
+ * reported during a sample, the climber does not step: cold keeps its
+ * target (without reports, the fixed split).  Cheap: a thread-local add. */
+void sl_twophase_count_requests(struct sl_twophase *t, uint64_t n);
+#define SL_TWOPHASE_COUNT_REQUESTS 1 /* for harnesses built against older trees */
 
 /* Make KEY resident after a miss and return its slot (the existing one if
  * another thread inserted it first).  If a block had to go, its key is
@@ -138,7 +150,9 @@ uint32_t sl_twophase_lookup(struct sl_twophase *t, uint64_t key);
 uint32_t sl_twophase_insert(struct sl_twophase *t, uint64_t key, bool pin,
                             uint64_t *evicted, bool *did_evict);
 
-/* lookup, and insert on a miss; true on a hit.  For the simulator. */
+/* lookup, and insert on a miss; true on a hit.  For the simulator and the
+ * benchmarks, which report their requests with
+ * sl_twophase_count_requests. */
 bool sl_twophase_access(struct sl_twophase *t, uint64_t key);
 
 /* Pinned entries are never chosen as victims (a block being filled or

@@ -322,9 +322,10 @@ static void test_contest_keeps_hot_on_a_loop(void **state)
  * 0.390-0.394, so the climber's earlier growth there came from its first
  * sample (the warm-up misses) making its first step up look right.  What
  * the zigzag checks now is that climbing costs nothing against the fixed
- * split it starts from.  The climber's sample is counted by
- * sl_twophase_lookup, so the requests go through lookup and insert, as
- * the daemon makes them. */
+ * split it starts from.  The requests go through lookup and insert, as
+ * the daemon makes them, each reported with sl_twophase_count_requests
+ * before its lookup (so the climber sees what it saw when the hit path
+ * counted). */
 static uint64_t climb_run(uint64_t cap, bool zigzag, bool climb, uint64_t rounds,
                           struct sl_twophase_stats *s)
 {
@@ -336,6 +337,7 @@ static uint64_t climb_run(uint64_t cap, bool zigzag, bool climb, uint64_t rounds
   for (uint64_t r = 0; r < rounds; r++)
     for (uint64_t i = 0; i < n; i++) {
       uint64_t key = zigzag && (r & 1) ? n - 1 - i : i;
+      sl_twophase_count_requests(t, 1);
       if (sl_twophase_lookup(t, key) != SL_TWOPHASE_NONE)
         hits++;
       else
