@@ -7,7 +7,8 @@
 # footprint (as cache-bench's), runs bench/cache/hit-instr.c under
 # callgrind with 0 and with N passes (default 2) over a 2 x footprint key
 # stream (footprint default 1 Mi blocks) and prints the instructions, L1
-# data misses (cachegrind's simulated cache) and hit ratio per operation.
+# data misses (cachegrind's simulated cache), mispredicted conditional
+# branches (its simulated predictor) and hit ratio per operation.
 # REV (default: none, this tree only) is built from `git archive` in a
 # scratch directory; the harness is compiled against each library.
 set -euo pipefail
@@ -36,17 +37,20 @@ if [[ -n $against ]]; then
     { echo "instr.sh: cannot build $against" >&2; exit 1; }
   trees+=("old $tmp/old $tmp/old/build")
 fi
-# instructions and D1 read+write misses of one run: "IR D1MISS"
+# instructions, D1 read+write misses and mispredicted conditional
+# branches of one run: "IR D1MISS BCM"
 count() {
-  valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file="$tmp/cg.out" "$@" \
-    >"$tmp/run.out" 2>/dev/null
-  awk '/^summary:/ {print $2, $6 + $9}' "$tmp/cg.out"
+  valgrind --tool=cachegrind --cache-sim=yes --branch-sim=yes \
+    --cachegrind-out-file="$tmp/cg.out" "$@" >"$tmp/run.out" 2>/dev/null
+  awk '/^events:/ {for (i = 2; i <= NF; i++) col[$i] = i}
+       /^summary:/ {print $col["Ir"], $col["D1mr"] + $col["D1mw"], $col["Bcm"]}' \
+    "$tmp/cg.out"
 }
 echo "instr.sh: footprint $footprint, $passes passes of $((2 * footprint)) keys," \
      "load average $(cut -d' ' -f1 /proc/loadavg)"
 echo
-echo "| build | workload | instructions/op | L1d misses/op | hit ratio |"
-echo "|---|---|---|---|---|"
+echo "| build | workload | instructions/op | L1d misses/op | mispredicts/op | hit ratio |"
+echo "|---|---|---|---|---|---|"
 for tr in "${trees[@]}"; do
   set -- $tr
   name=$1
@@ -54,12 +58,13 @@ for tr in "${trees[@]}"; do
     label="this tree ($(git rev-parse --short HEAD)+)"
   harness "$2" "$3" "$tmp/h-$name"
   for w in a b; do
-    read -r i0 m0 < <(count "$tmp/h-$name" $w 0 "$footprint")
-    read -r i1 m1 < <(count "$tmp/h-$name" $w "$passes" "$footprint")
+    read -r i0 m0 b0 < <(count "$tmp/h-$name" $w 0 "$footprint")
+    read -r i1 m1 b1 < <(count "$tmp/h-$name" $w "$passes" "$footprint")
     read -r _ ops _ hits < "$tmp/run.out"
     awk -v l="$label" -v w=$w -v i0="$i0" -v i1="$i1" -v m0="$m0" -v m1="$m1" \
+        -v b0="$b0" -v b1="$b1" \
         -v ops="$ops" -v hits="$hits" 'BEGIN {
-      printf "| %s | %s | %.1f | %.2f | %.4f |\n", l, w, (i1 - i0) / ops,
-             (m1 - m0) / ops, hits / ops }'
+      printf "| %s | %s | %.1f | %.2f | %.3f | %.4f |\n", l, w, (i1 - i0) / ops,
+             (m1 - m0) / ops, (b1 - b0) / ops, hits / ops }'
   done
 done
