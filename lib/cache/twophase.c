@@ -53,8 +53,8 @@ struct sl_twophase {
   uint32_t q;     /* slots of a small shard (the large ones have q + 1) */
   uint32_t big;   /* shards with q + 1 slots: the first ones */
   uint32_t split; /* big * (q + 1): the first slot of a small shard */
-  uint64_t id;    /* whose requests sl_twophase_count_requests reports */
   struct shard_ref shard[SL_TWOPHASE_MAX_SHARDS];
+  uint64_t id;    /* whose requests sl_twophase_count_requests reports */
   /* Only sl_twophase_test_hand_step writes this: its own line. */
   _Alignas(64) _Atomic uint32_t test_turn;
 };
