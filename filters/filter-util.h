@@ -73,4 +73,19 @@ static inline void fu_sleep_ns(uint64_t ns)
     ;
 }
 
+/* Answer SL_QUERY_PREAD_BATCH (version 1) with A, for a filter whose only
+ * query it is; any other query is refused with a message naming NAME. */
+static inline int fu_pread_batch_query(const char *name, int a, const char *what,
+                                       uint32_t version, void *out, size_t out_size)
+{
+  if (strcmp(what, SL_QUERY_PREAD_BATCH) != 0 || version != 1)
+    return host->error(ENOTSUP, "%s: no query %s version %u (it answers "
+                       SL_QUERY_PREAD_BATCH " version 1)", name, what, version);
+  if (out_size < sizeof a)
+    return host->error(EINVAL, "%s: " SL_QUERY_PREAD_BATCH " needs %zu bytes, "
+                       "given %zu", name, sizeof a, out_size);
+  memcpy(out, &a, sizeof a);
+  return (int)sizeof a;
+}
+
 #endif

@@ -328,6 +328,17 @@ static int ca_zero(void *inst, struct sl_next *next, uint64_t off, uint64_t len,
   return r;
 }
 
+/* A batch is one message to the daemon only with a daemon attached
+ * (c->cd, set in open); with mode=off, or when what is below is not the
+ * image's bytes, it goes on to next and is split at the image. */
+static int ca_query(void *inst, const char *what, uint32_t version, void *out,
+                    size_t out_size)
+{
+  const struct cache *c = inst;
+  return fu_pread_batch_query("cache", c->cd ? SL_PREAD_BATCH_ONE : SL_PREAD_BATCH_SPLIT,
+                              what, version, out, out_size);
+}
+
 static const struct sl_filter cache_filter = {
   .api_version = SL_FILTER_API_VERSION,
   .struct_size = sizeof(struct sl_filter),
@@ -346,6 +357,7 @@ static const struct sl_filter cache_filter = {
   .pwrite = ca_pwrite,
   .discard = ca_discard,
   .write_zeroes = ca_zero,
+  .query = ca_query,
 };
 
 SL_REGISTER_FILTER(cache_filter)

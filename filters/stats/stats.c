@@ -219,6 +219,15 @@ static void st_close(void *inst, struct sl_next *next)
   free(s->name);
 }
 
+/* Batches go on whole (st_pread_batch): the answer is the level below's. */
+static int st_query(void *inst, const char *what, uint32_t version, void *out,
+                    size_t out_size)
+{
+  (void)inst;
+  return fu_pread_batch_query("stats", SL_PREAD_BATCH_PASS, what, version, out,
+                              out_size);
+}
+
 static const struct sl_filter stats = {
   .api_version = SL_FILTER_API_VERSION,
   .struct_size = sizeof(struct sl_filter),
@@ -240,6 +249,7 @@ static const struct sl_filter stats = {
   .discard = st_discard, .write_zeroes = st_zero,
   .block_status = st_block_status,
   .release = st_release,
+  .query = st_query,
 };
 
 SL_REGISTER_FILTER(stats)

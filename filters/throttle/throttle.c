@@ -147,6 +147,15 @@ static void th_close(void *inst, struct sl_next *next)
     pthread_mutex_destroy(&t->lock);
 }
 
+/* Batches go on whole (th_pread_batch): the answer is the level below's. */
+static int th_query(void *inst, const char *what, uint32_t version, void *out,
+                    size_t out_size)
+{
+  (void)inst;
+  return fu_pread_batch_query("throttle", SL_PREAD_BATCH_PASS, what, version, out,
+                              out_size);
+}
+
 static const struct sl_filter throttle_filter = {
   .api_version = SL_FILTER_API_VERSION,
   .struct_size = sizeof(struct sl_filter),
@@ -162,6 +171,7 @@ static const struct sl_filter throttle_filter = {
   .close = th_close,
   .pread = th_pread, .pread_batch = th_pread_batch, .pwrite = th_pwrite,
   .discard = th_discard, .write_zeroes = th_zero,
+  .query = th_query,
 };
 
 SL_REGISTER_FILTER(throttle_filter)

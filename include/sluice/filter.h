@@ -324,10 +324,30 @@ struct sl_filter {
    * leaves it NULL gets one pread call per entry from the core, and below
    * it the batch is split the same way, so implementing it is never
    * needed for correctness; a filter that implements it passes what it
-   * does not serve down with sl_next_pread_batch(). */
+   * does not serve down with sl_next_pread_batch().
+   *
+   * Whether a batch pays: an export gathers reads into batches only if
+   * some level takes a batch as ONE (see SL_QUERY_PREAD_BATCH); a filter
+   * that implements pread_batch answers that query, or the core assumes it
+   * takes batches as one. */
   int (*pread_batch)(void *inst, struct sl_next *next, struct sl_read_vec *v,
                      unsigned count, uint32_t flags);
 };
+
+/* The query (filter API 1.2) a filter implementing pread_batch answers so
+ * the core knows what it does with a batch: version 1, OUT an int, one of
+ * SL_PREAD_BATCH_*.  ONE: this instance serves a batch at the cost of one
+ * call (the cache filter with a daemon attached); SPLIT: it does not, and
+ * nothing below it sees the batch whole either (the cache filter with
+ * mode=off or no daemon: it passes the batch on to an image, which reads
+ * entry by entry); PASS: it forwards batches whole to next (stats,
+ * throttle), so the answer is the next reading level's.  A filter with
+ * pread_batch that does not answer counts as ONE.  sl_disk_can_pread_batch
+ * is true only if the walk ends at ONE: otherwise gathering reads would
+ * only serialize, in the export's reader, reads the image serves one by
+ * one anyway. */
+#define SL_QUERY_PREAD_BATCH "sluice.pread-batch"
+enum { SL_PREAD_BATCH_SPLIT = 0, SL_PREAD_BATCH_ONE = 1, SL_PREAD_BATCH_PASS = 2 };
 
 /* The symbols a module exports (both defined by SL_REGISTER_FILTER). */
 #define SL_FILTER_INIT_SYMBOL "sluice_filter_init"

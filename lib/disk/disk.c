@@ -167,6 +167,20 @@ static int batch_checked(struct sl_disk *d, int i, struct sl_read_vec *v, unsign
   return failed;
 }
 
+/* Every batch that enters a level, from the entry point or from a filter
+ * (which may send more than it was given, or nothing), goes down in calls
+ * of 1..SL_READ_BATCH_MAX entries, as the filter API promises filters. */
+static int batch_chunks(struct sl_disk *d, int i, struct sl_read_vec *v, unsigned count,
+                        uint32_t flags, int (*range_ok)(void *ctx, uint64_t off, uint64_t len),
+                        void *ctx)
+{
+  int failed = 0;
+  for (unsigned k = 0; k < count; k += SL_READ_BATCH_MAX)
+    failed += batch_checked(d, i, v + k, SL_MIN(count - k, SL_READ_BATCH_MAX), flags,
+                            range_ok, ctx);
+  return failed;
+}
+
 static int do_pwrite(struct sl_disk *d, int i, const void *buf, size_t len,
                      uint64_t off, uint32_t flags)
 {
@@ -252,7 +266,7 @@ static int next_range_ok(void *n, uint64_t off, uint64_t len)
 static int next_pread_batch(struct sl_next *n, struct sl_read_vec *v, unsigned count,
                             uint32_t flags)
 {
-  return batch_checked(LV(n)->disk, LV(n)->idx + 1, v, count, flags, next_range_ok, n);
+  return batch_chunks(LV(n)->disk, LV(n)->idx + 1, v, count, flags, next_range_ok, n);
 }
 
 static int next_pwrite(struct sl_next *n, const void *buf, size_t len,
@@ -807,19 +821,35 @@ int sl_disk_pread_batch(struct sl_handle *h, struct sl_read_vec *v, unsigned cou
       v[k].status = r;
     return (int)count;
   }
-  int failed = 0;
-  for (unsigned k = 0; k < count; k += SL_READ_BATCH_MAX)
-    failed += batch_checked(h->disk, h->level, v + k,
-                            SL_MIN(count - k, SL_READ_BATCH_MAX), flags,
-                            entry_range_ok, h);
-  return leave(h, failed);
+  return leave(h, batch_chunks(h->disk, h->level, v, count, flags, entry_range_ok, h));
 }
 
+/* What the filter at L does with a batch (SL_QUERY_PREAD_BATCH): a filter
+ * with pread_batch that does not answer is taken at its word (ONE). */
+static int batch_answer(const struct level *L)
+{
+  int a = SL_PREAD_BATCH_ONE;
+  if (L->f->query &&
+      L->f->query(L->inst, SL_QUERY_PREAD_BATCH, 1, &a, sizeof a) != (int)sizeof a)
+    a = SL_PREAD_BATCH_ONE;
+  return a;
+}
+
+/* Walk down the reading levels while they pass batches on whole; true if
+ * the walk ends at a level that serves a batch as one call.  Not cached at
+ * open: the answer is the instances' (the cache filter's daemon client is
+ * attached in its open), and an export asks once per connection. */
 bool sl_disk_can_pread_batch(struct sl_handle *h)
 {
   struct sl_disk *d = h->disk;
-  struct level *L = TARGET(d, h->level, OP_PREAD);
-  return !IS_IMAGE(d, L) && L->f->pread_batch;
+  for (struct level *L = TARGET(d, h->level, OP_PREAD);
+       !IS_IMAGE(d, L) && L->f->pread_batch;
+       L = TARGET(d, L->idx + 1, OP_PREAD)) {
+    int a = batch_answer(L);
+    if (a != SL_PREAD_BATCH_PASS)
+      return a == SL_PREAD_BATCH_ONE;
+  }
+  return false;
 }
 
 int sl_disk_pwrite(struct sl_handle *h, const void *buf, size_t len,

@@ -16,7 +16,11 @@
  *      pread_batch (the core splits the batch there), and under stats and
  *      throttle, which pass batches on whole;
  *   4. an entry beyond the end of the disk fails alone, with EINVAL; the
- *      others of its batch are served.
+ *      others of its batch are served;
+ *   5. stats over throttle over the image, and stats over the cache filter
+ *      with mode=off: sl_disk_can_pread_batch is false (nothing takes the
+ *      batch as one), and batches still read right; batches of more than
+ *      SL_READ_BATCH_MAX entries and of none, here and under the cache.
  * Exit 77 (skip) without qemu-img, qemu-io or a built sluiced. */
 #include <pthread.h>
 #include <signal.h>
@@ -140,6 +144,31 @@ static void storm(struct sl_handle *h, unsigned batches, int kill_after_ms, cons
   }
   for (unsigned i = 0; i < THREADS; i++)
     pthread_join(t[i], NULL);
+}
+
+/* More entries than one call below takes (the core splits them into
+ * calls of at most SL_READ_BATCH_MAX), and an empty batch. */
+static void long_batch(struct sl_handle *h, const char *what)
+{
+  enum { N = 2 * SL_READ_BATCH_MAX + 37, LEN = 4096 };
+  static struct sl_read_vec v[N];
+  static uint8_t bufs[N][LEN];
+  for (unsigned i = 0; i < N; i++)
+    v[i] = (struct sl_read_vec){.buf = bufs[i], .len = LEN,
+                                .off = (uint64_t)i * 7919u * 512u % (DISK - LEN),
+                                .status = 1};
+  int failed = sl_disk_pread_batch(h, v, N, 0);
+  for (unsigned i = 0; i < N; i++)
+    if (v[i].status != 0 || memcmp(bufs[i], expect + v[i].off, LEN) != 0) {
+      fprintf(stderr, "%s: entry %u of %u: status %d or bytes differ (failed %d)\n",
+              what, i, (unsigned)N, v[i].status, failed);
+      atomic_fetch_add(&errors, 1);
+      break;
+    }
+  if (failed != 0 || sl_disk_pread_batch(h, v, 0, 0) != 0) {
+    fprintf(stderr, "%s: a long batch failed %d, or an empty one failed\n", what, failed);
+    atomic_fetch_add(&errors, 1);
+  }
 }
 
 static void start_daemon(void)
@@ -273,7 +302,25 @@ int main(void)
     return 1;
   }
   storm(sl_disk_top(disk), 10, -1, "under stats and throttle");
+  long_batch(sl_disk_top(disk), "under stats and throttle");
   sl_disk_close(disk);
+
+  /* 5. Forwarders with nothing below that takes a batch as one: gathering
+   * reads would only serialize them (the image reads entry by entry). */
+  const char *no_cache[] = {"stats", "throttle:iops=1000000"};
+  const char *cache_off[] = {"stats", "cache:mode=off"};
+  const char *const *never[] = {no_cache, cache_off};
+  for (unsigned i = 0; i < 2; i++) {
+    disk = open_with(never[i], 2);
+    if (sl_disk_can_pread_batch(sl_disk_top(disk))) {
+      fprintf(stderr, "%s over %s claims to take batches as one\n", never[i][0],
+              never[i][1]);
+      return 1;
+    }
+    storm(sl_disk_top(disk), 5, -1, never[i][1]);
+    long_batch(sl_disk_top(disk), never[i][1]);
+    sl_disk_close(disk);
+  }
 
   free(expect);
   stack_test_teardown();
