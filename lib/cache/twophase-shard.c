@@ -105,29 +105,19 @@
  * of 20000 blocks in 1978 0.14.  Counted on the miss path, first sample
  * only. */
 #define CLIMB_FIRST_DOWN 0.7
-/* Confirmed moves and the way home (issue 15, fifth round): on a
- * stationary workload the change in hit ratio from one sample to the next
- * is mostly noise (at 1978 blocks of a pure Zipf one sample measures the
- * hit ratio to about 0.0035, and cold at 10% and at 30% differ by about
- * 0.01), so a climber that steps on every sign random-walks and pays for
- * wherever it ends up.  The climber therefore steps only when the hit
- * ratio changed by more than CLIMB_CONFIRM standard errors of the
- * difference of two samples (binomial, sqrt(2 p (1 - p) / requests)): on
- * the same way if it rose, back if it fell.  A sample that confirms
- * nothing starts a return: each sample takes cold's target CLIMB_RETURN
- * of the way back to where it started (cold_fraction), until the hit
+/* Confirmed moves above home (issue 15, fifth round; not landed, see
+ * docs/cache-policy.md): on a stationary workload the change in hit ratio
+ * from one sample to the next is mostly noise, and a climber that steps on
+ * every sign random-walks.  Below its starting target (home) the walk is
+ * cheap (a pure Zipf does better with cold at 1% than at 10%); above it,
+ * hot loses its frequent blocks.  So above home the climber steps only
+ * when the hit ratio changed by more than CLIMB_CONFIRM standard errors
+ * of the difference of two samples (binomial); a sample that confirms
+ * nothing takes the target CLIMB_RETURN of the way home, until the hit
  * ratio falls significantly below the last sample's or the one where the
- * return began; then the target goes back to where the return began and
- * the next step points away from home.  Comparing with where the return
- * began matters: a synthetic zigzag whose gain is spread over the whole
- * way home loses it in steps too small to see one at a time.  Patterns
- * whose gain is real (the LRU-friendly loops, a loop larger than the
- * cache) refute the return and stay; on a Zipf the target goes home, and
- * only the warm-up (whose rising hit ratio confirms any move) takes it
- * away for a few samples.  3 and 0.5 over a small grid
- * (docs/cache-policy.md, "Hill climbing", fifth round). */
+ * return began: then back to where the return began. */
 #define CLIMB_CONFIRM 3.0
-#define CLIMB_RETURN 0.5
+#define CLIMB_RETURN 0.35
 
 #define GHOST_WAYS 8
 #define GHOST_HOT (1u << 31)
@@ -592,10 +582,15 @@ static void climb(struct sl_tp_shard *t)
       t->clk_step = (t->clk_step < 0 ? -t->clk_first : t->clk_first) * t->n;
     else
       t->clk_step *= CLIMB_DECAY;
-    if (t->clk_returning && (fell || ratio < t->clk_from_ratio - noise)) {
-      /* Home is worse: back to where the return began, facing away. */
-      double away = t->clk_from - t->clk_home;
-      if ((away < 0) != (t->clk_step < 0))
+    if (t->clk_target <= t->clk_home + 0.5) {
+      /* At or below home: the plain climber. */
+      if (delta < 0)
+        t->clk_step = -t->clk_step;
+      t->clk_target += t->clk_step;
+      t->clk_returning = false;
+    } else if (t->clk_returning && (fell || ratio < t->clk_from_ratio - noise)) {
+      /* Home is worse: back to where the return began, facing up. */
+      if (t->clk_step < 0)
         t->clk_step = -t->clk_step;
       t->clk_target = t->clk_from;
       t->clk_returning = false;
@@ -603,15 +598,17 @@ static void climb(struct sl_tp_shard *t)
       if (fell)
         t->clk_step = -t->clk_step;
       t->clk_target += t->clk_step;
-    } else if (t->clk_target != t->clk_home) {
+    } else {
       if (!t->clk_returning) {
         t->clk_from = t->clk_target;
         t->clk_from_ratio = ratio;
         t->clk_returning = true;
       }
       t->clk_target = t->clk_home + (t->clk_target - t->clk_home) * (1.0 - CLIMB_RETURN);
-    } else {
-      t->clk_returning = false; /* home, and nothing to confirm: stay */
+      if (t->clk_step > 0)
+        t->clk_step = -t->clk_step;
+      if (fabs(t->clk_target - t->clk_home) < fabs(t->clk_step) / 2)
+        t->clk_target = t->clk_home;
     }
   }
   t->clk_prev = ratio;
