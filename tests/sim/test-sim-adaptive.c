@@ -10,15 +10,13 @@
  *    hill climber shrinks cold, so twophase must miss within 0.05 of LIRS
  *    (the issue's goal);
  *  - on a pure Zipf, where the fixed split was tuned, the contest and the
- *    climber must not cost much: the issue asks for 1% relative.  At the
- *    three sizes here it is +0.6%, +0.1% and +1.0%, but the climber
- *    wanders on a stationary workload and the cost depends on the size:
- *    over nine sizes from 2% to 40% of the footprint it reaches +3.3% (at
- *    1978 blocks; mean +0.6%, docs/cache-policy.md).  The issue's 1% is
- *    therefore not met in general, and this asserts 1.5% at its three
- *    sizes, as a guard against making it worse, not as a proof of 1%;
+ *    climber must not cost much: the issue asks for 1% relative, asserted
+ *    here at nine sizes from 2% to 40% of the footprint on two seeds.  The
+ *    climber used to random-walk on a stationary workload (up to +3.3%);
+ *    above its starting target it now moves only on a significant change
+ *    (docs/cache-policy.md, "Hill climbing", fifth round);
  *  - on a zigzag (LRU-friendly), it must not be worse than the classic,
- *    and must stay within the issue's 10% of LRU: +7.2%, +3.6%, +6.2% and
+ *    and must stay within the issue's 10% of LRU: +2.4%, +3.6%, +6.2% and
  *    +2.3% at the four sizes here.  (Before the climber's first step took
  *    its direction from the first sample's ghost hits, 900 blocks was
  *    +14%; tests/sim/test-sim-lru-friendly.sh checks the LIRS traces.)
@@ -27,6 +25,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,17 +105,23 @@ static void test_loop_keeps_a_hot_set(void **s)
 
 static void test_zipf_unchanged(void **s)
 {
-  struct sl_trace t;
-  assert_int_equal(sl_synth_generate("zipf:n=20000,alpha=0.9,len=400000", &t),
-                   0);
-  for (uint64_t cap = 500; cap <= 8000; cap *= 4) {
-    double now = miss_ratio("twophase", &t, cap);
-    double classic = miss_ratio("twophase-classic", &t, cap);
-    print_message("zipf 0.9, %lu blocks: twophase %.4f, classic %.4f\n",
-                  (unsigned long)cap, now, classic);
-    assert_true(now <= classic * 1.015);
+  /* 2% to 40% of the footprint (about 19800 blocks), as
+   * docs/cache-policy.md measures it, on two seeds */
+  static const uint64_t caps[] = { 395, 593, 989, 1385, 1978, 2572, 3957, 5936, 7915 };
+  for (int seed = 1; seed <= 2; seed++) {
+    char spec[64];
+    snprintf(spec, sizeof spec, "zipf:n=20000,alpha=0.9,len=400000,seed=%d", seed);
+    struct sl_trace t;
+    assert_int_equal(sl_synth_generate(spec, &t), 0);
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) {
+      double now = miss_ratio("twophase", &t, caps[i]);
+      double classic = miss_ratio("twophase-classic", &t, caps[i]);
+      print_message("zipf 0.9 seed %d, %lu blocks: twophase %.4f, classic %.4f (%+.2f%%)\n",
+                    seed, (unsigned long)caps[i], now, classic, (now / classic - 1) * 100);
+      assert_true(now <= classic * 1.01);
+    }
+    sl_trace_free(&t);
   }
-  sl_trace_free(&t);
 }
 
 static void test_zigzag_not_worse(void **s)
