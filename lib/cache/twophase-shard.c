@@ -105,7 +105,7 @@
  * of 20000 blocks in 1978 0.14.  Counted on the miss path, first sample
  * only. */
 #define CLIMB_FIRST_DOWN 0.7
-/* Confirmed moves above home (issue 15, fifth round; not landed, see
+/* Confirmed moves above home (issue 15, fifth round, rule B of
  * docs/cache-policy.md): on a stationary workload the change in hit ratio
  * from one sample to the next is mostly noise, and a climber that steps on
  * every sign random-walks.  Below its starting target (home) the walk is
