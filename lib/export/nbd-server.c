@@ -521,6 +521,7 @@ static const struct sl_executor_ops executor_ops = {
   .run = run_request,
   .service_class = service_class,
   .weight = weight,
+  .cold_classes = 1u << 2, /* batches: to a worker until one was timed */
 };
 
 /* ---- the reader ----------------------------------------------------------- */
@@ -660,6 +661,7 @@ static void transmission(struct conn *c)
     if (r == 0)
       continue;
     bool stop = false;
+    size_t len = rq->length;        /* the item's bytes: all of a batch's */
     if (batchable(c, rq->type, rq->length) && batch_pays(c)) {
       struct request *tail = rq;
       rq->batch_n = 1;
@@ -674,10 +676,11 @@ static void transmission(struct conn *c)
           continue;    /* refused, its error reply queued */
         tail->more = more;
         tail = more;
+        len += more->length;
         rq->batch_n++;
       }
     }
-    bool alone = sl_executor_dispatch(&c->ex, &rq->exec, rq->length,
+    bool alone = sl_executor_dispatch(&c->ex, &rq->exec, len,
                                       sl_stream_pending(&c->in));
     if (stop)
       return;

@@ -19,8 +19,12 @@
  * the workers after one or two of them.  Requests over INLINE_MAX_LEN
  * always go to a worker: their copying alone is worth doing in parallel.
  * An item may carry several requests (the NBD export's batches of reads,
- * ops->weight): its time counts per request, since what the choice weighs
- * is the hand-off's cost against each request's.
+ * ops->weight): its time is recorded per request, and it runs in the
+ * reader only if its requests together (weight x that estimate, and their
+ * bytes summed) are within the limits -- the reader waits for all of them.
+ * A class may start unknown (ops->cold_classes), i.e. slow, until its
+ * first item has been timed on a worker: a batch's first run then cannot
+ * stall the reader behind a cold or hung backend.
  *
  * The worker pool.  The reader queues a request only when another one is
  * already waiting behind it or executing, and the request is not a cheap
@@ -188,18 +192,24 @@ static void execute(struct sl_executor *ex, struct sl_exec_item *item)
   ex->ops->run(ex->ctx, item); /* ITEM is gone */
   uint64_t dt = SL_MIN((sl_now_ns() - t0) / w, (uint64_t)UINT32_MAX);
   uint32_t old = atomic_load_explicit(&ex->service_ns[cls], memory_order_relaxed);
-  uint32_t now = dt > old ? old / 2 + (uint32_t)(dt / 2)      /* rise fast */
+  uint32_t now = old == SL_EXEC_UNKNOWN_NS ? (uint32_t)dt       /* the first */
+               : dt > old ? old / 2 + (uint32_t)(dt / 2)      /* rise fast */
                           : old - old / 8 + (uint32_t)(dt / 8); /* fall slowly */
+  if (now == SL_EXEC_UNKNOWN_NS)
+    now--;
   /* A lost update when two threads finish together only skips a sample. */
   atomic_store_explicit(&ex->service_ns[cls], now, memory_order_relaxed);
 }
 
+/* What the reader would wait for is the whole item: its requests' time
+ * together (weight x the per-request estimate) and all their bytes. */
 static bool cheaper_inline(struct sl_executor *ex, const struct sl_exec_item *item,
-                           size_t len)
+                           size_t len, unsigned w)
 {
   int cls = ex->ops->service_class(item);
   return cls >= 0 && len <= INLINE_MAX_LEN &&
-         atomic_load_explicit(&ex->service_ns[cls], memory_order_relaxed) < INLINE_MAX_NS;
+         (uint64_t)atomic_load_explicit(&ex->service_ns[cls], memory_order_relaxed) * w <
+             INLINE_MAX_NS;
 }
 
 static void *worker_main(void *opaque)
@@ -259,6 +269,9 @@ int sl_executor_start(struct sl_executor *ex, const struct sl_executor_ops *ops,
                       void *ctx, unsigned nworkers, unsigned max_queued)
 {
   memset(ex, 0, sizeof *ex);
+  for (unsigned i = 0; i < SL_EXEC_CLASSES; i++)
+    atomic_init(&ex->service_ns[i],
+                ops->cold_classes & (1u << i) ? SL_EXEC_UNKNOWN_NS : 0);
   ex->ops = ops;
   ex->ctx = ctx;
   ex->max_queued = SL_MAX(max_queued, 1u);
@@ -275,8 +288,11 @@ int sl_executor_start(struct sl_executor *ex, const struct sl_executor_ops *ops,
 bool sl_executor_dispatch(struct sl_executor *ex, struct sl_exec_item *item,
                           size_t len, bool more_waiting)
 {
-  bool alone = atomic_load(&ex->busy) == 0 && !more_waiting;
-  if (alone || cheaper_inline(ex, item, len))
+  /* An item of several requests is never alone: it holds the reader for
+   * all of them, so it runs there only if they are cheap together. */
+  unsigned w = ex->ops->weight ? SL_MAX(ex->ops->weight(item), 1u) : 1u;
+  bool alone = atomic_load(&ex->busy) == 0 && !more_waiting && w == 1;
+  if (alone || cheaper_inline(ex, item, len, w))
     execute(ex, item);
   else
     enqueue(ex, item);

@@ -77,8 +77,12 @@ struct sl_executor_ops {
   /* Optional: how many requests ITEM carries (a batch of reads run as one
    * item); its service time counts per request.  NULL: one. */
   unsigned (*weight)(const struct sl_exec_item *item);
+  /* Bit i: class i's service time starts unknown (too slow to run in the
+   * reader) until one of its items has been timed; else it starts at 0. */
+  unsigned cold_classes;
 };
 #define SL_EXEC_CLASSES 3
+#define SL_EXEC_UNKNOWN_NS UINT32_MAX
 
 #define SL_EXECUTOR_MAX_WORKERS 16
 
@@ -103,7 +107,8 @@ struct sl_executor {
  * or -1 when no worker could be started. */
 int sl_executor_start(struct sl_executor *ex, const struct sl_executor_ops *ops,
                       void *ctx, unsigned nworkers, unsigned max_queued);
-/* Run ITEM (LEN payload bytes) in this thread or hand it to a worker.
+/* Run ITEM (LEN payload bytes, of all its requests) in this thread or
+ * hand it to a worker.
  * MORE_WAITING: the reader already holds further requests.  Returns true
  * if the request came alone (nothing executing, nothing behind it). */
 bool sl_executor_dispatch(struct sl_executor *ex, struct sl_exec_item *item,

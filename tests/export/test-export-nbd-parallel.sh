@@ -53,3 +53,53 @@ SLUICE_NBD_BATCH=1 run 4; batched=$ms
 [[ $((batched * 4)) -lt $((serial * 3)) ]] ||
   die "16 slow reads at depth 8 took $batched ms with batches forced, $serial ms one at a time: batches serialised them"
 echo "ok (16 reads of 100 ms at depth 8: $parallel ms with 4 workers, $batched ms with batches forced, $serial ms with one)"
+
+# A batch holds the reader for all of its reads: the first batch of a
+# connection (its time not yet measured) must go to a worker, so that the
+# reader goes on reading what follows it.  One connection sends 15 single
+# reads (chances not taken), then 8 reads and a write in one send: the
+# 16th chance makes a probe batch of the 8 reads, which the core runs one
+# after another (8 x 100 ms); the write, which the fault filter does not
+# delay, must be answered long before them -- a reader running the batch
+# itself would read the write only after the 800 ms.
+SLUICE_NBD_BATCH=1 start_server w.sock --workers 16 \
+  --filter fault:op=read,error=none,delay=100,prob=1 disk.raw
+python3 - "$TMP/w.sock" "$SRCDIR/tests/common/nbd-writer.py" <<'PY' || die "a batch's first run held the reader"
+import importlib.util, struct, sys, time
+spec = importlib.util.spec_from_file_location("w", sys.argv[2])
+w = importlib.util.module_from_spec(spec); spec.loader.exec_module(w)
+s, size = w.handshake(sys.argv[1], timeout=30)
+def req(cmd, handle, off, length, payload=b""):
+    return struct.pack(">IHHQQI", w.REQ, 0, cmd, handle, off, length) + payload
+def replies(n, reads):
+    """N simple replies: {handle: seconds since t0}."""
+    got = {}
+    while len(got) < n:
+        magic, err, handle = struct.unpack(">IIQ", w.recv_exact(s, 16))
+        if magic != w.SIMPLE or err:
+            sys.exit("bad reply: magic 0x%x error %d" % (magic, err))
+        if handle in reads:
+            w.recv_exact(s, 4096)
+        got[handle] = time.monotonic() - t0
+    return got
+t0 = time.monotonic()
+s.sendall(b"".join(req(w.CMD_READ, h, h * 65536, 4096) for h in range(15)))
+replies(15, set(range(15)))
+reads = set(range(100, 108))
+t0 = time.monotonic()
+s.sendall(b"".join(req(w.CMD_READ, h, h * 65536, 4096) for h in sorted(reads)) +
+          req(w.CMD_WRITE, 200, 0, 4096, bytes(4096)))
+got = replies(9, reads)
+first_read = min(got[h] for h in reads)
+print("write answered after %.0f ms, the reads after %.0f-%.0f ms" %
+      (got[200] * 1000, first_read * 1000, max(got[h] for h in reads) * 1000))
+if first_read < 0.6:
+    sys.exit("the 8 reads were not run as one batch (answered after %.0f ms, "
+             "not about 800): the test tests nothing" % (first_read * 1000))
+if got[200] > 0.4:
+    sys.exit("the write waited %.0f ms behind a batch of 8 slow reads run in the reader"
+             % (got[200] * 1000))
+s.sendall(req(w.CMD_DISC, 0, 0, 0))
+PY
+stop_server
+echo "ok (a connection's first batch ran on a worker)"
