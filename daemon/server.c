@@ -11,7 +11,8 @@
  * thread waking up -- the hit path DESIGN.md asks for, with no lock but
  * twophase's own and no sleep.  A batch with a miss becomes a job: the
  * pieces the loop could not serve are shared out among as many workers as
- * there are pieces (at most all of them), which fill the missing blocks
+ * there are pieces (at most half of them, so that other clients' misses
+ * still find a worker while one message's fills run), which fill the missing blocks
  * (single-flight, store.c) and copy, and the last to finish replies -- so a
  * client that sends the reads of many guest requests in one message has
  * its misses filled in parallel, as if it had sent one message each.
@@ -137,8 +138,9 @@ struct piece {
 };
 
 /* A batch with misses is a job; its pieces are taken by up to ntasks
- * workers at once (one queued task each), so that the misses of one
- * message are filled in parallel as those of as many messages would be.
+ * workers at once (one queued task each, at most half the workers), so
+ * that the misses of one message are filled in parallel as those of as
+ * many messages would be, without starving other clients.
  * Whichever task finishes last replies. */
 struct task {
   struct job *j;
@@ -951,7 +953,10 @@ static void op_read(struct sd_server *srv, struct conn *c, const struct sl_cs_re
   if (j) {
     j->res = malloc(n * sizeof *res);
     j->pieces = malloc(npend * sizeof *pend);
-    j->ntasks = SL_MAX(SL_MIN(npend, srv->nworkers), 1u);
+    /* At most half the workers: the others stay for other clients'
+     * misses (a task takes pieces until none is left, so a job with every
+     * worker would hold them all until its last fill). */
+    j->ntasks = SL_MAX(SL_MIN(npend, srv->nworkers / 2), 1u);
     j->tasks = malloc(j->ntasks * sizeof *j->tasks);
   }
   if (!j || !j->res || !j->pieces || !j->tasks) {
