@@ -161,11 +161,15 @@ static int read_rest(struct sl_next *next, uint8_t *buf, uint64_t base,
 
 /* Plan [off, off+len) of BUF (the request's bytes): append its pieces to
  * S (at most SCAP) and the daemon's share of them to RD (at most RCAP),
- * as block status places them.  False if they do not fit (*NS and *NR are
- * then where they were). */
-static bool plan(struct sl_next *next, uint8_t *buf, uint64_t off, uint64_t len,
-                 struct seg *s, unsigned *ns, unsigned scap,
-                 struct sl_cache_read *rd, unsigned *nr, unsigned rcap)
+ * as block status places them.  Returns how many bytes from OFF were
+ * planned: all of them, or, when the pieces do not fit, with WHOLE none
+ * (*NS and *NR are then where they were: a batch's entry waits for the
+ * next message), else those planned up to the cap (at least one piece's
+ * when S and RD start empty): the read goes on from there in another
+ * round, so a fragmented read costs one block status call per extent. */
+static uint64_t plan(struct sl_next *next, uint8_t *buf, uint64_t off, uint64_t len,
+                     struct seg *s, unsigned *ns, unsigned scap,
+                     struct sl_cache_read *rd, unsigned *nr, unsigned rcap, bool whole)
 {
   unsigned ns0 = *ns, nr0 = *nr;
   uint64_t pos = off, end = off + len;
@@ -176,13 +180,15 @@ static bool plan(struct sl_next *next, uint8_t *buf, uint64_t off, uint64_t len,
       if (*ns == scap)
         goto full;
       s[(*ns)++] = (struct seg){.off = pos, .len = end - pos, .rd = -1};
-      return true;
+      return len;
     }
     uint64_t elen = e.length < end - pos ? e.length : end - pos;
     if (e.type == SL_EXTENT_DATA && e.depth >= 0) {
       for (uint64_t d = 0; d < elen;) {
-        if (*ns == scap || *nr == rcap)
+        if (*ns == scap || *nr == rcap) {
+          pos += d;
           goto full;
+        }
         uint32_t piece = (uint32_t)(elen - d < SL_CACHE_MAX_READ ? elen - d
                                                                  : SL_CACHE_MAX_READ);
         rd[*nr] = (struct sl_cache_read){.depth = e.depth,
@@ -201,11 +207,13 @@ static bool plan(struct sl_next *next, uint8_t *buf, uint64_t off, uint64_t len,
     }
     pos += elen;
   }
-  return true;
+  return len;
 full:
+  if (!whole)
+    return pos - off;
   *ns = ns0;
   *nr = nr0;
-  return false;
+  return 0;
 }
 
 static int ca_pread(void *inst, struct sl_next *next, void *buf, size_t len,
@@ -216,18 +224,21 @@ static int ca_pread(void *inst, struct sl_next *next, void *buf, size_t len,
     return sl_next_pread(next, buf, len, off, flags);
   struct seg s[MAX_SEGS];
   struct sl_cache_read rd[MAX_SEGS];
-  unsigned ns = 0, nr = 0;
-  if (!plan(next, buf, off, len, s, &ns, MAX_SEGS, rd, &nr, MAX_SEGS)) {
-    /* More pieces than one message takes (a large read of a fragmented
-     * image): in parts. */
-    size_t half = len / 2;
-    int r = ca_pread(inst, next, buf, half, off, flags);
-    return r < 0 ? r : ca_pread(inst, next, (uint8_t *)buf + half, len - half,
-                                off + half, flags);
+  /* In rounds of at most MAX_SEGS pieces (one message each): a large read
+   * of a fragmented image goes on where the last round's plan stopped. */
+  for (uint64_t done = 0; done < len;) {
+    unsigned ns = 0, nr = 0;
+    uint8_t *b = (uint8_t *)buf + done;
+    uint64_t got = plan(next, b, off + done, len - done, s, &ns, MAX_SEGS, rd, &nr,
+                        MAX_SEGS, false);
+    if (nr > 0)
+      host->cache_read(c->cd, rd, nr, c->deadline_ns);
+    int r = read_rest(next, b, off + done, s, ns, rd, flags);
+    if (r < 0)
+      return r;
+    done += got;
   }
-  if (nr > 0)
-    host->cache_read(c->cd, rd, nr, c->deadline_ns);
-  return read_rest(next, buf, off, s, ns, rd, flags);
+  return 0;
 }
 
 /* The reads of a batch: the daemon's pieces of all of them in one message
@@ -250,8 +261,8 @@ static int ca_pread_batch(void *inst, struct sl_next *next, struct sl_read_vec *
     unsigned ns = 0, nr = 0, k = done;
     for (; k < count && k - done < SL_READ_BATCH_MAX; k++) {
       first[k - done] = ns;
-      if (!plan(next, v[k].buf, v[k].off, v[k].len, s, &ns, BATCH_SEGS, rd, &nr,
-                SL_CACHE_MAX_BATCH))
+      if (plan(next, v[k].buf, v[k].off, v[k].len, s, &ns, BATCH_SEGS, rd, &nr,
+               SL_CACHE_MAX_BATCH, true) < v[k].len)
         break;
     }
     first[k - done] = ns;
