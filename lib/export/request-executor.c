@@ -21,7 +21,9 @@
  * An item may carry several requests (the NBD export's batches of reads,
  * ops->weight): its time is recorded per request, and it runs in the
  * reader only if its requests together (weight x that estimate, and their
- * bytes summed) are within the limits -- the reader waits for all of them.
+ * bytes summed) are within the limits -- the reader waits for all of them
+ * -- or if it is alone: a batch of everything in flight delays nothing
+ * that is there to read.
  * A class may start unknown (ops->cold_classes), i.e. slow, until its
  * first item has been timed on a worker: a batch's first run then cannot
  * stall the reader behind a cold or hung backend.
@@ -288,10 +290,13 @@ int sl_executor_start(struct sl_executor *ex, const struct sl_executor_ops *ops,
 bool sl_executor_dispatch(struct sl_executor *ex, struct sl_exec_item *item,
                           size_t len, bool more_waiting)
 {
-  /* An item of several requests is never alone: it holds the reader for
-   * all of them, so it runs there only if they are cheap together. */
+  /* Alone (nothing executing, nothing behind it in the buffer): running
+   * it here delays nothing but what the client sends later, as for a
+   * single request -- a batch made of everything in flight.  Otherwise
+   * an item of several requests runs here only if they are cheap
+   * together. */
   unsigned w = ex->ops->weight ? SL_MAX(ex->ops->weight(item), 1u) : 1u;
-  bool alone = atomic_load(&ex->busy) == 0 && !more_waiting && w == 1;
+  bool alone = atomic_load(&ex->busy) == 0 && !more_waiting;
   if (alone || cheaper_inline(ex, item, len, w))
     execute(ex, item);
   else
