@@ -123,6 +123,23 @@ static int do_pread(struct sl_disk *d, int i, void *buf, size_t len,
   return L->f->pread(L->inst, &L->next, buf, len, off, flags);
 }
 
+/* One pread per entry at level I, each entry failing alone; RANGE_OK, if
+ * given, refuses an entry before it is read. */
+static int pread_each(struct sl_disk *d, int i, struct sl_read_vec *v, unsigned n,
+                      uint32_t flags, int (*range_ok)(void *ctx, uint64_t off, uint64_t len),
+                      void *ctx)
+{
+  int failed = 0;
+  for (unsigned k = 0; k < n; k++) {
+    int r = range_ok ? range_ok(ctx, v[k].off, v[k].len) : 0;
+    if (r == 0)
+      r = do_pread(d, i, v[k].buf, v[k].len, v[k].off, flags);
+    v[k].status = r < 0 ? r : 0;
+    failed += r < 0;
+  }
+  return failed;
+}
+
 /* A batch of reads entering at level I: to the first filter at or below I
  * that reads, as one call if it takes batches (pread_batch), else one
  * pread per entry at that level -- below a filter without it, a batch is
@@ -133,15 +150,7 @@ static int do_pread_batch(struct sl_disk *d, int i, struct sl_read_vec *v,
   struct level *L = TARGET(d, i, OP_PREAD);
   if (!IS_IMAGE(d, L) && L->f->pread_batch)
     return L->f->pread_batch(L->inst, &L->next, v, n, flags);
-  int failed = 0;
-  for (unsigned k = 0; k < n; k++) {
-    int r = IS_IMAGE(d, L) ? sl_image_pread(d->img, v[k].buf, v[k].len, v[k].off)
-                           : L->f->pread(L->inst, &L->next, v[k].buf, v[k].len,
-                                         v[k].off, flags);
-    v[k].status = r < 0 ? r : 0;
-    failed += r < 0;
-  }
-  return failed;
+  return pread_each(d, i, v, n, flags, NULL, NULL);
 }
 
 /* Entries whose range RANGE_OK refuses fail alone; the others go down as
@@ -156,15 +165,7 @@ static int batch_checked(struct sl_disk *d, int i, struct sl_read_vec *v, unsign
     all &= range_ok(ctx, v[k].off, v[k].len) == 0;
   if (all)
     return do_pread_batch(d, i, v, n, flags);
-  int failed = 0;
-  for (unsigned k = 0; k < n; k++) {
-    int r = range_ok(ctx, v[k].off, v[k].len);
-    if (r == 0)
-      r = do_pread(d, i, v[k].buf, v[k].len, v[k].off, flags);
-    v[k].status = r < 0 ? r : 0;
-    failed += r < 0;
-  }
-  return failed;
+  return pread_each(d, i, v, n, flags, range_ok, ctx);
 }
 
 /* Every batch that enters a level, from the entry point or from a filter
