@@ -204,25 +204,9 @@ static void drain_out_queue(struct conn *c)
     pthread_cond_broadcast(&c->out_cond);
 }
 
-/* Send RQ's reply (rq->iov) and free RQ, now or by the current sender. */
-static void reply_submit(struct conn *c, struct request *rq)
-{
-  rq->next = NULL;
-  pthread_mutex_lock(&c->out_lock);
-  if (c->out_tail)
-    c->out_tail->next = rq;
-  else
-    c->out_head = rq;
-  c->out_tail = rq;
-  if (!c->sending) {
-    c->sending = true;
-    drain_out_queue(c);
-  }
-  pthread_mutex_unlock(&c->out_lock);
-}
-
-/* Send the replies of HEAD..TAIL (linked through ->next), and free them:
- * the replies of a batch, which then leave in one sendmsg. */
+/* Send the replies of HEAD..TAIL (linked through ->next) and free them,
+ * now or by the current sender: the replies of a batch leave in one
+ * sendmsg. */
 static void reply_submit_list(struct conn *c, struct request *head, struct request *tail)
 {
   if (!head)
@@ -239,6 +223,12 @@ static void reply_submit_list(struct conn *c, struct request *head, struct reque
     drain_out_queue(c);
   }
   pthread_mutex_unlock(&c->out_lock);
+}
+
+/* Send RQ's reply (rq->iov) and free RQ. */
+static void reply_submit(struct conn *c, struct request *rq)
+{
+  reply_submit_list(c, rq, rq);
 }
 
 /* Send IOV before returning (a reply chunk whose bytes are on the caller's
