@@ -57,6 +57,22 @@ wait_for_path() {
   die "timed out waiting for $p"
 }
 
+# mount_hangfs MNT CTL [DELAY_MS]: mount $HANGFS (tests/daemon/hangfs.c) on
+# MNT: its disk.img hangs every read while the file CTL exists, and takes
+# DELAY_MS per read if given.  Killed, CTL removed and MNT unmounted at
+# exit; skips when FUSE cannot mount here.
+mount_hangfs() {
+  local mnt=$1 ctl=$2 i
+  [[ -c /dev/fuse ]] || skip "no /dev/fuse"
+  require fusermount3
+  mkdir -p "$mnt"
+  "$HANGFS" "$mnt" "$ctl" ${3:+"$3"} 2>"$TMP/fuse.log" &
+  cleanup_push "kill $!"
+  cleanup_push "rm -f $ctl; fusermount3 -u -z $mnt"
+  for ((i = 0; i < 100; i++)); do [[ -e $mnt/disk.img ]] && return 0; sleep 0.1; done
+  skip "cannot mount a FUSE file system: $(cat "$TMP/fuse.log")"
+}
+
 sluice() { "$SLUICE" "$@"; }
 
 # check_counts TOOL IMAGE FIELD...: run `qemu-img check` (TOOL=qemu) or

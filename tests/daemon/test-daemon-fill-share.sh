@@ -10,17 +10,9 @@
 source "$SRCDIR/tests/common/lib.sh"
 : "${SLUICED:?}" "${PROBE:?}" "${HANGFS:?}"
 require_root
-[[ -c /dev/fuse ]] || skip "no /dev/fuse"
-require fusermount3
 
 delay=150
-mkdir "$TMP/mnt"
-"$HANGFS" "$TMP/mnt" "$TMP/no-hang" "$delay" 2>"$TMP/fuse.log" &
-fpid=$!
-cleanup_push "kill $fpid"
-cleanup_push "fusermount3 -u -z $TMP/mnt"
-for _ in $(seq 100); do [[ -e $TMP/mnt/disk.img ]] && break; sleep 0.1; done
-[[ -e $TMP/mnt/disk.img ]] || skip "cannot mount a FUSE file system: $(cat "$TMP/fuse.log")"
+mount_hangfs "$TMP/mnt" "$TMP/no-hang" "$delay"
 
 sock=$TMP/sluiced.sock
 "$SLUICED" --socket "$sock" --memory 8M --block-size 16K --workers 4 2>"$TMP/log" &

@@ -10,18 +10,10 @@
 source "$SRCDIR/tests/common/lib.sh"
 : "${SLUICED:?}" "${PROBE:?}" "${HANGFS:?}"
 require_root
-[[ -c /dev/fuse ]] || skip "no /dev/fuse"
-require fusermount3
 
 head -c 8M /dev/urandom >"$TMP/a.img"
-mkdir "$TMP/mnt"
 ctl=$TMP/hang
-"$HANGFS" "$TMP/mnt" "$ctl" 2>"$TMP/fuse.log" &
-fpid=$!
-cleanup_push "kill $fpid"
-cleanup_push "rm -f $ctl; fusermount3 -u -z $TMP/mnt"
-for _ in $(seq 100); do [[ -e $TMP/mnt/disk.img ]] && break; sleep 0.1; done
-[[ -e $TMP/mnt/disk.img ]] || skip "cannot mount a FUSE file system: $(cat "$TMP/fuse.log")"
+mount_hangfs "$TMP/mnt" "$ctl"
 
 sock=$TMP/sluiced.sock
 "$SLUICED" --socket "$sock" --memory 8M --check-on-exit 2>"$TMP/log" &
