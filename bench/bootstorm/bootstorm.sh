@@ -52,11 +52,7 @@ mkdir -m 755 "$W/mods"
 "$SLUICE" filter install "$BUILD/filters/cache.so" >/dev/null
 
 echo "bootstorm: $N clones of a $BASE base, boot set $BOOT, in $W" >&2
-fio --name=fill --rw=write --bs=1M --size="$BASE" --filename="$W/base.raw" \
-  --refill_buffers=1 --output=/dev/null
-qemu-img convert -f raw -O qcow2 "$W/base.raw" "$W/base.qcow2"
-rm "$W/base.raw"
-for i in $(seq "$N"); do qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$W/c$i.qcow2"; done
+bench_clones "$W" "$N" "$BASE"
 
 # The images' block device (whole disk) for the throttle.
 src=$(findmnt -no SOURCE -T "$W")

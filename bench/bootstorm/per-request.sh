@@ -58,11 +58,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fio --name=fill --rw=write --bs=1M --size="$base" --filename="$W/base.raw" \
-  --refill_buffers=1 --output=/dev/null
-qemu-img convert -f raw -O qcow2 "$W/base.raw" "$W/base.qcow2"
-rm "$W/base.raw"
-for i in $(seq "$n"); do qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$W/c$i.qcow2"; done
+bench_clones "$W" "$n" "$base"
 for i in "${!builds[@]}"; do
   mkdir -m 755 "$W/mods$i"
   SLUICE_FILTER_DIR=$W/mods$i "${builds[i]}/sluice" filter install \

@@ -15,6 +15,10 @@
 #   bench_storm_job DIR N SIZE    wait for DIR/s1.sock..sN.sock, then write
 #        DIR/storm.fio: one boot per server, the same seed for all (clones
 #        boot alike), random reads of 4K-64K at depth 8, SIZE each
+#   bench_written_images DIR SIZE DIR/disk.raw written in full (so reads
+#        hit data) and DIR/disk.qcow2, the same bytes as qcow2
+#   bench_clones DIR N SIZE       DIR/base.qcow2 written in full and
+#        DIR/c1.qcow2..cN.qcow2, linked clones of it
 
 bench_start() {
   local sock=$1 i; shift
@@ -63,4 +67,23 @@ bench_storm_job() {
     echo "size=$size"; echo "randrepeat=1"; echo "randseed=4242"; echo "group_reporting=1"
     for ((i = 1; i <= n; i++)); do echo "[c$i]"; echo "uri=nbd+unix:///?socket=$dir/s$i.sock"; done
   } >"$dir/storm.fio"
+}
+
+bench_written_images() {
+  local dir=$1 size=$2
+  qemu-img create -q -f raw "$dir/disk.raw" "$size"
+  fio --name=fill --filename="$dir/disk.raw" --rw=write --bs=1M --size="$size" \
+      --refill_buffers --output=/dev/null
+  qemu-img convert -O qcow2 "$dir/disk.raw" "$dir/disk.qcow2"
+}
+
+bench_clones() {
+  local dir=$1 n=$2 size=$3 i
+  fio --name=fill --rw=write --bs=1M --size="$size" --filename="$dir/base.raw" \
+    --refill_buffers=1 --output=/dev/null
+  qemu-img convert -f raw -O qcow2 "$dir/base.raw" "$dir/base.qcow2"
+  rm "$dir/base.raw"
+  for ((i = 1; i <= n; i++)); do
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$dir/c$i.qcow2"
+  done
 }

@@ -22,6 +22,7 @@
 # filters/stats.so.  Cleans up on any exit.
 set -euo pipefail
 source "$(dirname "$0")/../lib/setup.sh"
+source "$(dirname "$0")/../lib/nbd-fio.sh"
 rounds=2 n=20000
 usage="$0 [-r ROUNDS] [-n N] NAME=BUILDDIR..."
 bench_rounds_opts "$usage" "$@"
@@ -45,10 +46,7 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-qemu-img create -q -f raw "$dir/disk.raw" 64M
-fio --name=fill --filename="$dir/disk.raw" --rw=write --bs=1M --size=64M \
-    --refill_buffers --output=/dev/null
-qemu-img convert -O qcow2 "$dir/disk.raw" "$dir/disk.qcow2"
+bench_written_images "$dir" 64M
 for i in "${!builds[@]}"; do
   mkdir -m 755 "$dir/mods$i"
   SLUICE_FILTER_DIR=$dir/mods$i "${builds[i]}/sluice" filter install \

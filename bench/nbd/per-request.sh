@@ -26,6 +26,7 @@
 # deterministic: one round).
 set -euo pipefail
 source "$(dirname "$0")/../lib/setup.sh"
+source "$(dirname "$0")/../lib/nbd-fio.sh"
 rounds=3 n=30000
 usage="$0 [-r ROUNDS] [-n N] NAME=SLUICE-BINARY..."
 bench_rounds_opts "$usage" "$@"
@@ -46,10 +47,7 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-qemu-img create -q -f raw "$dir/disk.raw" 64M
-fio --name=fill --filename="$dir/disk.raw" --rw=write --bs=1M --size=64M \
-    --refill_buffers --output=/dev/null
-qemu-img convert -O qcow2 "$dir/disk.raw" "$dir/disk.qcow2"
+bench_written_images "$dir" 64M
 sync
 
 start() { # SOCK COMMAND...: start a server, wait for its socket

@@ -33,10 +33,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 # A fully written image, so reads hit data: raw, and the same as qcow2.
-qemu-img create -q -f raw "$dir/disk.raw" "$size"
-fio --name=fill --filename="$dir/disk.raw" --rw=write --bs=1M --size="$size" \
-    --refill_buffers --output=/dev/null
-qemu-img convert -O qcow2 "$dir/disk.raw" "$dir/disk.qcow2"
+bench_written_images "$dir" "$size"
 # Start clean: without this the fill's gigabyte of dirty pages is still
 # being written back during the first rounds, and the write lines measure
 # the kernel's dirty throttling (about 25-35k IOPS for every server) rather
